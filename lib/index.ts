@@ -1,0 +1,12 @@
+export { withMrrt, mrrtConfiguration } from './provider.js';
+export type { MrrtOptions, MrrtConfiguration, MrrtClient } from './options.js';
+export type { MrrtExchangeEvent, MrrtReason } from './refresh-hook.js';
+export { parsePolicies, isResourceIndicator, DEFAULT_LIMITS } from './policy.js';
+export type { Policy, PolicyEntry, PolicyLimits } from './policy.js';
+export type { PolicyStore, PolicyRecord, PolicyPage, ListOptions, WriteOptions } from './store.js';
+export { MemoryPolicyStore } from './stores/memory.js';
+export { RedisPolicyStore } from './stores/redis.js';
+export type { RedisPolicyStoreOptions } from './stores/redis.js';
+export { MemoryAdapter, MemoryStorage } from './adapters/memory.js';
+export { PolicyValidationError, PolicyConflictError, PolicyStoreError } from './errors.js';
+export type { PolicyIssue } from './errors.js';

@@ -1,0 +1,121 @@
+import type { KoaContextWithOIDC } from 'oidc-provider';
+
+import { DEFAULT_LIMITS, isResourceIndicator, type PolicyLimits } from './policy.js';
+import type { PolicyStore } from './store.js';
+
+/** The client as oidc-provider hands it to the extension (`ctx.oidc.client`). */
+export type MrrtClient = NonNullable<KoaContextWithOIDC['oidc']['client']>;
+
+/** Options of {@link withMrrt}. Everything but `store` is optional. */
+export interface MrrtOptions {
+  /** Where the per-client MRRT policies are read from. Required. */
+  store: PolicyStore;
+  /**
+   * Whether a client is first-party; MRRT applies to first-party clients only.
+   * Default: the client has the `first_party: true` metadata property, which the extension
+   * registers with oidc-provider (`extraClientMetadata`) when this option is not given.
+   */
+  isFirstParty?: (client: MrrtClient) => boolean | Promise<boolean>;
+  /**
+   * The APIs (resource indicators) that allow skipping user consent, as a list or a function.
+   * Only those can be reached through an MRRT policy. Default: none, so MRRT stays off until an
+   * operator opts an API in.
+   */
+  allowSkippingConsent?: readonly string[] | ((resource: string, client: MrrtClient) => boolean | Promise<boolean>);
+  /** Audiences that can never be reached through MRRT, such as the policy administration API. Default `[]`. */
+  denyList?: readonly string[];
+  /** Size limits of one client's policy, enforced by `parsePolicies` and the admin API. */
+  limits?: PolicyLimits;
+  /** How long (ms) an exchange waits for the policy store before failing closed. Default `2000`. */
+  storeTimeout?: number;
+}
+
+/** {@link MrrtOptions} resolved and validated: every value filled in. */
+export interface MrrtConfiguration {
+  readonly store: PolicyStore;
+  readonly isFirstParty: (client: MrrtClient) => boolean | Promise<boolean>;
+  readonly registerFirstPartyMetadata: boolean;
+  readonly allowSkippingConsent: (resource: string, client: MrrtClient) => boolean | Promise<boolean>;
+  readonly denyList: ReadonlySet<string>;
+  readonly limits: Readonly<Required<PolicyLimits>>;
+  readonly storeTimeout: number;
+}
+
+const KNOWN = new Set(['store', 'isFirstParty', 'allowSkippingConsent', 'denyList', 'limits', 'storeTimeout']);
+
+const defaultIsFirstParty = (client: MrrtClient): boolean => (client as unknown as Record<string, unknown>).first_party === true;
+
+function present<T>(options: object, name: string): T | undefined {
+  const value = (options as Record<string, unknown>)[name];
+  if (value === null) throw new TypeError(`"${name}" option must not be null (leave it undefined for the default)`);
+  return value as T | undefined;
+}
+
+function positiveInteger(value: unknown, name: string, max: number): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1 || value > max) {
+    throw new TypeError(`"${name}" option must be an integer between 1 and ${max}`);
+  }
+  return value;
+}
+
+function resourceList(value: unknown, name: string): string[] {
+  if (!Array.isArray(value)) throw new TypeError(`"${name}" option must be an array of absolute URIs`);
+  value.forEach((entry: unknown, i) => {
+    if (typeof entry !== 'string' || !isResourceIndicator(entry)) {
+      throw new TypeError(`"${name}[${i}]" option must be an absolute URI without a fragment`);
+    }
+  });
+  return value as string[];
+}
+
+/** Validates {@link MrrtOptions} once, at construction; every message names the offending option. */
+export function resolveOptions(options: unknown): MrrtConfiguration {
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new TypeError('MRRT options must be an object with at least a "store"');
+  }
+  for (const key of Object.keys(options)) {
+    if (!KNOWN.has(key)) throw new TypeError(`"${key}" is not a recognized MRRT option`);
+  }
+
+  const store = present<PolicyStore>(options, 'store');
+  if (store === undefined) throw new TypeError('"store" option is required (a MemoryPolicyStore or RedisPolicyStore)');
+  if (typeof store !== 'object' || typeof store.get !== 'function') {
+    throw new TypeError('"store" option must be a PolicyStore (an object with a get(clientId) method)');
+  }
+
+  const isFirstParty = present<MrrtOptions['isFirstParty']>(options, 'isFirstParty');
+  if (isFirstParty !== undefined && typeof isFirstParty !== 'function') throw new TypeError('"isFirstParty" option must be a function');
+
+  const skip = present<MrrtOptions['allowSkippingConsent']>(options, 'allowSkippingConsent');
+  let allowSkippingConsent: MrrtConfiguration['allowSkippingConsent'];
+  if (skip === undefined) allowSkippingConsent = () => false;
+  else if (typeof skip === 'function') allowSkippingConsent = skip;
+  else {
+    const allowed = new Set(resourceList(skip, 'allowSkippingConsent'));
+    allowSkippingConsent = (resource) => allowed.has(resource);
+  }
+
+  const denyList = present<readonly string[]>(options, 'denyList');
+
+  const limits = present<PolicyLimits>(options, 'limits') ?? {};
+  if (typeof limits !== 'object' || Array.isArray(limits)) throw new TypeError('"limits" option must be an object');
+  for (const key of Object.keys(limits)) {
+    if (!(key in DEFAULT_LIMITS)) throw new TypeError(`"limits.${key}" is not a recognized MRRT option`);
+  }
+  const maxEntries = limits.maxEntries === undefined ? DEFAULT_LIMITS.maxEntries : positiveInteger(limits.maxEntries, 'limits.maxEntries', 1000);
+  const maxScopesPerEntry = limits.maxScopesPerEntry === undefined
+    ? DEFAULT_LIMITS.maxScopesPerEntry
+    : positiveInteger(limits.maxScopesPerEntry, 'limits.maxScopesPerEntry', 1000);
+
+  const timeout = present<number>(options, 'storeTimeout');
+
+  return Object.freeze({
+    store,
+    isFirstParty: isFirstParty ?? defaultIsFirstParty,
+    registerFirstPartyMetadata: isFirstParty === undefined,
+    allowSkippingConsent,
+    denyList: new Set(denyList === undefined ? [] : resourceList(denyList, 'denyList')),
+    limits: Object.freeze({ maxEntries, maxScopesPerEntry }),
+    storeTimeout: timeout === undefined ? 2000 : positiveInteger(timeout, 'storeTimeout', 60_000),
+  });
+}

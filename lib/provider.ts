@@ -1,0 +1,112 @@
+import Provider, {
+  errors, type Configuration, type KoaContextWithOIDC, type TokenEndpointGrantContext,
+} from 'oidc-provider';
+
+import { resolveOptions, type MrrtConfiguration, type MrrtOptions } from './options.js';
+import { decorateAdapter, type RequestState } from './overlay.js';
+import { createRefreshHook } from './refresh-hook.js';
+
+/** The MRRT settings a `withMrrt` provider runs with, for the admin API and for inspection. */
+export const mrrtConfiguration: unique symbol = Symbol.for('oidc-provider-mrrt.configuration');
+
+type ProviderClass = typeof Provider;
+type Handler = (ctx: KoaContextWithOIDC) => Promise<void>;
+type ParamList = string | readonly string[] | ReadonlySet<string>;
+
+function prepareConfiguration(
+  configuration: Configuration,
+  config: MrrtConfiguration,
+  stateOf: () => RequestState | undefined,
+): Configuration {
+  if (typeof configuration !== 'object' || configuration === null) throw new TypeError('configuration must be an object');
+  const resourceIndicators = configuration.features?.resourceIndicators;
+  if (resourceIndicators?.enabled === false) {
+    throw new TypeError('"features.resourceIndicators.enabled" must not be false: MRRT names its target API with a resource indicator');
+  }
+  const prepared: Configuration = { ...configuration, adapter: decorateAdapter(configuration.adapter, stateOf) };
+
+  if (config.registerFirstPartyMetadata) {
+    const extra = configuration.extraClientMetadata ?? {};
+    const properties = extra.properties ?? [];
+    const validator = extra.validator;
+    prepared.extraClientMetadata = {
+      ...extra,
+      properties: properties.includes('first_party') ? properties : [...properties, 'first_party'],
+      validator(ctx, key, value, metadata) {
+        if (key === 'first_party' && value !== undefined && typeof value !== 'boolean') {
+          throw new errors.InvalidClientMetadata('first_party must be a boolean');
+        }
+        return validator?.(ctx, key, value, metadata);
+      },
+    };
+  }
+  return prepared;
+}
+
+/**
+ * Returns a `Provider` subclass with Multi-Resource Refresh Tokens installed. Construct it exactly
+ * like `Provider`, with your own issuer and configuration: the extension wraps the configured
+ * adapter (or an in-memory one when there is none), registers the `first_party` client metadata
+ * unless `isFirstParty` is given, and wraps the built-in `refresh_token` grant.
+ *
+ * @example
+ * ```ts
+ * import Provider from 'oidc-provider';
+ * import { withMrrt, RedisPolicyStore } from 'oidc-provider-mrrt';
+ *
+ * const MrrtProvider = withMrrt(Provider, {
+ *   store: new RedisPolicyStore(redis),
+ *   allowSkippingConsent: ['https://billing.example.com'],
+ *   denyList: ['https://admin.example.com'],
+ * });
+ * const provider = new MrrtProvider('https://auth.example.com', configuration);
+ * ```
+ */
+export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions): P {
+  if (typeof Base !== 'function' || !(Base === Provider || Base.prototype instanceof Provider)) {
+    throw new TypeError('withMrrt: the first argument must be the oidc-provider Provider class (or a subclass of it)');
+  }
+  const config = resolveOptions(options);
+  const requestState = new WeakMap<object, RequestState>();
+  const stateOf = (): RequestState | undefined => {
+    const ctx = Base.ctx;
+    return ctx ? requestState.get(ctx) : undefined;
+  };
+  // set while a constructor runs: oidc-provider registers its grants synchronously from the constructor
+  let constructing: Configuration | undefined;
+
+  const Mrrt = class MrrtProvider extends (Base as ProviderClass) {
+    readonly [mrrtConfiguration]: MrrtConfiguration = config;
+
+    constructor(issuer: string, configuration: Configuration = {}) {
+      const prepared = prepareConfiguration(configuration, config, stateOf);
+      constructing = prepared;
+      try {
+        super(issuer, prepared);
+      } finally {
+        constructing = undefined;
+      }
+    }
+
+    override registerGrantType<Params extends object>(
+      name: string,
+      handler: (ctx: TokenEndpointGrantContext<Params>) => void | Promise<void>,
+      params?: ParamList,
+      dupes?: ParamList,
+    ): void {
+      if (name === 'refresh_token' && constructing) {
+        const getResourceServerInfo = constructing.features?.resourceIndicators?.getResourceServerInfo;
+        handler = createRefreshHook(config, getResourceServerInfo as never, requestState)(handler as unknown as Handler) as never;
+        params = new Set([...toSet(params), 'audience']);
+        dupes = new Set([...toSet(dupes), 'resource', 'audience']);
+      }
+      super.registerGrantType(name, handler, params, dupes);
+    }
+  };
+  return Mrrt as unknown as P;
+}
+
+function toSet(value: ParamList | undefined): Set<string> {
+  if (value === undefined) return new Set();
+  return new Set(typeof value === 'string' ? [value] : [...value]);
+}

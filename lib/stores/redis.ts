@@ -1,0 +1,152 @@
+import type { Cluster, Redis } from 'ioredis';
+
+import { PolicyConflictError, PolicyStoreError, PolicyValidationError } from '../errors.js';
+import { parsePolicies, type Policy } from '../policy.js';
+import {
+  assertClientId, assertWriteOptions, resolveListOptions,
+  type ListOptions, type PolicyPage, type PolicyRecord, type PolicyStore, type WriteOptions,
+} from '../store.js';
+import { newVersion } from './memory.js';
+
+/** Options for {@link RedisPolicyStore}. */
+export interface RedisPolicyStoreOptions {
+  /**
+   * Prefix of every key and of the change channel. Default `mrrt:{policies}:`. On Redis Cluster
+   * it must contain a hash tag (`{...}`) so that a policy and the client index share a slot.
+   */
+  prefix?: string;
+}
+
+// KEYS[1] policy hash, KEYS[2] client index; ARGV: mode, expected, version, policies, clientId, channel
+const SET_SCRIPT = `
+local cur = redis.call('HGET', KEYS[1], 'v')
+if ARGV[1] == 'absent' and cur then return {0, cur} end
+if ARGV[1] == 'match' and cur ~= ARGV[2] then return {0, cur or ''} end
+redis.call('HSET', KEYS[1], 'v', ARGV[3], 'p', ARGV[4])
+redis.call('ZADD', KEYS[2], 0, ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[5])
+return {1, ARGV[3]}
+`;
+
+// KEYS[1] policy hash, KEYS[2] client index; ARGV: mode, expected, clientId, channel
+const DELETE_SCRIPT = `
+local cur = redis.call('HGET', KEYS[1], 'v')
+if ARGV[1] == 'absent' and cur then return {0, cur} end
+if ARGV[1] == 'match' and cur ~= ARGV[2] then return {0, cur or ''} end
+local n = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[3])
+if n == 1 then redis.call('PUBLISH', ARGV[4], ARGV[3]) end
+return {1, n}
+`;
+
+type ScriptReply = [0 | 1, string | number];
+interface ScriptClient {
+  mrrtPolicySet(policyKey: string, indexKey: string, ...args: string[]): Promise<ScriptReply>;
+  mrrtPolicyDelete(policyKey: string, indexKey: string, ...args: string[]): Promise<ScriptReply>;
+}
+
+const precondition = (ifMatch: string | null | undefined): [string, string] => {
+  if (ifMatch === undefined) return ['any', ''];
+  if (ifMatch === null) return ['absent', ''];
+  return ['match', ifMatch];
+};
+
+/**
+ * A {@link PolicyStore} on Redis (standalone, Sentinel or Cluster through ioredis).
+ *
+ * One hash per client (`<prefix>policy:<clientId>` with the version and the JSON policy) and a
+ * sorted set indexing the clients (`<prefix>clients`). Writes are Lua scripts: the version check,
+ * the write, the index update and the change announcement on `<prefix>changed` happen atomically.
+ *
+ * @example
+ * ```ts
+ * const store = new RedisPolicyStore(new Redis(process.env.REDIS_URL), { prefix: 'mrrt:{policies}:' });
+ * ```
+ */
+export class RedisPolicyStore implements PolicyStore {
+  readonly #redis: (Redis | Cluster) & ScriptClient;
+  readonly #prefix: string;
+  readonly #index: string;
+  /** The pub/sub channel on which every write publishes the client id. */
+  readonly channel: string;
+
+  constructor(redis: Redis | Cluster, options: RedisPolicyStoreOptions = {}) {
+    if (typeof redis !== 'object' || redis === null || typeof (redis as Redis).hmget !== 'function' || typeof (redis as Redis).defineCommand !== 'function') {
+      throw new TypeError('"redis" must be an ioredis Redis or Cluster instance');
+    }
+    if (typeof options !== 'object' || options === null) throw new TypeError('"options" must be an object');
+    const { prefix = 'mrrt:{policies}:', ...unknown } = options;
+    const extra = Object.keys(unknown);
+    if (extra.length) throw new TypeError(`"${extra[0]}" is not a RedisPolicyStore option`);
+    if (typeof prefix !== 'string' || prefix.length === 0 || prefix.length > 256) throw new TypeError('"prefix" option must be a non-empty string of at most 256 characters');
+    if (redis.isCluster && !/\{[^{}]+\}/.test(prefix)) throw new TypeError('"prefix" option must contain a hash tag such as "{policies}" on Redis Cluster');
+
+    if (!('mrrtPolicySet' in redis)) {
+      redis.defineCommand('mrrtPolicySet', { numberOfKeys: 2, lua: SET_SCRIPT });
+      redis.defineCommand('mrrtPolicyDelete', { numberOfKeys: 2, lua: DELETE_SCRIPT });
+    }
+    this.#redis = redis as (Redis | Cluster) & ScriptClient;
+    this.#prefix = prefix;
+    this.#index = `${prefix}clients`;
+    this.channel = `${prefix}changed`;
+  }
+
+  /** The Redis key holding `clientId`'s policy. */
+  keyFor(clientId: string): string {
+    return `${this.#prefix}policy:${clientId}`;
+  }
+
+  async get(clientId: string): Promise<PolicyRecord | undefined> {
+    assertClientId(clientId);
+    let version: string | null | undefined;
+    let json: string | null | undefined;
+    try {
+      [version, json] = await this.#redis.hmget(this.keyFor(clientId), 'v', 'p');
+    } catch (cause) {
+      if (cause instanceof Error && /^WRONGTYPE/.test(cause.message)) {
+        throw new PolicyStoreError('ERR_MRRT_STORE_CORRUPT', `policy key of client "${clientId}" holds the wrong Redis type`, { cause });
+      }
+      throw new PolicyStoreError('ERR_MRRT_STORE_UNAVAILABLE', 'Redis policy store did not answer', { cause });
+    }
+    if (version == null && json == null) return undefined;
+    if (version == null || version === '' || json == null) {
+      throw new PolicyStoreError('ERR_MRRT_STORE_CORRUPT', `policy of client "${clientId}" is incomplete`);
+    }
+    try {
+      const policies = parsePolicies(JSON.parse(json) as unknown, { maxEntries: Infinity, maxScopesPerEntry: Infinity });
+      return Object.freeze({ clientId, policies, version });
+    } catch (cause) {
+      const detail = cause instanceof PolicyValidationError ? cause.message : 'not JSON';
+      throw new PolicyStoreError('ERR_MRRT_STORE_CORRUPT', `policy of client "${clientId}" is invalid: ${detail}`, { cause });
+    }
+  }
+
+  async set(clientId: string, policies: Policy, options: WriteOptions = {}): Promise<PolicyRecord> {
+    assertClientId(clientId);
+    assertWriteOptions(options);
+    const parsed = parsePolicies(policies, { maxEntries: Infinity, maxScopesPerEntry: Infinity });
+    const version = newVersion();
+    const [ok, current] = await this.#redis.mrrtPolicySet(
+      this.keyFor(clientId), this.#index, ...precondition(options.ifMatch), version, JSON.stringify(parsed), clientId, this.channel,
+    );
+    if (ok !== 1) throw new PolicyConflictError(clientId, String(current) || undefined);
+    return Object.freeze({ clientId, policies: parsed, version });
+  }
+
+  async delete(clientId: string, options: WriteOptions = {}): Promise<boolean> {
+    assertClientId(clientId);
+    assertWriteOptions(options);
+    const [ok, result] = await this.#redis.mrrtPolicyDelete(
+      this.keyFor(clientId), this.#index, ...precondition(options.ifMatch), clientId, this.channel,
+    );
+    if (ok !== 1) throw new PolicyConflictError(clientId, String(result) || undefined);
+    return result === 1;
+  }
+
+  async list(options?: ListOptions): Promise<PolicyPage> {
+    const { after, limit } = resolveListOptions(options);
+    const ids = await this.#redis.zrangebylex(this.#index, after === undefined ? '-' : `(${after}`, '+', 'LIMIT', 0, limit + 1);
+    const clientIds = ids.slice(0, limit);
+    return ids.length > limit ? { clientIds, next: clientIds.at(-1)! } : { clientIds };
+  }
+}

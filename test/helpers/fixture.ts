@@ -1,0 +1,236 @@
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+import express from 'express';
+import * as jose from 'jose';
+import Provider, { errors, type Configuration, type ResourceServer } from 'oidc-provider';
+import request from 'supertest';
+
+import {
+  MemoryAdapter, MemoryStorage, withMrrt, type MrrtExchangeEvent, type MrrtOptions, type PolicyStore,
+} from '../../lib/index.js';
+
+export const API = {
+  A: 'https://api-a.example.com',
+  B: 'https://api-b.example.com',
+  C: 'https://api-c.example.com',
+  ADMIN: 'https://admin.example.com',
+  CONSENT: 'https://consent.example.com',
+  GONE: 'https://gone.example.com',
+} as const;
+
+export const RESOURCE_SERVERS: Record<string, ResourceServer> = {
+  [API.A]: { scope: 'a:read a:write', accessTokenFormat: 'jwt' },
+  [API.B]: { scope: 'b:read b:write', accessTokenFormat: 'jwt', accessTokenTTL: 300 },
+  [API.C]: { scope: 'c:read c:write', accessTokenFormat: 'opaque' },
+  [API.ADMIN]: { scope: 'admin:write', accessTokenFormat: 'jwt' },
+  [API.CONSENT]: { scope: 'x:read', accessTokenFormat: 'jwt' },
+};
+
+export const SKIP_CONSENT = [API.A, API.B, API.C, API.ADMIN, API.GONE];
+
+export const CLIENTS = {
+  app: { client_id: 'app', client_secret: 'app-secret-app-secret-app-secret', first_party: true, redirect_uris: ['https://app.example.com/cb'], token_endpoint_auth_method: 'client_secret_post' },
+  spa: { client_id: 'spa', first_party: true, redirect_uris: ['https://spa.example.com/cb'], token_endpoint_auth_method: 'none' },
+  partner: { client_id: 'partner', client_secret: 'partner-secret-partner-secret-ps', redirect_uris: ['https://partner.example.com/cb'], token_endpoint_auth_method: 'client_secret_post' },
+  other: { client_id: 'other', client_secret: 'other-secret-other-secret-other-s', first_party: true, redirect_uris: ['https://other.example.com/cb'], token_endpoint_auth_method: 'client_secret_post' },
+} as const;
+export type ClientName = keyof typeof CLIENTS;
+
+let signingKey: jose.JWK | undefined;
+async function jwks(): Promise<{ keys: jose.JWK[] }> {
+  if (!signingKey) {
+    const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true });
+    signingKey = { ...(await jose.exportJWK(privateKey)), kid: 'test-rs256', alg: 'RS256', use: 'sig' };
+  }
+  return { keys: [signingKey] };
+}
+
+export interface ServerOptions {
+  /** Adapter for oidc-provider's models; default a MemoryAdapter on the server's own `storage`. */
+  adapter?: Configuration['adapter'];
+  /** MRRT options; `false` builds a plain oidc-provider with the same configuration. */
+  mrrt: Partial<MrrtOptions> & { store: PolicyStore } | false;
+  rotate?: boolean;
+  configure?: (configuration: Configuration) => void;
+}
+
+export interface TestServer {
+  readonly url: string;
+  readonly provider: Provider;
+  readonly storage: MemoryStorage;
+  readonly events: MrrtExchangeEvent[];
+  readonly providerEvents: string[];
+  close(): Promise<void>;
+}
+
+export async function startServer(options: ServerOptions): Promise<TestServer> {
+  const app = express();
+  const server = http.createServer(app);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const storage = new MemoryStorage();
+
+  const configuration: Configuration = {
+    adapter: options.adapter ?? ((name: string) => new MemoryAdapter(name, storage)),
+    clients: Object.values(CLIENTS).map((client) => ({ ...client, grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'] })),
+    jwks: await jwks(),
+    cookies: { keys: ['a-test-cookie-signing-key'] },
+    findAccount: (_ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
+    interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+    ttl: {
+      AccessToken: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? 3600,
+      AuthorizationCode: 60,
+      Grant: 14 * 24 * 3600,
+      IdToken: 3600,
+      Interaction: 3600,
+      RefreshToken: 14 * 24 * 3600,
+      Session: 14 * 24 * 3600,
+    },
+    features: {
+      devInteractions: { enabled: false },
+      dPoP: { enabled: true },
+      introspection: { enabled: true },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: () => undefined as unknown as string,
+        getResourceServerInfo: (_ctx, resource) => {
+          const info = RESOURCE_SERVERS[resource];
+          if (!info) throw new errors.InvalidTarget();
+          return info;
+        },
+      },
+    },
+    ...(options.rotate === undefined ? {} : { rotateRefreshToken: options.rotate }),
+  };
+  if (options.mrrt === false) configuration.extraClientMetadata = { properties: ['first_party'] };
+  options.configure?.(configuration);
+
+  const ProviderClass = options.mrrt === false ? Provider : withMrrt(Provider, options.mrrt as MrrtOptions);
+  const provider = new ProviderClass(url, configuration);
+  const events: MrrtExchangeEvent[] = [];
+  const providerEvents: string[] = [];
+  provider.on('mrrt.exchange', (_ctx: unknown, event: MrrtExchangeEvent) => events.push(event));
+  for (const name of ['refresh_token.consumed', 'refresh_token.saved', 'grant.revoked', 'server_error']) {
+    provider.on(name, () => providerEvents.push(name));
+  }
+
+  app.post('/interaction/:uid/login', async (req, res, next) => {
+    try {
+      await provider.interactionFinished(req, res, { login: { accountId: String(req.query.sub ?? 'alice') } }, { mergeWithLastSubmission: false });
+    } catch (err) { next(err); }
+  });
+  app.post('/interaction/:uid/consent', async (req, res, next) => {
+    try {
+      const { prompt, params, session, grantId } = await provider.interactionDetails(req, res);
+      const grant = grantId ? (await provider.Grant.find(grantId))! : new provider.Grant({ accountId: session!.accountId, clientId: String(params.client_id) });
+      const details = prompt.details as { missingOIDCScope?: string[]; missingResourceScopes?: Record<string, string[]> };
+      if (details.missingOIDCScope) grant.addOIDCScope(details.missingOIDCScope.join(' '));
+      for (const [indicator, scopes] of Object.entries(details.missingResourceScopes ?? {})) grant.addResourceScope(indicator, scopes.join(' '));
+      await provider.interactionFinished(req, res, { consent: { grantId: await grant.save() } }, { mergeWithLastSubmission: true });
+    } catch (err) { next(err); }
+  });
+  app.use(provider.callback());
+
+  return {
+    url, provider, storage, events, providerEvents,
+    close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }),
+  };
+}
+
+export interface DpopKey {
+  readonly privateKey: CryptoKey;
+  readonly publicJwk: jose.JWK;
+}
+
+export async function dpopKey(): Promise<DpopKey> {
+  const { privateKey, publicKey } = await jose.generateKeyPair('ES256');
+  return { privateKey, publicJwk: await jose.exportJWK(publicKey) };
+}
+
+export function dpopProof(key: DpopKey, url: string, method = 'POST'): Promise<string> {
+  return new jose.SignJWT({ htm: method, htu: url, jti: randomUUID() })
+    .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk: key.publicJwk })
+    .setIssuedAt()
+    .sign(key.privateKey);
+}
+
+const pathOf = (location: string | undefined): string => {
+  if (!location) throw new Error('expected a redirect');
+  const { pathname, search } = new URL(location, 'http://placeholder');
+  return pathname + search;
+};
+
+export interface TokenSet {
+  access_token: string;
+  refresh_token: string;
+  id_token?: string;
+  scope?: string;
+  token_type: string;
+}
+
+/** Logs `sub` in through the provider's real authorization endpoint and interaction routes (code + PKCE). */
+export async function login(
+  server: TestServer,
+  { client = 'app', scope = 'openid offline_access a:read', resource = API.A as string | undefined, sub = 'alice', dpop }: {
+    client?: ClientName; scope?: string; resource?: string | undefined; sub?: string; dpop?: DpopKey;
+  } = {},
+): Promise<TokenSet> {
+  const agent = request.agent(server.url);
+  const metadata = CLIENTS[client];
+  const verifier = randomBytes(32).toString('base64url');
+  const challenge = createHash('sha256').update(verifier).digest('base64url');
+
+  let res = await agent.get('/auth').query({
+    client_id: metadata.client_id, response_type: 'code', scope, redirect_uri: metadata.redirect_uris[0],
+    code_challenge: challenge, code_challenge_method: 'S256', prompt: 'consent', state: 'st',
+    ...(resource ? { resource } : {}),
+  });
+  if (res.status !== 303) throw new Error(`authorization request failed: ${res.status} ${res.text}`);
+  const uid = pathOf(res.headers.location).split('/')[2]!;
+  res = await agent.post(`/interaction/${uid}/login`).query({ sub });
+  res = await agent.get(pathOf(res.headers.location));
+  const consentUid = pathOf(res.headers.location).split('/')[2]!;
+  res = await agent.post(`/interaction/${consentUid}/consent`);
+  res = await agent.get(pathOf(res.headers.location));
+  const code = new URL(res.headers.location!).searchParams.get('code');
+  if (!code) throw new Error(`no code in ${res.headers.location}`);
+
+  const token = agent.post('/token').type('form');
+  if (dpop) token.set('DPoP', await dpopProof(dpop, `${server.url}/token`));
+  const tokenRes = await token.send({
+    grant_type: 'authorization_code', code, redirect_uri: metadata.redirect_uris[0], code_verifier: verifier,
+    client_id: metadata.client_id, ...('client_secret' in metadata ? { client_secret: metadata.client_secret } : {}),
+    ...(resource ? { resource } : {}),
+  });
+  if (tokenRes.status !== 200 || !tokenRes.body.refresh_token) throw new Error(`code exchange failed: ${tokenRes.status} ${tokenRes.text}`);
+  return tokenRes.body as TokenSet;
+}
+
+/** A refresh_token grant request. `extra` may hold arrays for repeated parameters. */
+export async function refresh(
+  server: TestServer,
+  refreshToken: string,
+  extra: Record<string, string | string[]> = {},
+  { client = 'app', dpop }: { client?: ClientName; dpop?: DpopKey } = {},
+): Promise<request.Response> {
+  const metadata = CLIENTS[client];
+  const params = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken, client_id: metadata.client_id });
+  if ('client_secret' in metadata) params.set('client_secret', metadata.client_secret);
+  for (const [key, value] of Object.entries(extra)) for (const v of [value].flat()) params.append(key, v);
+  const req = request(server.url).post('/token').type('form');
+  if (dpop) req.set('DPoP', await dpopProof(dpop, `${server.url}/token`));
+  return req.send(params.toString());
+}
+
+/** The stored payloads of a refresh token and its Grant, serialized, to compare before and after. */
+export function snapshot(server: TestServer, refreshToken: string): { refreshToken: string; grant: string; grantId: string } {
+  const entry = server.storage.entries.get(`RefreshToken:${refreshToken}`);
+  if (!entry) throw new Error('refresh token not found in storage');
+  const grantId = entry.payload.grantId as string;
+  const grant = server.storage.entries.get(`Grant:${grantId}`);
+  return { refreshToken: JSON.stringify(entry.payload), grant: JSON.stringify(grant?.payload), grantId };
+}
+
+export const claims = (token: string): jose.JWTPayload => jose.decodeJwt(token);
