@@ -33,8 +33,8 @@ export class PolicyConflictError extends Error {
 }
 
 /**
- * Thrown by a {@link PolicyStore} read when the stored data cannot be trusted: the backend is
- * unreachable (`ERR_MRRT_STORE_UNAVAILABLE`) or what it holds is not a valid policy
+ * Thrown by a {@link PolicyStore} operation when the store cannot answer or the stored data cannot be
+ * trusted: the backend is unreachable (`ERR_MRRT_STORE_UNAVAILABLE`) or what it holds is not a valid policy
  * (`ERR_MRRT_STORE_CORRUPT`). The exchange fails closed on both.
  */
 export class PolicyStoreError extends Error {

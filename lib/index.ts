@@ -1,4 +1,5 @@
 export { withMrrt, mrrtConfiguration } from './provider.js';
+export type { MrrtEvents, MrrtProviderClass } from './provider.js';
 export type { MrrtOptions, MrrtConfiguration, MrrtClient } from './options.js';
 export type { MrrtExchangeEvent, MrrtReason } from './refresh-hook.js';
 export { parsePolicies, isResourceIndicator, DEFAULT_LIMITS } from './policy.js';
@@ -8,5 +9,7 @@ export { MemoryPolicyStore } from './stores/memory.js';
 export { RedisPolicyStore } from './stores/redis.js';
 export type { RedisPolicyStoreOptions } from './stores/redis.js';
 export { MemoryAdapter, MemoryStorage } from './adapters/memory.js';
+export { RedisAdapter } from './adapters/redis.js';
+export type { RedisAdapterOptions } from './adapters/redis.js';
 export { PolicyValidationError, PolicyConflictError, PolicyStoreError } from './errors.js';
 export type { PolicyIssue } from './errors.js';

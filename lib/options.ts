@@ -100,7 +100,8 @@ export function resolveOptions(options: unknown): MrrtConfiguration {
   const limits = present<PolicyLimits>(options, 'limits') ?? {};
   if (typeof limits !== 'object' || Array.isArray(limits)) throw new TypeError('"limits" option must be an object');
   for (const key of Object.keys(limits)) {
-    if (!(key in DEFAULT_LIMITS)) throw new TypeError(`"limits.${key}" is not a recognized MRRT option`);
+    // own keys only: `in` would also accept inherited names such as "constructor" or "toString"
+    if (!Object.hasOwn(DEFAULT_LIMITS, key)) throw new TypeError(`"limits.${key}" is not a recognized MRRT option`);
   }
   const maxEntries = limits.maxEntries === undefined ? DEFAULT_LIMITS.maxEntries : positiveInteger(limits.maxEntries, 'limits.maxEntries', 1000);
   const maxScopesPerEntry = limits.maxScopesPerEntry === undefined

@@ -60,7 +60,8 @@ const describe = (value: unknown): string => (value === null ? 'null' : Array.is
  * ```
  */
 export function parsePolicies(input: unknown, limits: PolicyLimits = {}): Policy {
-  const { maxEntries, maxScopesPerEntry } = { ...DEFAULT_LIMITS, ...limits };
+  const maxEntries = limit(limits, 'maxEntries');
+  const maxScopesPerEntry = limit(limits, 'maxScopesPerEntry');
   const issues: PolicyIssue[] = [];
   const fail = (path: string, message: string): void => {
     issues.push({ path, message });
@@ -74,11 +75,13 @@ export function parsePolicies(input: unknown, limits: PolicyLimits = {}): Policy
 
   const seen = new Set<string>();
   const entries: PolicyEntry[] = [];
-  input.forEach((entry: unknown, i) => {
+  // index loops, not forEach: a hole in a sparse array must be reported, not skipped
+  for (let i = 0; i < input.length; i += 1) {
+    const entry: unknown = input[i];
     const at = `$[${i}]`;
     if (!isPlainObject(entry)) {
       fail(at, `must be an object with "audience" and "scope", got ${describe(entry)}`);
-      return;
+      continue;
     }
     for (const key of Object.keys(entry)) {
       if (key !== 'audience' && key !== 'scope') fail(`${at}${pathKey(key)}`, 'is not an allowed property (only "audience" and "scope")');
@@ -106,7 +109,8 @@ export function parsePolicies(input: unknown, limits: PolicyLimits = {}): Policy
       if (scope.length === 0) fail(`${at}.scope`, 'must contain at least one scope');
       if (scope.length > maxScopesPerEntry) fail(`${at}.scope`, `must contain at most ${maxScopesPerEntry} scopes, got ${scope.length}`);
       const seenScopes = new Set<string>();
-      scope.forEach((value: unknown, j) => {
+      for (let j = 0; j < scope.length; j += 1) {
+        const value: unknown = scope[j];
         const sat = `${at}.scope[${j}]`;
         if (typeof value !== 'string') fail(sat, `must be a string, got ${describe(value)}`);
         else if (value.length === 0 || value.length > MAX_SCOPE_LENGTH) fail(sat, `must be 1 to ${MAX_SCOPE_LENGTH} characters long, got ${value.length}`);
@@ -116,15 +120,25 @@ export function parsePolicies(input: unknown, limits: PolicyLimits = {}): Policy
           seenScopes.add(value);
           scopes.push(value);
         }
-      });
+      }
     }
     if (audienceOk && typeof audience === 'string') entries.push(Object.freeze({ audience, scope: Object.freeze(scopes) }));
-  });
+  }
 
   if (issues.length !== 0) throw new PolicyValidationError(issues);
   return Object.freeze(entries);
 }
 
+// `__proto__` is always bracketed: `$[0].__proto__` reads like the prototype, not an own "__proto__" key
 function pathKey(key: string): string {
-  return /^[A-Za-z_$][\w$]*$/.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`;
+  return key !== '__proto__' && /^[A-Za-z_$][\w$]*$/.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`;
+}
+
+// an absent (or undefined) limit takes its default; anything but a positive number (or Infinity) is a programming error
+function limit(limits: PolicyLimits, name: keyof PolicyLimits): number {
+  if (typeof limits !== 'object' || limits === null) throw new TypeError('"limits" must be an object');
+  const value = limits[name];
+  if (value === undefined) return DEFAULT_LIMITS[name];
+  if (typeof value !== 'number' || Number.isNaN(value) || value < 1) throw new TypeError(`"limits.${name}" must be a positive number`);
+  return value;
 }

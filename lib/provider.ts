@@ -4,12 +4,25 @@ import Provider, {
 
 import { resolveOptions, type MrrtConfiguration, type MrrtOptions } from './options.js';
 import { decorateAdapter, type RequestState } from './overlay.js';
-import { createRefreshHook } from './refresh-hook.js';
+import { createRefreshHook, type MrrtExchangeEvent } from './refresh-hook.js';
 
 /** The MRRT settings a `withMrrt` provider runs with, for the admin API and for inspection. */
 export const mrrtConfiguration: unique symbol = Symbol.for('oidc-provider-mrrt.configuration');
 
 type ProviderClass = typeof Provider;
+
+/** Typed listeners for the events the extension emits on the provider. */
+export interface MrrtEvents {
+  on(event: 'mrrt.exchange', listener: (ctx: KoaContextWithOIDC, event: MrrtExchangeEvent) => void): this;
+  on(event: 'mrrt.store_error', listener: (ctx: KoaContextWithOIDC, error: unknown) => void): this;
+  once(event: 'mrrt.exchange', listener: (ctx: KoaContextWithOIDC, event: MrrtExchangeEvent) => void): this;
+  once(event: 'mrrt.store_error', listener: (ctx: KoaContextWithOIDC, error: unknown) => void): this;
+  off(event: 'mrrt.exchange', listener: (ctx: KoaContextWithOIDC, event: MrrtExchangeEvent) => void): this;
+  off(event: 'mrrt.store_error', listener: (ctx: KoaContextWithOIDC, error: unknown) => void): this;
+}
+
+/** The class {@link withMrrt} returns: the given Provider class whose instances also type the MRRT events. */
+export type MrrtProviderClass<P extends ProviderClass> = P & (new (...args: ConstructorParameters<P>) => InstanceType<P> & MrrtEvents);
 type Handler = (ctx: KoaContextWithOIDC) => Promise<void>;
 type ParamList = string | readonly string[] | ReadonlySet<string>;
 
@@ -23,7 +36,30 @@ function prepareConfiguration(
   if (resourceIndicators?.enabled === false) {
     throw new TypeError('"features.resourceIndicators.enabled" must not be false: MRRT names its target API with a resource indicator');
   }
-  const prepared: Configuration = { ...configuration, adapter: decorateAdapter(configuration.adapter, stateOf) };
+  const pendingRefusal = (): Error | undefined => stateOf()?.refusal?.error;
+  const { defaultResource, getResourceServerInfo } = resourceIndicators ?? {};
+  const prepared: Configuration = {
+    ...configuration,
+    adapter: decorateAdapter(configuration.adapter, stateOf),
+    features: {
+      ...configuration.features,
+      // a refused MRRT request must never reach token issuance, whichever way oidc-provider resolves the resource
+      resourceIndicators: {
+        ...resourceIndicators,
+        async defaultResource(ctx, client, oneOf) {
+          const refusal = pendingRefusal();
+          if (refusal) throw refusal;
+          return defaultResource ? defaultResource(ctx, client, oneOf) : (oneOf as never);
+        },
+        async getResourceServerInfo(ctx, resource, client) {
+          const refusal = pendingRefusal();
+          if (refusal) throw refusal;
+          if (!getResourceServerInfo) throw new errors.InvalidTarget();
+          return getResourceServerInfo(ctx, resource, client);
+        },
+      },
+    },
+  };
 
   if (config.registerFirstPartyMetadata) {
     const extra = configuration.extraClientMetadata ?? {};
@@ -62,7 +98,7 @@ function prepareConfiguration(
  * const provider = new MrrtProvider('https://auth.example.com', configuration);
  * ```
  */
-export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions): P {
+export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions): MrrtProviderClass<P> {
   if (typeof Base !== 'function' || !(Base === Provider || Base.prototype instanceof Provider)) {
     throw new TypeError('withMrrt: the first argument must be the oidc-provider Provider class (or a subclass of it)');
   }
@@ -74,6 +110,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
   };
   // set while a constructor runs: oidc-provider registers its grants synchronously from the constructor
   let constructing: Configuration | undefined;
+  let hooked = false;
 
   const Mrrt = class MrrtProvider extends (Base as ProviderClass) {
     readonly [mrrtConfiguration]: MrrtConfiguration = config;
@@ -81,10 +118,14 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
     constructor(issuer: string, configuration: Configuration = {}) {
       const prepared = prepareConfiguration(configuration, config, stateOf);
       constructing = prepared;
+      hooked = false;
       try {
         super(issuer, prepared);
       } finally {
         constructing = undefined;
+      }
+      if (!hooked) {
+        throw new Error('oidc-provider-mrrt: the refresh_token grant was not registered through registerGrantType during construction; this oidc-provider version is not supported');
       }
     }
 
@@ -99,11 +140,12 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
         handler = createRefreshHook(config, getResourceServerInfo as never, requestState)(handler as unknown as Handler) as never;
         params = new Set([...toSet(params), 'audience']);
         dupes = new Set([...toSet(dupes), 'resource', 'audience']);
+        hooked = true;
       }
       super.registerGrantType(name, handler, params, dupes);
     }
   };
-  return Mrrt as unknown as P;
+  return Mrrt as unknown as MrrtProviderClass<P>;
 }
 
 function toSet(value: ParamList | undefined): Set<string> {

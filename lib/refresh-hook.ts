@@ -203,10 +203,12 @@ export function createRefreshHook(
     const resources = readValues(params.resource);
     const audiences = readValues(params.audience);
     if (resources.length === 0 && audiences.length === 0) return builtin(ctx);
-    if (resources.length === 1 && audiences.length === 1 && resources[0] !== audiences[0]) {
-      throw new errors.InvalidRequest('"audience" and "resource" must have the same value when both are sent');
+    let targets = resources.length !== 0 ? resources : audiences;
+    if (resources.length === 1 && audiences.length === 1) {
+      if (resources[0] !== audiences[0]) throw new errors.InvalidRequest('"audience" and "resource" must have the same value when both are sent');
+    } else if (resources.length !== 0 && audiences.length !== 0) {
+      targets = [...resources, ...audiences];
     }
-    const targets = resources.length !== 0 ? union(resources, audiences) : audiences;
     if (resources.length === 0) params.resource = audiences.length === 1 ? audiences[0] : audiences;
     const requestedAudience = describe(targets);
 

@@ -45,11 +45,26 @@ export interface PolicyStore {
   list(options?: ListOptions): Promise<PolicyPage>;
 }
 
-/** Checks shared by the stores: a client id is a non-empty string of at most 1024 characters. */
+// a UTF-16 surrogate that is not part of a pair (with the `u` flag a pair is one code point and does not match)
+const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
+
+/**
+ * Checks shared by the stores: a client id is a non-empty, well-formed (no lone surrogates) string
+ * of at most 1024 characters. Lone surrogates are refused because they have no UTF-8 form: Redis
+ * would store them as U+FFFD, so two different ids would share one policy.
+ */
 export function assertClientId(clientId: unknown): asserts clientId is string {
-  if (typeof clientId !== 'string' || clientId.length === 0 || clientId.length > 1024) {
-    throw new TypeError('"clientId" must be a non-empty string of at most 1024 characters');
+  if (typeof clientId !== 'string' || clientId.length === 0 || clientId.length > 1024 || LONE_SURROGATE.test(clientId)) {
+    throw new TypeError('"clientId" must be a non-empty, well-formed string of at most 1024 characters');
   }
+}
+
+/**
+ * Orders client ids as {@link PolicyStore.list} does: by Unicode code point, which is the byte order
+ * of their UTF-8 form (Redis' lexicographic order), not JavaScript's UTF-16 code unit order.
+ */
+export function compareClientIds(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
 }
 
 export function resolveListOptions(options: ListOptions = {}): { after: string | undefined; limit: number } {

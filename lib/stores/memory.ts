@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { PolicyConflictError } from '../errors.js';
 import { parsePolicies, type Policy } from '../policy.js';
 import {
-  assertClientId, assertWriteOptions, resolveListOptions,
+  assertClientId, assertWriteOptions, compareClientIds, resolveListOptions,
   type ListOptions, type PolicyPage, type PolicyRecord, type PolicyStore, type WriteOptions,
 } from '../store.js';
 
@@ -40,7 +40,7 @@ export class MemoryPolicyStore implements PolicyStore {
 
   async list(options?: ListOptions): Promise<PolicyPage> {
     const { after, limit } = resolveListOptions(options);
-    const ids = [...this.#records.keys()].filter((id) => after === undefined || id > after).sort();
+    const ids = [...this.#records.keys()].filter((id) => after === undefined || compareClientIds(id, after) > 0).sort(compareClientIds);
     const clientIds = ids.slice(0, limit);
     return ids.length > limit ? { clientIds, next: clientIds.at(-1)! } : { clientIds };
   }

@@ -45,6 +45,25 @@ interface ScriptClient {
   mrrtPolicyDelete(policyKey: string, indexKey: string, ...args: string[]): Promise<ScriptReply>;
 }
 
+// Redis Cluster hashes only the part between the first "{" and the first "}" after it, when that is
+// not empty (https://redis.io/docs/reference/cluster-spec/#hash-tags). Both must lie in the prefix so
+// that every key of the store hashes to the same slot whatever the client id.
+function hasHashTag(prefix: string): boolean {
+  const open = prefix.indexOf('{');
+  if (open === -1) return false;
+  const close = prefix.indexOf('}', open + 1);
+  return close > open + 1;
+}
+
+// Errors of the Redis client as PolicyStoreError: a key of the wrong type is corrupt data, anything
+// else means the store could not answer.
+function storeError(cause: unknown, what: string): PolicyStoreError {
+  if (cause instanceof Error && /^WRONGTYPE/.test(cause.message)) {
+    return new PolicyStoreError('ERR_MRRT_STORE_CORRUPT', `${what}: a key holds the wrong Redis type`, { cause });
+  }
+  return new PolicyStoreError('ERR_MRRT_STORE_UNAVAILABLE', `${what}: Redis policy store did not answer`, { cause });
+}
+
 const precondition = (ifMatch: string | null | undefined): [string, string] => {
   if (ifMatch === undefined) return ['any', ''];
   if (ifMatch === null) return ['absent', ''];
@@ -79,7 +98,7 @@ export class RedisPolicyStore implements PolicyStore {
     const extra = Object.keys(unknown);
     if (extra.length) throw new TypeError(`"${extra[0]}" is not a RedisPolicyStore option`);
     if (typeof prefix !== 'string' || prefix.length === 0 || prefix.length > 256) throw new TypeError('"prefix" option must be a non-empty string of at most 256 characters');
-    if (redis.isCluster && !/\{[^{}]+\}/.test(prefix)) throw new TypeError('"prefix" option must contain a hash tag such as "{policies}" on Redis Cluster');
+    if (redis.isCluster && !hasHashTag(prefix)) throw new TypeError('"prefix" option must contain a hash tag such as "{policies}" on Redis Cluster');
 
     if (!('mrrtPolicySet' in redis)) {
       redis.defineCommand('mrrtPolicySet', { numberOfKeys: 2, lua: SET_SCRIPT });
@@ -103,10 +122,7 @@ export class RedisPolicyStore implements PolicyStore {
     try {
       [version, json] = await this.#redis.hmget(this.keyFor(clientId), 'v', 'p');
     } catch (cause) {
-      if (cause instanceof Error && /^WRONGTYPE/.test(cause.message)) {
-        throw new PolicyStoreError('ERR_MRRT_STORE_CORRUPT', `policy key of client "${clientId}" holds the wrong Redis type`, { cause });
-      }
-      throw new PolicyStoreError('ERR_MRRT_STORE_UNAVAILABLE', 'Redis policy store did not answer', { cause });
+      throw storeError(cause, `reading the policy of client "${clientId}" failed`);
     }
     if (version == null && json == null) return undefined;
     if (version == null || version === '' || json == null) {
@@ -126,9 +142,15 @@ export class RedisPolicyStore implements PolicyStore {
     assertWriteOptions(options);
     const parsed = parsePolicies(policies, { maxEntries: Infinity, maxScopesPerEntry: Infinity });
     const version = newVersion();
-    const [ok, current] = await this.#redis.mrrtPolicySet(
-      this.keyFor(clientId), this.#index, ...precondition(options.ifMatch), version, JSON.stringify(parsed), clientId, this.channel,
-    );
+    let reply: ScriptReply;
+    try {
+      reply = await this.#redis.mrrtPolicySet(
+        this.keyFor(clientId), this.#index, ...precondition(options.ifMatch), version, JSON.stringify(parsed), clientId, this.channel,
+      );
+    } catch (cause) {
+      throw storeError(cause, `writing the policy of client "${clientId}" failed`);
+    }
+    const [ok, current] = reply;
     if (ok !== 1) throw new PolicyConflictError(clientId, String(current) || undefined);
     return Object.freeze({ clientId, policies: parsed, version });
   }
@@ -136,16 +158,27 @@ export class RedisPolicyStore implements PolicyStore {
   async delete(clientId: string, options: WriteOptions = {}): Promise<boolean> {
     assertClientId(clientId);
     assertWriteOptions(options);
-    const [ok, result] = await this.#redis.mrrtPolicyDelete(
-      this.keyFor(clientId), this.#index, ...precondition(options.ifMatch), clientId, this.channel,
-    );
+    let reply: ScriptReply;
+    try {
+      reply = await this.#redis.mrrtPolicyDelete(
+        this.keyFor(clientId), this.#index, ...precondition(options.ifMatch), clientId, this.channel,
+      );
+    } catch (cause) {
+      throw storeError(cause, `deleting the policy of client "${clientId}" failed`);
+    }
+    const [ok, result] = reply;
     if (ok !== 1) throw new PolicyConflictError(clientId, String(result) || undefined);
     return result === 1;
   }
 
   async list(options?: ListOptions): Promise<PolicyPage> {
     const { after, limit } = resolveListOptions(options);
-    const ids = await this.#redis.zrangebylex(this.#index, after === undefined ? '-' : `(${after}`, '+', 'LIMIT', 0, limit + 1);
+    let ids: string[];
+    try {
+      ids = await this.#redis.zrangebylex(this.#index, after === undefined ? '-' : `(${after}`, '+', 'LIMIT', 0, limit + 1);
+    } catch (cause) {
+      throw storeError(cause, 'listing the clients with a policy failed');
+    }
     const clientIds = ids.slice(0, limit);
     return ids.length > limit ? { clientIds, next: clientIds.at(-1)! } : { clientIds };
   }

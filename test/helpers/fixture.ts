@@ -1,4 +1,5 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import type { EventEmitter } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 
@@ -111,9 +112,10 @@ export async function startServer(options: ServerOptions): Promise<TestServer> {
   const provider = new ProviderClass(url, configuration);
   const events: MrrtExchangeEvent[] = [];
   const providerEvents: string[] = [];
-  provider.on('mrrt.exchange', (_ctx: unknown, event: MrrtExchangeEvent) => events.push(event));
+  const emitter = provider as unknown as EventEmitter;
+  emitter.on('mrrt.exchange', (_ctx: unknown, event: MrrtExchangeEvent) => events.push(event));
   for (const name of ['refresh_token.consumed', 'refresh_token.saved', 'grant.revoked', 'server_error']) {
-    provider.on(name, () => providerEvents.push(name));
+    emitter.on(name, () => providerEvents.push(name));
   }
 
   app.post('/interaction/:uid/login', async (req, res, next) => {
@@ -140,7 +142,7 @@ export async function startServer(options: ServerOptions): Promise<TestServer> {
 }
 
 export interface DpopKey {
-  readonly privateKey: CryptoKey;
+  readonly privateKey: jose.CryptoKey;
   readonly publicJwk: jose.JWK;
 }
 

@@ -1,0 +1,358 @@
+import { randomBytes } from 'node:crypto';
+
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import * as jose from 'jose';
+import { Redis } from 'ioredis';
+import request from 'supertest';
+
+import { MemoryPolicyStore, RedisPolicyStore, type MrrtReason, type Policy } from '../lib/index.js';
+import {
+  API, CLIENTS, SKIP_CONSENT, claims, dpopKey, login, refresh, snapshot, startServer, type TestServer, type TokenSet,
+} from './helpers/fixture.js';
+
+const APP_POLICY: Policy = [
+  { audience: API.A, scope: ['a:write'] },
+  { audience: API.B, scope: ['b:read'] },
+  { audience: API.C, scope: ['c:read'] },
+  { audience: API.CONSENT, scope: ['x:read'] },
+  { audience: API.ADMIN, scope: ['admin:write'] },
+  { audience: API.GONE, scope: ['g:read'] },
+];
+
+const redis = new Redis(process.env.MRRT_TEST_REDIS_URL!);
+const prefix = `mrrt-test:{exchange-${randomBytes(6).toString('hex')}}:`;
+const store = new RedisPolicyStore(redis, { prefix });
+
+afterAll(async () => {
+  const keys = await redis.keys(`${prefix}*`);
+  if (keys.length) await redis.del(...keys);
+  await redis.quit();
+});
+
+async function introspect(server: TestServer, token: string): Promise<Record<string, unknown>> {
+  const res = await request(server.url).post('/token/introspection').type('form')
+    .send({ token, client_id: CLIENTS.app.client_id, client_secret: CLIENTS.app.client_secret });
+  expect(res.status).toBe(200);
+  return res.body as Record<string, unknown>;
+}
+
+describe.each([
+  ['rotation on', true],
+  ['rotation off', false],
+])('MRRT exchange, %s', (_label, rotate) => {
+  let server: TestServer;
+
+  beforeAll(async () => {
+    await store.set('app', APP_POLICY);
+    await store.set('spa', [{ audience: API.B, scope: ['b:read'] }]);
+    await store.set('partner', [{ audience: API.B, scope: ['b:read'] }]);
+    await store.delete('other');
+    server = await startServer({ mrrt: { store, allowSkippingConsent: SKIP_CONSENT, denyList: [API.ADMIN] }, rotate });
+  });
+  afterAll(() => server.close());
+
+  /** Proves the refresh token still refreshes for its granted API, then returns the response. */
+  async function expectUsable(refreshToken: string, client: 'app' | 'other' | 'partner' | 'spa' = 'app', dpop?: Awaited<ReturnType<typeof dpopKey>>) {
+    const res = await refresh(server, refreshToken, { resource: API.A }, { client, dpop });
+    expect(res.status).toBe(200);
+    expect(claims(res.body.access_token).aud).toBe(API.A);
+    return res;
+  }
+
+  function expectRotation(tokens: TokenSet, body: Record<string, unknown>, before: ReturnType<typeof snapshot>) {
+    if (rotate) {
+      expect(body.refresh_token).not.toBe(tokens.refresh_token);
+      const rotated = JSON.parse(snapshot(server, body.refresh_token as string).refreshToken) as Record<string, unknown>;
+      const original = JSON.parse(before.refreshToken) as Record<string, unknown>;
+      expect(rotated.resource).toEqual(original.resource);
+      expect(rotated.scope).toBe(original.scope);
+      expect(JSON.parse(snapshot(server, tokens.refresh_token).refreshToken).consumed).toEqual(expect.any(Number));
+    } else {
+      expect(body.refresh_token).toBe(tokens.refresh_token);
+      expect(snapshot(server, tokens.refresh_token).refreshToken).toBe(before.refreshToken);
+    }
+    expect(snapshot(server, tokens.refresh_token).grant).toBe(before.grant);
+  }
+
+  test('a granted target without a policy passes through to oidc-provider', async () => {
+    const tokens = await login(server, { client: 'other' });
+    const res = await refresh(server, tokens.refresh_token, { resource: API.A }, { client: 'other' });
+    expect(res.status).toBe(200);
+    expect(claims(res.body.access_token)).toMatchObject({ aud: API.A, scope: 'a:read', client_id: 'other', sub: 'alice' });
+    expect(res.body.scope).toBe('a:read');
+    expect(res.body).not.toHaveProperty('resource');
+    expect(server.events.filter((e) => e.clientId === 'other')).toEqual([]);
+  });
+
+  test.each([
+    ['audience', { audience: API.B }],
+    ['resource', { resource: API.B }],
+    ['audience and resource with the same value', { audience: API.B, resource: API.B }],
+  ])('a policy-only target named by %s gets a token for that API only', async (_name, params) => {
+    const tokens = await login(server);
+    const before = snapshot(server, tokens.refresh_token);
+    const res = await refresh(server, tokens.refresh_token, params);
+    expect(res.status).toBe(200);
+    expect(claims(res.body.access_token)).toMatchObject({ aud: API.B, scope: 'b:read', client_id: 'app', sub: 'alice' });
+    expect(res.body).toMatchObject({ scope: 'b:read', resource: API.B, token_type: 'Bearer', expires_in: 300 });
+    expect(res.body.id_token).toEqual(expect.any(String));
+    expectRotation(tokens, res.body, before);
+    expect(server.events.at(-1)).toMatchObject({
+      outcome: 'issued', reason: 'policy', clientId: 'app', subject: 'alice', grantId: before.grantId,
+      requestedAudience: API.B, resolvedAudience: API.B, grantedScope: 'b:read',
+    });
+    expect(JSON.stringify(server.events.at(-1))).not.toContain(tokens.refresh_token);
+  });
+
+  test('the originally granted target gets the granted and the policy scopes', async () => {
+    const tokens = await login(server);
+    const before = snapshot(server, tokens.refresh_token);
+    const res = await refresh(server, tokens.refresh_token, { resource: API.A });
+    expect(res.status).toBe(200);
+    expect(claims(res.body.access_token)).toMatchObject({ aud: API.A, scope: 'a:read a:write', client_id: 'app' });
+    expect(res.body).toMatchObject({ scope: 'a:read a:write', resource: API.A });
+    expectRotation(tokens, res.body, before);
+  });
+
+  test('without a target, oidc-provider picks the token as it always does', async () => {
+    const tokens = await login(server);
+    const res = await refresh(server, tokens.refresh_token);
+    expect(res.status).toBe(200);
+    expect(res.body.scope).toBe('openid offline_access');
+    expect(res.body).not.toHaveProperty('resource');
+    expect(() => jose.decodeJwt(res.body.access_token)).toThrow();
+    expect(await introspect(server, res.body.access_token)).toMatchObject({ active: true, scope: 'openid offline_access', client_id: 'app' });
+  });
+
+  test('an opaque-format target is issued opaque and introspects with its audience and scope', async () => {
+    const tokens = await login(server);
+    const res = await refresh(server, tokens.refresh_token, { audience: API.C });
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({ scope: 'c:read', resource: API.C });
+    expect(() => jose.decodeJwt(res.body.access_token)).toThrow();
+    expect(await introspect(server, res.body.access_token)).toMatchObject({
+      active: true, aud: API.C, scope: 'c:read', client_id: 'app', sub: 'alice',
+    });
+  });
+
+  test('a scope parameter narrows the token; openid stays out of the API token but still yields an ID token', async () => {
+    const tokens = await login(server);
+    const res = await refresh(server, tokens.refresh_token, { audience: API.B, scope: 'openid b:read' });
+    expect(res.status).toBe(200);
+    expect(claims(res.body.access_token)).toMatchObject({ aud: API.B, scope: 'b:read' });
+    expect(res.body.scope).toBe('b:read');
+    expect(res.body.id_token).toEqual(expect.any(String));
+  });
+
+  test('chained exchanges keep working and never widen the stored refresh token', async () => {
+    const tokens = await login(server);
+    const original = snapshot(server, tokens.refresh_token);
+    let current = tokens.refresh_token;
+    for (const [audience, scope] of [[API.B, 'b:read'], [API.C, 'c:read'], [API.A, 'a:read a:write'], [API.B, 'b:read']] as const) {
+      const res = await refresh(server, current, { audience });
+      expect(res.status).toBe(200);
+      expect(res.body.scope).toBe(scope);
+      current = res.body.refresh_token;
+      const stored = JSON.parse(snapshot(server, current).refreshToken) as Record<string, unknown>;
+      expect(stored.resource).toEqual(JSON.parse(original.refreshToken).resource);
+      expect(stored.scope).toBe(JSON.parse(original.refreshToken).scope);
+    }
+    expect(snapshot(server, current).grant).toBe(original.grant);
+  });
+
+  if (rotate) {
+    test('reusing a rotated refresh token after an MRRT exchange revokes the grant, as upstream does', async () => {
+      const tokens = await login(server);
+      const { grantId } = snapshot(server, tokens.refresh_token);
+      const first = await refresh(server, tokens.refresh_token, { audience: API.B });
+      expect(first.status).toBe(200);
+      const reuse = await refresh(server, tokens.refresh_token, { audience: API.B });
+      expect(reuse.status).toBe(400);
+      expect(reuse.body.error).toBe('invalid_grant');
+      const next = await refresh(server, first.body.refresh_token, { resource: API.A });
+      expect(next.status).toBe(400);
+      expect(next.body.error).toBe('invalid_grant');
+      expect(server.storage.entries.has(`Grant:${grantId}`)).toBe(false);
+      expect(server.providerEvents).toContain('grant.revoked');
+    });
+  } else {
+    test('without rotation the same refresh token serves repeated exchanges', async () => {
+      const tokens = await login(server);
+      for (const audience of [API.B, API.C, API.B]) {
+        const res = await refresh(server, tokens.refresh_token, { audience });
+        expect(res.status).toBe(200);
+        expect(res.body.refresh_token).toBe(tokens.refresh_token);
+      }
+    });
+  }
+
+  describe('a DPoP-bound refresh token', () => {
+    test('is exchanged with a proof of its key, and the token is bound to it', async () => {
+      const key = await dpopKey();
+      const tokens = await login(server, { client: 'spa', dpop: key });
+      expect(JSON.parse(snapshot(server, tokens.refresh_token).refreshToken).jkt).toEqual(expect.any(String));
+      const res = await refresh(server, tokens.refresh_token, { audience: API.B }, { client: 'spa', dpop: key });
+      expect(res.status).toBe(200);
+      expect(res.body).toMatchObject({ token_type: 'DPoP', scope: 'b:read', resource: API.B });
+      expect(claims(res.body.access_token)).toMatchObject({
+        aud: API.B, client_id: 'spa', cnf: { jkt: await jose.calculateJwkThumbprint(key.publicJwk) },
+      });
+    });
+
+    test.each([
+      ['no proof', undefined],
+      ['a proof of another key', 'other'],
+    ])('with %s is refused by oidc-provider, whose check wins, and stays usable', async (_name, which) => {
+      const key = await dpopKey();
+      const tokens = await login(server, { client: 'spa', dpop: key });
+      const before = snapshot(server, tokens.refresh_token);
+      const proofKey = which ? await dpopKey() : undefined;
+      for (const audience of [API.B, API.ADMIN]) {
+        const res = await refresh(server, tokens.refresh_token, { audience }, { client: 'spa', dpop: proofKey });
+        expect(res.status).toBe(400);
+        expect(res.body.error).toBe('invalid_grant');
+      }
+      expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+      await expectUsable(tokens.refresh_token, 'spa', key);
+    });
+  });
+
+  const refusals: Array<[string, 'app' | 'other' | 'partner', Record<string, string | string[]>, number, string, MrrtReason | undefined, string | undefined]> = [
+    ['a third-party client', 'partner', { audience: API.B }, 400, 'invalid_target', 'not_first_party', undefined],
+    ['a deny-listed audience', 'app', { audience: API.ADMIN }, 400, 'invalid_target', 'deny_listed', undefined],
+    ['an API that does not allow skipping consent', 'app', { audience: API.CONSENT }, 400, 'invalid_target', 'consent_required', undefined],
+    ['an audience in the policy that is no longer a known API', 'app', { audience: API.GONE }, 400, 'invalid_target', 'unknown_resource', undefined],
+    ['an audience outside the policy', 'app', { audience: 'https://api-x.example.com' }, 400, 'invalid_target', 'not_in_policy', undefined],
+    ['a client without a policy', 'other', { audience: API.B }, 400, 'invalid_target', 'no_policy', undefined],
+    ['two resource values', 'app', { resource: [API.B, API.C] }, 400, 'invalid_target', 'multiple_targets', undefined],
+    ['two audience values', 'app', { audience: [API.B, API.C] }, 400, 'invalid_target', 'multiple_targets', undefined],
+    ['the granted resource twice', 'app', { resource: [API.A, API.A] }, 400, 'invalid_target', 'multiple_targets', undefined],
+    ['audience different from resource', 'app', { audience: API.B, resource: API.C }, 400, 'invalid_request', undefined, undefined],
+    ['a scope outside the refresh token and the policy', 'app', { audience: API.B, scope: 'b:write' }, 400, 'invalid_scope', 'scope_not_allowed', 'b:write'],
+    ['a scope of another API', 'app', { audience: API.B, scope: 'b:read a:write' }, 400, 'invalid_scope', 'scope_not_allowed', 'a:write'],
+    ['a scope outside the policy on the granted API', 'app', { resource: API.A, scope: 'a:read b:write' }, 400, 'invalid_scope', 'scope_not_allowed', 'b:write'],
+    ['a request leaving no API scope', 'app', { audience: API.B, scope: 'openid' }, 400, 'invalid_scope', 'empty_scope', undefined],
+  ];
+
+  test.each(refusals)('%s is refused before anything is rotated or stored', async (_name, client, params, status, error, reason, scope) => {
+    const tokens = await login(server, { client });
+    const before = snapshot(server, tokens.refresh_token);
+    const eventsBefore = server.events.length;
+    const providerEventsBefore = server.providerEvents.length;
+
+    const res = await refresh(server, tokens.refresh_token, params, { client });
+    expect(res.status).toBe(status);
+    expect(res.body.error).toBe(error);
+    expect(res.body.error_description).toEqual(expect.any(String));
+    expect(res.body).not.toHaveProperty('access_token');
+    if (scope) expect(res.body.scope).toBe(scope);
+
+    expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+    expect(server.providerEvents.slice(providerEventsBefore)).toEqual([]);
+    const emitted = server.events.slice(eventsBefore);
+    if (reason) {
+      expect(emitted).toEqual([expect.objectContaining({ outcome: 'refused', reason, error, clientId: client, subject: 'alice', grantId: before.grantId })]);
+    } else {
+      expect(emitted).toEqual([]);
+    }
+    await expectUsable(tokens.refresh_token, client);
+  });
+
+  test('a policy change applies to the next exchange: widen, narrow, delete', async () => {
+    const tokens = await login(server, { client: 'other' });
+    const current = () => tokens.refresh_token;
+    const exchange = async () => {
+      const res = await refresh(server, current(), { audience: API.B }, { client: 'other' });
+      if (res.body.refresh_token) tokens.refresh_token = res.body.refresh_token;
+      return res;
+    };
+    try {
+      await store.set('other', [{ audience: API.B, scope: ['b:read', 'b:write'] }]);
+      expect((await exchange()).body.scope).toBe('b:read b:write');
+      await store.set('other', [{ audience: API.B, scope: ['b:read'] }]);
+      expect((await exchange()).body.scope).toBe('b:read');
+      await store.delete('other');
+      const refused = await exchange();
+      expect(refused.status).toBe(400);
+      expect(refused.body.error).toBe('invalid_target');
+      await expectUsable(current(), 'other');
+    } finally {
+      await store.delete('other');
+    }
+  });
+
+  test('corrupted policy data fails closed with server_error, and granted refreshes keep working', async () => {
+    const tokens = await login(server, { client: 'spa' });
+    const before = snapshot(server, tokens.refresh_token);
+    const key = store.keyFor('spa');
+    try {
+      for (const corrupt of ['{not json', JSON.stringify([{ audience: API.B, scope: ['b:read'], extra: true }]), JSON.stringify({ __proto__: null })]) {
+        await redis.hset(key, 'p', corrupt);
+        const res = await refresh(server, tokens.refresh_token, { audience: API.B }, { client: 'spa' });
+        expect(res.status).toBe(500);
+        expect(res.body.error).toBe('server_error');
+        expect(res.body).not.toHaveProperty('access_token');
+        expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason: 'store_corrupt', clientId: 'spa' });
+        expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+      }
+      await expectUsable(tokens.refresh_token, 'spa');
+    } finally {
+      await store.set('spa', [{ audience: API.B, scope: ['b:read'] }]);
+    }
+  });
+});
+
+describe('MRRT exchange with an unreachable policy store', () => {
+  let server: TestServer;
+  let dead: Redis;
+
+  beforeAll(async () => {
+    dead = new Redis({
+      host: '127.0.0.1', port: 1, connectTimeout: 200, lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null,
+    });
+    dead.on('error', () => {});
+    server = await startServer({
+      mrrt: { store: new RedisPolicyStore(dead, { prefix }), allowSkippingConsent: SKIP_CONSENT, storeTimeout: 500 },
+      rotate: true,
+    });
+  });
+  afterAll(async () => {
+    dead.disconnect();
+    await server.close();
+  });
+
+  test('policy-only targets fail closed with a 503, granted ones keep working', async () => {
+    const tokens = await login(server);
+    const before = snapshot(server, tokens.refresh_token);
+    const res = await refresh(server, tokens.refresh_token, { audience: API.B });
+    expect(res.status).toBe(503);
+    expect(res.body.error).toBe('temporarily_unavailable');
+    expect(res.body).not.toHaveProperty('access_token');
+    expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+    expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason: 'store_unavailable' });
+
+    const granted = await refresh(server, tokens.refresh_token, { resource: API.A });
+    expect(granted.status).toBe(200);
+    expect(claims(granted.body.access_token)).toMatchObject({ aud: API.A, scope: 'a:read' });
+  });
+});
+
+describe('MRRT exchange with a policy store that does not answer in time', () => {
+  test('fails closed after storeTimeout with a 503', async () => {
+    const slow = new MemoryPolicyStore();
+    await slow.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    const realGet = slow.get.bind(slow);
+    slow.get = (clientId: string) => new Promise((resolve) => { setTimeout(() => resolve(realGet(clientId)), 1_000).unref(); });
+    const server = await startServer({ mrrt: { store: slow, allowSkippingConsent: SKIP_CONSENT, storeTimeout: 100 }, rotate: true });
+    try {
+      const tokens = await login(server);
+      const before = snapshot(server, tokens.refresh_token);
+      const res = await refresh(server, tokens.refresh_token, { audience: API.B });
+      expect(res.status).toBe(503);
+      expect(res.body.error).toBe('temporarily_unavailable');
+      expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+    } finally {
+      await server.close();
+    }
+  });
+});

@@ -1,0 +1,172 @@
+import { describe, test, expect } from '@jest/globals';
+import Provider from 'oidc-provider';
+
+import {
+  DEFAULT_LIMITS, MemoryPolicyStore, mrrtConfiguration, withMrrt,
+  type MrrtClient, type MrrtConfiguration, type MrrtOptions,
+} from '../lib/index.js';
+
+const ISSUER = 'https://op.example.com';
+const store = new MemoryPolicyStore();
+
+/** Expects `withMrrt(Provider, options)` to throw a TypeError whose message contains `name` in quotes. */
+function expectOptionError(options: unknown, name: string): void {
+  let thrown: unknown;
+  try {
+    withMrrt(Provider, options as MrrtOptions);
+  } catch (err) {
+    thrown = err;
+  }
+  expect(thrown).toBeInstanceOf(TypeError);
+  expect((thrown as TypeError).message).toContain(`"${name}`);
+}
+
+const configurationOf = (options: MrrtOptions): MrrtConfiguration => {
+  const MrrtProvider = withMrrt(Provider, options);
+  const provider = new MrrtProvider(ISSUER, {}) as Provider & { [mrrtConfiguration]: MrrtConfiguration };
+  return provider[mrrtConfiguration];
+};
+
+describe('withMrrt options', () => {
+  const bad: [label: string, options: unknown, name: string][] = [
+    ['no store', {}, 'store'],
+    ['store undefined', { store: undefined }, 'store'],
+    ['store null', { store: null }, 'store'],
+    ['a store without get', { store: { set: async () => undefined } }, 'store'],
+    ['a store whose get is not a function', { store: { get: 'x' } }, 'store'],
+    ['a store that is a string', { store: 'redis://localhost' }, 'store'],
+    ['an unknown option', { store, denylist: [] }, 'denylist'],
+    ['another unknown option', { store, resourceIndicators: true }, 'resourceIndicators'],
+    ['isFirstParty null', { store, isFirstParty: null }, 'isFirstParty'],
+    ['allowSkippingConsent null', { store, allowSkippingConsent: null }, 'allowSkippingConsent'],
+    ['denyList null', { store, denyList: null }, 'denyList'],
+    ['limits null', { store, limits: null }, 'limits'],
+    ['storeTimeout null', { store, storeTimeout: null }, 'storeTimeout'],
+    ['isFirstParty true', { store, isFirstParty: true }, 'isFirstParty'],
+    ['isFirstParty a list', { store, isFirstParty: ['app'] }, 'isFirstParty'],
+    ['allowSkippingConsent a string', { store, allowSkippingConsent: 'https://api.example.com' }, 'allowSkippingConsent'],
+    ['allowSkippingConsent true', { store, allowSkippingConsent: true }, 'allowSkippingConsent'],
+    ['allowSkippingConsent a Set', { store, allowSkippingConsent: new Set(['https://api.example.com']) }, 'allowSkippingConsent'],
+    ['allowSkippingConsent with a relative URI', { store, allowSkippingConsent: ['https://api.example.com', '/api'] }, 'allowSkippingConsent[1]'],
+    ['allowSkippingConsent with a fragment', { store, allowSkippingConsent: ['https://api.example.com/#x'] }, 'allowSkippingConsent[0]'],
+    ['allowSkippingConsent with a non-string', { store, allowSkippingConsent: [42] }, 'allowSkippingConsent[0]'],
+    ['denyList a string', { store, denyList: 'https://admin.example.com' }, 'denyList'],
+    ['denyList with a non-URI', { store, denyList: ['admin api'] }, 'denyList[0]'],
+    ['denyList with a relative URI', { store, denyList: ['https://admin.example.com', 'admin'] }, 'denyList[1]'],
+    ['denyList with an empty string', { store, denyList: [''] }, 'denyList[0]'],
+    ['limits a number', { store, limits: 10 }, 'limits'],
+    ['limits an array', { store, limits: [10] }, 'limits'],
+    ['limits with an unknown key', { store, limits: { maxAudiences: 5 } }, 'limits.maxAudiences'],
+    ['limits with an inherited key', { store, limits: { constructor: 5 } }, 'limits.constructor'],
+    ['limits with toString', { store, limits: { toString: 5 } }, 'limits.toString'],
+    ['limits.maxEntries 0', { store, limits: { maxEntries: 0 } }, 'limits.maxEntries'],
+    ['limits.maxEntries negative', { store, limits: { maxEntries: -5 } }, 'limits.maxEntries'],
+    ['limits.maxEntries 1.5', { store, limits: { maxEntries: 1.5 } }, 'limits.maxEntries'],
+    ['limits.maxEntries a string', { store, limits: { maxEntries: '10' } }, 'limits.maxEntries'],
+    ['limits.maxEntries Infinity', { store, limits: { maxEntries: Infinity } }, 'limits.maxEntries'],
+    ['limits.maxEntries NaN', { store, limits: { maxEntries: Number.NaN } }, 'limits.maxEntries'],
+    ['limits.maxEntries null', { store, limits: { maxEntries: null } }, 'limits.maxEntries'],
+    ['limits.maxScopesPerEntry 0', { store, limits: { maxScopesPerEntry: 0 } }, 'limits.maxScopesPerEntry'],
+    ['limits.maxScopesPerEntry 2.5', { store, limits: { maxScopesPerEntry: 2.5 } }, 'limits.maxScopesPerEntry'],
+    ['limits.maxScopesPerEntry too large', { store, limits: { maxScopesPerEntry: 1001 } }, 'limits.maxScopesPerEntry'],
+    ['storeTimeout 0', { store, storeTimeout: 0 }, 'storeTimeout'],
+    ['storeTimeout negative', { store, storeTimeout: -1 }, 'storeTimeout'],
+    ['storeTimeout 1.5', { store, storeTimeout: 1.5 }, 'storeTimeout'],
+    ['storeTimeout too large', { store, storeTimeout: 60_001 }, 'storeTimeout'],
+    ['storeTimeout Infinity', { store, storeTimeout: Infinity }, 'storeTimeout'],
+    ['storeTimeout a string', { store, storeTimeout: '2000' }, 'storeTimeout'],
+  ];
+
+  test.each(bad)('%s -> TypeError naming the option', (_, options, name) => {
+    expectOptionError(options, name);
+  });
+
+  test.each([undefined, null, 'store', [store], 42])('options %p -> TypeError', (options) => {
+    expect(() => withMrrt(Provider, options as unknown as MrrtOptions)).toThrow(TypeError);
+  });
+
+  test('the first argument must be the Provider class or a subclass', () => {
+    for (const base of [undefined, null, {}, class NotAProvider {}, () => Provider, Object, function Provider() {}]) {
+      expect(() => withMrrt(base as unknown as typeof Provider, { store })).toThrow(TypeError);
+      expect(() => withMrrt(base as unknown as typeof Provider, { store })).toThrow(/Provider class/);
+    }
+    class Subclass extends Provider {}
+    expect(() => withMrrt(Subclass, { store })).not.toThrow();
+  });
+
+  test('features.resourceIndicators.enabled: false -> TypeError at construction', () => {
+    const MrrtProvider = withMrrt(Provider, { store });
+    expect(() => new MrrtProvider(ISSUER, { features: { resourceIndicators: { enabled: false } } })).toThrow(TypeError);
+    expect(() => new MrrtProvider(ISSUER, { features: { resourceIndicators: { enabled: false } } })).toThrow(/features\.resourceIndicators\.enabled/);
+    expect(() => new MrrtProvider(ISSUER, null as never)).toThrow(TypeError);
+    // with the feature on (explicitly or by default) the provider is constructed
+    expect(new MrrtProvider(ISSUER, { features: { resourceIndicators: { enabled: true } } })).toBeInstanceOf(Provider);
+    expect(new MrrtProvider(ISSUER)).toBeInstanceOf(Provider);
+  });
+});
+
+describe('resolved configuration', () => {
+  const client = { clientId: 'app' } as unknown as MrrtClient;
+
+  test('defaults', async () => {
+    const config = configurationOf({ store });
+    expect(config.store).toBe(store);
+    expect(config.storeTimeout).toBe(2000);
+    expect(config.limits).toEqual(DEFAULT_LIMITS);
+    expect([...config.denyList]).toEqual([]);
+    expect(config.registerFirstPartyMetadata).toBe(true);
+    expect(await config.allowSkippingConsent('https://api.example.com', client)).toBe(false);
+    expect(await config.isFirstParty(client)).toBe(false);
+    expect(await config.isFirstParty({ clientId: 'app', first_party: true } as unknown as MrrtClient)).toBe(true);
+    expect(await config.isFirstParty({ clientId: 'app', first_party: 'true' } as unknown as MrrtClient)).toBe(false);
+    expect(Object.isFrozen(config)).toBe(true);
+    expect(Object.isFrozen(config.limits)).toBe(true);
+  });
+
+  test('given values', async () => {
+    const isFirstParty = (c: MrrtClient): boolean => c.clientId === 'app';
+    const config = configurationOf({
+      store,
+      isFirstParty,
+      allowSkippingConsent: ['https://api.example.com', 'urn:example:api'],
+      denyList: ['https://admin.example.com'],
+      limits: { maxEntries: 5, maxScopesPerEntry: undefined },
+      storeTimeout: 60_000,
+    });
+    expect(config.isFirstParty).toBe(isFirstParty);
+    expect(config.registerFirstPartyMetadata).toBe(false);
+    expect(await config.allowSkippingConsent('https://api.example.com', client)).toBe(true);
+    expect(await config.allowSkippingConsent('urn:example:api', client)).toBe(true);
+    expect(await config.allowSkippingConsent('https://api.example.com/', client)).toBe(false);
+    expect([...config.denyList]).toEqual(['https://admin.example.com']);
+    expect(config.limits).toEqual({ maxEntries: 5, maxScopesPerEntry: DEFAULT_LIMITS.maxScopesPerEntry });
+    expect(config.storeTimeout).toBe(60_000);
+    expect(configurationOf({ store, storeTimeout: 1, limits: { maxEntries: 1000, maxScopesPerEntry: 1 } })).toMatchObject({
+      storeTimeout: 1, limits: { maxEntries: 1000, maxScopesPerEntry: 1 },
+    });
+  });
+
+  test('allowSkippingConsent as a function is used as is', async () => {
+    const seen: string[] = [];
+    const config = configurationOf({
+      store,
+      allowSkippingConsent: (resource, c) => {
+        seen.push(`${c.clientId} ${resource}`);
+        return resource.startsWith('https://internal.');
+      },
+    });
+    expect(await config.allowSkippingConsent('https://internal.example.com', client)).toBe(true);
+    expect(await config.allowSkippingConsent('https://external.example.com', client)).toBe(false);
+    expect(seen).toEqual(['app https://internal.example.com', 'app https://external.example.com']);
+  });
+
+  test('the options list is copied: later changes to it do not widen MRRT', async () => {
+    const allow = ['https://api.example.com'];
+    const deny = ['https://admin.example.com'];
+    const config = configurationOf({ store, allowSkippingConsent: allow, denyList: deny });
+    allow.push('https://other.example.com');
+    deny.length = 0;
+    expect(await config.allowSkippingConsent('https://other.example.com', client)).toBe(false);
+    expect([...config.denyList]).toEqual(['https://admin.example.com']);
+  });
+});
