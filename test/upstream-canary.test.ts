@@ -1,0 +1,40 @@
+// Fails loudly when an oidc-provider release changes what the MRRT hook relies on.
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { MemoryPolicyStore } from '../lib/index.js';
+import { API, claims, login, refresh, snapshot, startServer, type TestServer } from './helpers/fixture.js';
+
+describe('oidc-provider behaviour the extension depends on', () => {
+  let plain: TestServer;
+  beforeAll(async () => { plain = await startServer({ mrrt: false, rotate: true }); });
+  afterAll(() => plain.close());
+
+  test('plain oidc-provider rotates before it resolves the resource, burning the token on invalid_target', async () => {
+    // this ordering is why the extension refuses before delegating; if upstream fixes it, revisit the hook
+    const tokens = await login(plain);
+    const res = await refresh(plain, tokens.refresh_token, { resource: API.B });
+    expect(res.status).toBe(400);
+    expect(res.body.error).toBe('invalid_target');
+    expect(plain.providerEvents).toContain('refresh_token.consumed');
+    const retry = await refresh(plain, tokens.refresh_token, { resource: API.A });
+    expect(retry.status).toBe(400);
+    expect(retry.body.error).toBe('invalid_grant');
+  });
+
+  test('the refresh handler loads the refresh token and Grant through the adapter and saves the rotation through it', async () => {
+    const store = new MemoryPolicyStore();
+    await store.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    const server = await startServer({ mrrt: { store, allowSkippingConsent: [API.B] }, rotate: true });
+    try {
+      const tokens = await login(server);
+      const before = JSON.parse(snapshot(server, tokens.refresh_token).refreshToken) as Record<string, unknown>;
+      const res = await refresh(server, tokens.refresh_token, { resource: API.B });
+      expect(res.status).toBe(200);
+      expect(claims(res.body.access_token).aud).toBe(API.B);
+      const rotated = JSON.parse(snapshot(server, res.body.refresh_token).refreshToken) as Record<string, unknown>;
+      expect({ resource: rotated.resource, scope: rotated.scope }).toEqual({ resource: before.resource, scope: before.scope });
+    } finally {
+      await server.close();
+    }
+  });
+
+});
