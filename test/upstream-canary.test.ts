@@ -38,3 +38,44 @@ describe('oidc-provider behaviour the extension depends on', () => {
   });
 
 });
+
+describe('the overlay fails closed', () => {
+  test('a Grant save attempted while an MRRT overlay is applied is refused and nothing is stored', async () => {
+    const store = new MemoryPolicyStore();
+    await store.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    let saveDuringRefresh = false;
+    const server = await startServer({
+      mrrt: { store, allowSkippingConsent: [API.B] },
+      rotate: true,
+      configure(configuration) {
+        configuration.findAccount = async (ctx, sub) => {
+          const grant = ctx.oidc.entities.Grant;
+          if (saveDuringRefresh && ctx.oidc.route === 'token' && grant) await grant.save();
+          return { accountId: sub, claims: () => ({ sub }) };
+        };
+      },
+    });
+    try {
+      const tokens = await login(server);
+      saveDuringRefresh = true;
+      // without an overlay the same Grant save goes through
+      const plain = await refresh(server, tokens.refresh_token, { resource: API.A });
+      expect(plain.status).toBe(200);
+      tokens.refresh_token = plain.body.refresh_token;
+      const before = snapshot(server, tokens.refresh_token);
+      const res = await refresh(server, tokens.refresh_token, { audience: API.B });
+      expect(res.status).toBe(500);
+      expect(res.body.error).toBe('server_error');
+      expect(res.body).not.toHaveProperty('access_token');
+      expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+      expect(JSON.parse(before.grant).resources).not.toHaveProperty([API.B]);
+
+      saveDuringRefresh = false;
+      const retry = await refresh(server, tokens.refresh_token, { audience: API.B });
+      expect(retry.status).toBe(200);
+      expect(claims(retry.body.access_token)).toMatchObject({ aud: API.B, scope: 'b:read' });
+    } finally {
+      await server.close();
+    }
+  });
+});
