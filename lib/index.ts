@@ -13,3 +13,7 @@ export { RedisAdapter } from './adapters/redis.js';
 export type { RedisAdapterOptions } from './adapters/redis.js';
 export { PolicyValidationError, PolicyConflictError, PolicyStoreError } from './errors.js';
 export type { PolicyIssue } from './errors.js';
+export { createPolicyRouter } from './admin-router.js';
+export type { PolicyRouterOptions, AdminAuthorize, AdminDenial, AdminGrant, PolicyAuditEvent } from './admin-router.js';
+export { jwtAuthorizer } from './admin-auth.js';
+export type { JwtAuthorizerOptions } from './admin-auth.js';

@@ -9,6 +9,21 @@ import { createRefreshHook, type MrrtExchangeEvent } from './refresh-hook.js';
 /** The MRRT settings a `withMrrt` provider runs with, for the admin API and for inspection. */
 export const mrrtConfiguration: unique symbol = Symbol.for('oidc-provider-mrrt.configuration');
 
+type ResourceServerInfoFn = NonNullable<NonNullable<NonNullable<Configuration['features']>['resourceIndicators']>['getResourceServerInfo']>;
+
+/** What the admin API needs to know of a `withMrrt` provider. */
+export interface MrrtInstallation {
+  readonly config: MrrtConfiguration;
+  readonly getResourceServerInfo: ResourceServerInfoFn | undefined;
+}
+
+const installations = new WeakMap<object, MrrtInstallation>();
+
+/** The MRRT installation of a provider built with {@link withMrrt}, or `undefined` for any other object. */
+export function mrrtInstallation(provider: unknown): MrrtInstallation | undefined {
+  return typeof provider === 'object' && provider !== null ? installations.get(provider) : undefined;
+}
+
 type ProviderClass = typeof Provider;
 
 /** Typed listeners for the events the extension emits on the provider. */
@@ -124,6 +139,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
       } finally {
         constructing = undefined;
       }
+      installations.set(this, { config, getResourceServerInfo: configuration.features?.resourceIndicators?.getResourceServerInfo });
       if (!hooked) {
         throw new Error('oidc-provider-mrrt: the refresh_token grant was not registered through registerGrantType during construction; this oidc-provider version is not supported');
       }

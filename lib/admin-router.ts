@@ -1,0 +1,320 @@
+import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import { errors } from 'oidc-provider';
+
+import { PolicyConflictError, PolicyStoreError, PolicyValidationError, type PolicyIssue } from './errors.js';
+import { parsePolicies, type Policy } from './policy.js';
+import { mrrtInstallation, type MrrtInstallation } from './provider.js';
+import type { PolicyRecord, PolicyStore } from './store.js';
+
+/** A refusal returned by an {@link AdminAuthorize} function. */
+export interface AdminDenial {
+  readonly status: 401 | 403;
+  readonly error: string;
+  readonly error_description?: string;
+}
+
+/** The caller, when allowed; `actor` is recorded in audit events. */
+export interface AdminGrant {
+  readonly actor: string;
+}
+
+/**
+ * Decides whether a request to the admin API may proceed: `true` or an {@link AdminGrant} allows,
+ * `false` (403) or an {@link AdminDenial} refuses. Throwing refuses with a 500.
+ */
+export type AdminAuthorize = (req: Request) => boolean | AdminGrant | AdminDenial | Promise<boolean | AdminGrant | AdminDenial>;
+
+/** One change made through the admin API, given to `onAudit` and emitted as `mrrt.policy.changed` on the provider. */
+export interface PolicyAuditEvent {
+  readonly action: 'put' | 'delete';
+  readonly clientId: string;
+  readonly actor: string | undefined;
+  readonly previousVersion: string | undefined;
+  readonly version: string | undefined;
+  readonly policies: Policy | undefined;
+  readonly at: string;
+}
+
+/** Options of {@link createPolicyRouter}. */
+export interface PolicyRouterOptions {
+  /** The provider built with `withMrrt`: clients, APIs and deny-list are checked against it. Required. */
+  provider: object;
+  /** Who may use the API. Required: the router refuses to exist without it. */
+  authorize: AdminAuthorize;
+  /** Where policies are written. Default: the store the provider's MRRT reads from. */
+  store?: PolicyStore;
+  /** Largest accepted request body, as for `express.json`. Default `'32kb'`. */
+  bodyLimit?: string | number;
+  /** Called after every successful change. */
+  onAudit?: (event: PolicyAuditEvent) => void;
+}
+
+class AdminError extends Error {
+  constructor(
+    readonly status: number,
+    readonly error: string,
+    readonly description: string,
+    readonly issues?: readonly PolicyIssue[],
+  ) {
+    super(description);
+  }
+}
+
+const OIDC_SCOPES = new Set(['openid', 'offline_access']);
+const etag = (version: string): string => `"${version}"`;
+
+function ifMatchOf(req: Request): string | null | undefined | '*' {
+  const ifNoneMatch = req.get('if-none-match');
+  if (ifNoneMatch !== undefined) {
+    if (ifNoneMatch.trim() !== '*') throw new AdminError(400, 'invalid_request', 'If-None-Match supports only "*"');
+    return null;
+  }
+  const header = req.get('if-match');
+  if (header === undefined) return undefined;
+  const value = header.trim();
+  if (value === '*') return '*';
+  const match = /^"([^"]{1,128})"$/.exec(value);
+  if (!match) throw new AdminError(400, 'invalid_request', 'If-Match must be "*" or one strong ETag');
+  return match[1]!;
+}
+
+function clientIdOf(req: Request): string {
+  const { clientId } = req.params;
+  if (typeof clientId !== 'string' || clientId.length === 0 || clientId.length > 1024) {
+    throw new AdminError(400, 'invalid_request', 'client id must be 1 to 1024 characters');
+  }
+  return clientId;
+}
+
+function recordBody(record: PolicyRecord): Record<string, unknown> {
+  return { client_id: record.clientId, policies: record.policies, version: record.version };
+}
+
+/**
+ * An Express router administering MRRT policies (SPEC A1–A4):
+ *
+ * | method | path | |
+ * | --- | --- | --- |
+ * | GET | `/clients?after=&limit=` | client ids with a policy, paginated |
+ * | GET | `/clients/:clientId/policy` | the policy, with its `ETag` |
+ * | PUT | `/clients/:clientId/policy` | replace it: body `{ "policies": [...] }`, `If-Match` / `If-None-Match: *` |
+ * | DELETE | `/clients/:clientId/policy` | delete it, `If-Match` |
+ *
+ * Writes are validated against the provider (the client exists and is first-party; every audience
+ * is a known API that allows skipping consent and is not deny-listed; every scope is defined by it),
+ * every problem reported with its JSON path; a refused request changes nothing.
+ *
+ * @example
+ * ```ts
+ * app.use('/admin', createPolicyRouter({
+ *   provider,
+ *   authorize: jwtAuthorizer({ key: createLocalJWKSet(jwks), issuer, audience: 'https://admin.example.com', scope: 'mrrt:admin' }),
+ * }));
+ * ```
+ */
+export function createPolicyRouter(options: PolicyRouterOptions): Router {
+  if (typeof options !== 'object' || options === null) throw new TypeError('createPolicyRouter options must be an object');
+  const { provider, authorize, bodyLimit = '32kb', onAudit, ...unknown } = options;
+  const extra = Object.keys(unknown).filter((key) => key !== 'store');
+  if (extra.length) throw new TypeError(`"${extra[0]}" is not a createPolicyRouter option`);
+  if (typeof authorize !== 'function') throw new TypeError('"authorize" option is required: the policy admin API must not run unprotected');
+  const installation = mrrtInstallation(provider);
+  if (!installation) throw new TypeError('"provider" option must be a provider built with withMrrt');
+  const store = options.store ?? installation.config.store;
+  if (typeof store !== 'object' || store === null || typeof store.set !== 'function' || typeof store.list !== 'function') {
+    throw new TypeError('"store" option must be a PolicyStore');
+  }
+  if (onAudit !== undefined && typeof onAudit !== 'function') throw new TypeError('"onAudit" option must be a function');
+  if (typeof bodyLimit !== 'string' && typeof bodyLimit !== 'number') throw new TypeError('"bodyLimit" option must be a string or a number');
+
+  const emitter = provider as { emit?: (event: string, ...args: unknown[]) => boolean };
+  const audit = (event: PolicyAuditEvent): void => {
+    onAudit?.(event);
+    emitter.emit?.('mrrt.policy.changed', event);
+  };
+
+  const router = express.Router();
+  const wrap = (handler: (req: Request, res: Response, actor: string | undefined) => Promise<void>) => (
+    async (req: Request, res: Response, next: NextFunction): Promise<void> => {
+      try {
+        const decision = await authorize(req);
+        if (decision === false) throw new AdminError(403, 'access_denied', 'not allowed to administer MRRT policies');
+        if (typeof decision === 'object' && decision !== null && 'status' in decision) {
+          throw new AdminError(decision.status === 401 ? 401 : 403, decision.error, decision.error_description ?? 'not allowed');
+        }
+        if (decision !== true && !(typeof decision === 'object' && decision !== null && 'actor' in decision)) {
+          throw new TypeError('authorize must return true, false, { actor } or { status, error }');
+        }
+        await handler(req, res, decision === true ? undefined : decision.actor);
+      } catch (err) {
+        next(err);
+      }
+    }
+  );
+
+  router.use((_req, res, next) => {
+    res.set('Cache-Control', 'no-store');
+    next();
+  });
+
+  router.get('/clients', wrap(async (req, res) => {
+    const after = req.query.after;
+    const limitText = req.query.limit;
+    if (after !== undefined && (typeof after !== 'string' || after.length === 0)) throw new AdminError(400, 'invalid_request', '"after" must be a client id');
+    let limit = 100;
+    if (limitText !== undefined) {
+      if (typeof limitText !== 'string' || !/^[1-9]\d{0,3}$/.test(limitText) || Number(limitText) > 1000) {
+        throw new AdminError(400, 'invalid_request', '"limit" must be an integer between 1 and 1000');
+      }
+      limit = Number(limitText);
+    }
+    const page = await store.list({ ...(after === undefined ? {} : { after }), limit });
+    res.json({ clients: page.clientIds, ...(page.next === undefined ? {} : { next: page.next }) });
+  }));
+
+  router.get('/clients/:clientId/policy', wrap(async (req, res) => {
+    const record = await store.get(clientIdOf(req));
+    if (!record) throw new AdminError(404, 'not_found', 'this client has no MRRT policy');
+    res.set('ETag', etag(record.version)).json(recordBody(record));
+  }));
+
+  const json = express.json({ limit: bodyLimit, strict: true, type: () => true });
+  router.put('/clients/:clientId/policy', wrap(async (req, res, actor) => {
+    const clientId = clientIdOf(req);
+    if (!req.is('application/json')) throw new AdminError(415, 'invalid_request', 'the body must be application/json');
+    await new Promise<void>((resolve, reject) => { json(req, res, (err?: unknown) => (err ? reject(err) : resolve())); });
+    const precondition = ifMatchOf(req);
+    const policies = await validateWrite(provider as ProviderLike, installation, clientId, req.body);
+
+    const current = await store.get(clientId).catch((err: unknown) => {
+      if (err instanceof PolicyStoreError && err.code === 'ERR_MRRT_STORE_CORRUPT') return undefined;
+      throw err;
+    });
+    let ifMatch: string | null | undefined = precondition === '*' ? current?.version : precondition;
+    if (precondition === '*' && !current) throw new AdminError(412, 'precondition_failed', 'the client has no policy to replace');
+    if (precondition === undefined) ifMatch = undefined;
+    const record = await store.set(clientId, policies, { ifMatch });
+    audit({ action: 'put', clientId, actor, previousVersion: current?.version, version: record.version, policies: record.policies, at: new Date().toISOString() });
+    res.status(current ? 200 : 201).set('ETag', etag(record.version)).json(recordBody(record));
+  }));
+
+  router.delete('/clients/:clientId/policy', wrap(async (req, res, actor) => {
+    const clientId = clientIdOf(req);
+    const precondition = ifMatchOf(req);
+    if (precondition === null) throw new AdminError(400, 'invalid_request', 'If-None-Match is not supported on DELETE');
+    const current = await store.get(clientId).catch((err: unknown) => {
+      if (err instanceof PolicyStoreError && err.code === 'ERR_MRRT_STORE_CORRUPT') return undefined;
+      throw err;
+    });
+    if (precondition !== undefined && !current) throw new AdminError(412, 'precondition_failed', 'the client has no policy');
+    const deleted = await store.delete(clientId, precondition === undefined ? {} : { ifMatch: precondition === '*' ? current!.version : precondition });
+    if (!deleted) throw new AdminError(404, 'not_found', 'this client has no MRRT policy');
+    audit({ action: 'delete', clientId, actor, previousVersion: current?.version, version: undefined, policies: undefined, at: new Date().toISOString() });
+    res.status(204).end();
+  }));
+
+  router.use((_req, _res, next) => next(new AdminError(404, 'not_found', 'no such admin API route')));
+
+  router.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+    const failure = toAdminError(err);
+    if (failure.status === 401) res.set('WWW-Authenticate', `Bearer error="${failure.error}"`);
+    res.status(failure.status).set('Cache-Control', 'no-store').json({
+      error: failure.error,
+      error_description: failure.description,
+      ...(failure.issues ? { issues: failure.issues } : {}),
+    });
+  });
+
+  return router;
+}
+
+function toAdminError(err: unknown): AdminError {
+  if (err instanceof AdminError) return err;
+  if (err instanceof PolicyConflictError) return new AdminError(412, 'precondition_failed', 'the policy was changed by someone else; read it again and retry with its ETag');
+  if (err instanceof PolicyValidationError) return new AdminError(400, 'invalid_request', err.message, err.issues);
+  if (err instanceof PolicyStoreError) {
+    return err.code === 'ERR_MRRT_STORE_UNAVAILABLE'
+      ? new AdminError(503, 'temporarily_unavailable', 'the policy store is unavailable')
+      : new AdminError(500, 'server_error', 'the stored policy is invalid');
+  }
+  const type = (err as { type?: unknown }).type;
+  if (type === 'entity.too.large') return new AdminError(413, 'invalid_request', 'the request body is too large');
+  if (type === 'entity.parse.failed') return new AdminError(400, 'invalid_request', 'the request body is not valid JSON');
+  if (typeof type === 'string' && type.startsWith('encoding.') || type === 'charset.unsupported') {
+    return new AdminError(415, 'invalid_request', 'unsupported body encoding');
+  }
+  return new AdminError(500, 'server_error', 'the request could not be processed');
+}
+
+async function validateWrite(provider: ProviderLike, installation: MrrtInstallation, clientId: string, body: unknown): Promise<Policy> {
+  const { config } = installation;
+  const issues: PolicyIssue[] = [];
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new AdminError(400, 'invalid_request', 'the body must be an object { "policies": [...] }', [{ path: '$', message: 'must be an object with "policies"' }]);
+  }
+  for (const key of Object.keys(body)) {
+    if (key !== 'policies') issues.push({ path: `$[${JSON.stringify(key)}]`, message: 'is not an allowed property (only "policies")' });
+  }
+  let policies: Policy | undefined;
+  try {
+    policies = parsePolicies((body as { policies?: unknown }).policies, config.limits);
+  } catch (err) {
+    if (!(err instanceof PolicyValidationError)) throw err;
+    issues.push(...err.issues.map((issue) => ({ path: `$.policies${issue.path.slice(1)}`, message: issue.message })));
+  }
+  if (issues.length === 0 && policies) {
+    issues.push(...await checkAgainstProvider(provider, installation, clientId, policies));
+  }
+  if (issues.length !== 0) {
+    throw new AdminError(400, 'invalid_request', `invalid MRRT policy: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
+  }
+  return policies!;
+}
+
+interface ProviderLike {
+  Client: { find(id: string): Promise<unknown> };
+}
+
+/** SPEC P3: the client exists and is first-party; each audience is a known, consent-skippable, allowed API defining each scope. */
+async function checkAgainstProvider(
+  provider: ProviderLike,
+  { config, getResourceServerInfo }: MrrtInstallation,
+  clientId: string,
+  policies: Policy,
+): Promise<PolicyIssue[]> {
+  const issues: PolicyIssue[] = [];
+  const client = await provider.Client.find(clientId).catch(() => undefined) as Parameters<typeof config.isFirstParty>[0] | undefined;
+  if (!client) return [{ path: 'client_id', message: `no client "${clientId}" is registered` }];
+  if (!(await config.isFirstParty(client))) return [{ path: 'client_id', message: 'MRRT policies can only be stored for first-party clients' }];
+
+  for (const [i, entry] of policies.entries()) {
+    const at = `$.policies[${i}]`;
+    if (config.denyList.has(entry.audience)) {
+      issues.push({ path: `${at}.audience`, message: 'is deny-listed for MRRT' });
+      continue;
+    }
+    let info: { scope?: unknown; audience?: unknown } | undefined;
+    try {
+      info = (await getResourceServerInfo?.(undefined as never, entry.audience, client as never)) as typeof info;
+    } catch (err) {
+      if (!(err instanceof errors.InvalidTarget)) throw err;
+    }
+    if (!info) {
+      issues.push({ path: `${at}.audience`, message: 'is not a known API (resource server)' });
+      continue;
+    }
+    if (typeof info.audience === 'string' && config.denyList.has(info.audience)) {
+      issues.push({ path: `${at}.audience`, message: 'is deny-listed for MRRT' });
+      continue;
+    }
+    if (!(await config.allowSkippingConsent(entry.audience, client))) {
+      issues.push({ path: `${at}.audience`, message: 'does not allow skipping user consent' });
+      continue;
+    }
+    const defined = new Set(typeof info.scope === 'string' ? info.scope.split(' ') : []);
+    entry.scope.forEach((scope, j) => {
+      if (OIDC_SCOPES.has(scope) || !defined.has(scope)) issues.push({ path: `${at}.scope[${j}]`, message: `"${scope}" is not a scope defined by ${entry.audience}` });
+    });
+  }
+  return issues;
+}
