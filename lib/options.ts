@@ -1,6 +1,7 @@
 import type { KoaContextWithOIDC } from 'oidc-provider';
 
 import { DEFAULT_LIMITS, isResourceIndicator, type PolicyLimits } from './policy.js';
+import type { PolicyCacheOptions } from './policy-cache.js';
 import type { PolicyStore } from './store.js';
 
 /** The client as oidc-provider hands it to the extension (`ctx.oidc.client`). */
@@ -28,6 +29,13 @@ export interface MrrtOptions {
   limits?: PolicyLimits;
   /** How long (ms) an exchange waits for the policy store before failing closed. Default `2000`. */
   storeTimeout?: number;
+  /**
+   * The in-process policy cache, or `false` to read the store on every exchange. Default
+   * `{ maxAge: 30000, maxEntries: 10000 }`. With a store that announces changes (both built-in
+   * stores do) a change applies at once on the writing instance and within the announcement
+   * latency elsewhere; `maxAge` bounds staleness if announcements are lost.
+   */
+  cache?: PolicyCacheOptions | false;
 }
 
 /** {@link MrrtOptions} resolved and validated: every value filled in. */
@@ -39,9 +47,10 @@ export interface MrrtConfiguration {
   readonly denyList: ReadonlySet<string>;
   readonly limits: Readonly<Required<PolicyLimits>>;
   readonly storeTimeout: number;
+  readonly cache: Readonly<Required<PolicyCacheOptions>> | false;
 }
 
-const KNOWN = new Set(['store', 'isFirstParty', 'allowSkippingConsent', 'denyList', 'limits', 'storeTimeout']);
+const KNOWN = new Set(['store', 'isFirstParty', 'allowSkippingConsent', 'denyList', 'limits', 'storeTimeout', 'cache']);
 
 const defaultIsFirstParty = (client: MrrtClient): boolean => (client as unknown as Record<string, unknown>).first_party === true;
 
@@ -110,6 +119,20 @@ export function resolveOptions(options: unknown): MrrtConfiguration {
 
   const timeout = present<number>(options, 'storeTimeout');
 
+  const cacheOption = present<PolicyCacheOptions | false>(options, 'cache');
+  let cache: MrrtConfiguration['cache'] = false;
+  if (cacheOption !== false) {
+    const given = cacheOption ?? {};
+    if (typeof given !== 'object' || Array.isArray(given)) throw new TypeError('"cache" option must be an object or false');
+    for (const key of Object.keys(given)) {
+      if (key !== 'maxAge' && key !== 'maxEntries') throw new TypeError(`"cache.${key}" is not a recognized MRRT option`);
+    }
+    cache = Object.freeze({
+      maxAge: given.maxAge === undefined ? 30_000 : positiveInteger(given.maxAge, 'cache.maxAge', 86_400_000),
+      maxEntries: given.maxEntries === undefined ? 10_000 : positiveInteger(given.maxEntries, 'cache.maxEntries', 10_000_000),
+    });
+  }
+
   return Object.freeze({
     store,
     isFirstParty: isFirstParty ?? defaultIsFirstParty,
@@ -118,5 +141,6 @@ export function resolveOptions(options: unknown): MrrtConfiguration {
     denyList: new Set(denyList === undefined ? [] : resourceList(denyList, 'denyList')),
     limits: Object.freeze({ maxEntries, maxScopesPerEntry }),
     storeTimeout: timeout === undefined ? 2000 : positiveInteger(timeout, 'storeTimeout', 60_000),
+    cache,
   });
 }

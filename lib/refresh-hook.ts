@@ -3,6 +3,8 @@ import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 import { PolicyStoreError } from './errors.js';
 import type { MrrtClient, MrrtConfiguration } from './options.js';
 import { splitScope, union, type Overlay, type RequestState } from './overlay.js';
+import { PolicyCache } from './policy-cache.js';
+import type { PolicyRecord } from './store.js';
 
 /** Scopes that belong to the OpenID layer and never go into an API access token for a policy-only target. */
 const OIDC_SCOPES = new Set(['openid', 'offline_access']);
@@ -100,6 +102,8 @@ export function createRefreshHook(
   getResourceServerInfo: ResourceServerInfoFn | undefined,
   requestState: WeakMap<object, RequestState>,
 ): (builtin: Handler) => Handler {
+  const cache = config.cache === false ? undefined : new PolicyCache(config.store, config.cache);
+  const lookup = (clientId: string): Promise<PolicyRecord | undefined> => (cache ? cache.get(clientId) : config.store.get(clientId));
   const emit = (ctx: KoaContextWithOIDC, event: MrrtExchangeEvent): void => {
     ctx.oidc.provider.emit('mrrt.exchange', ctx, event);
   };
@@ -133,7 +137,7 @@ export function createRefreshHook(
 
     let record;
     try {
-      record = await withTimeout(config.store.get(client.clientId), config.storeTimeout);
+      record = await withTimeout(lookup(client.clientId), config.storeTimeout);
     } catch (err) {
       provider.emit('mrrt.store_error', ctx, err);
       if (granted) return PASS;

@@ -43,6 +43,44 @@ export interface PolicyStore {
   /** Resolves `true` when a policy was deleted, `false` when there was none. */
   delete(clientId: string, options?: WriteOptions): Promise<boolean>;
   list(options?: ListOptions): Promise<PolicyPage>;
+  /**
+   * Optional. Calls `listener` with a client id whenever that client's policy changes (on this
+   * instance immediately, on others as soon as the change is announced), or with `undefined` when
+   * changes may have been missed (a subscriber reconnected). Returns the unsubscribe function.
+   * The extension's policy cache relies on it; without it, staleness is bounded by the cache's max age.
+   */
+  subscribe?(listener: ChangeListener): () => void;
+  /** Optional. Releases what the store opened itself (such as a subscriber connection). */
+  close?(): Promise<void>;
+}
+
+/** Receives a changed client id, or `undefined` for "anything may have changed". */
+export type ChangeListener = (clientId: string | undefined) => void;
+
+/** The listener registry shared by the stores; a throwing listener never breaks a write. */
+export class ChangeNotifier {
+  readonly #listeners = new Set<ChangeListener>();
+
+  get size(): number {
+    return this.#listeners.size;
+  }
+
+  add(listener: ChangeListener): () => void {
+    if (typeof listener !== 'function') throw new TypeError('"listener" must be a function');
+    const entry: ChangeListener = (clientId) => listener(clientId);
+    this.#listeners.add(entry);
+    return () => { this.#listeners.delete(entry); };
+  }
+
+  notify(clientId: string | undefined): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(clientId);
+      } catch {
+        // a listener's failure is its own; the change has happened
+      }
+    }
+  }
 }
 
 // a UTF-16 surrogate that is not part of a pair (with the `u` flag a pair is one code point and does not match)

@@ -24,10 +24,22 @@ const prefix = `mrrt-test:{exchange-${randomBytes(6).toString('hex')}}:`;
 const store = new RedisPolicyStore(redis, { prefix });
 
 afterAll(async () => {
+  await store.close();
   const keys = await redis.keys(`${prefix}*`);
   if (keys.length) await redis.del(...keys);
   await redis.quit();
 });
+
+/** Announces a change made behind the store's back, and waits until the store's listeners (the cache) saw it. */
+async function announce(clientId: string): Promise<void> {
+  let unsubscribe = (): void => {};
+  const seen = new Promise<void>((resolve) => {
+    unsubscribe = store.subscribe((id) => { if (id === clientId) resolve(); });
+  });
+  await redis.publish(store.channel, clientId);
+  await seen;
+  unsubscribe();
+}
 
 async function introspect(server: TestServer, token: string): Promise<Record<string, unknown>> {
   const res = await request(server.url).post('/token/introspection').type('form')
@@ -288,6 +300,7 @@ describe.each([
     try {
       for (const corrupt of ['{not json', JSON.stringify([{ audience: API.B, scope: ['b:read'], extra: true }]), JSON.stringify({ __proto__: null })]) {
         await redis.hset(key, 'p', corrupt);
+        await announce('spa');
         const res = await refresh(server, tokens.refresh_token, { audience: API.B }, { client: 'spa' });
         expect(res.status).toBe(500);
         expect(res.body.error).toBe('server_error');
@@ -305,19 +318,22 @@ describe.each([
 describe('MRRT exchange with an unreachable policy store', () => {
   let server: TestServer;
   let dead: Redis;
+  let deadStore: RedisPolicyStore;
 
   beforeAll(async () => {
     dead = new Redis({
       host: '127.0.0.1', port: 1, connectTimeout: 200, lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null,
     });
     dead.on('error', () => {});
+    deadStore = new RedisPolicyStore(dead, { prefix });
     server = await startServer({
-      mrrt: { store: new RedisPolicyStore(dead, { prefix }), allowSkippingConsent: SKIP_CONSENT, storeTimeout: 500 },
+      mrrt: { store: deadStore, allowSkippingConsent: SKIP_CONSENT, storeTimeout: 500 },
       rotate: true,
     });
   });
   afterAll(async () => {
     dead.disconnect();
+    await deadStore.close();
     await server.close();
   });
 

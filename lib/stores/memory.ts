@@ -3,8 +3,8 @@ import { randomBytes } from 'node:crypto';
 import { PolicyConflictError } from '../errors.js';
 import { parsePolicies, type Policy } from '../policy.js';
 import {
-  assertClientId, assertWriteOptions, compareClientIds, resolveListOptions,
-  type ListOptions, type PolicyPage, type PolicyRecord, type PolicyStore, type WriteOptions,
+  ChangeNotifier, assertClientId, assertWriteOptions, compareClientIds, resolveListOptions,
+  type ChangeListener, type ListOptions, type PolicyPage, type PolicyRecord, type PolicyStore, type WriteOptions,
 } from '../store.js';
 
 export const newVersion = (): string => randomBytes(9).toString('base64url');
@@ -15,6 +15,13 @@ export const newVersion = (): string => randomBytes(9).toString('base64url');
  */
 export class MemoryPolicyStore implements PolicyStore {
   readonly #records = new Map<string, PolicyRecord>();
+  readonly #changes = new ChangeNotifier();
+
+  subscribe(listener: ChangeListener): () => void {
+    return this.#changes.add(listener);
+  }
+
+  async close(): Promise<void> {}
 
   async get(clientId: string): Promise<PolicyRecord | undefined> {
     assertClientId(clientId);
@@ -28,6 +35,7 @@ export class MemoryPolicyStore implements PolicyStore {
     this.#check(clientId, options);
     const record = Object.freeze({ clientId, policies: parsed, version: newVersion() });
     this.#records.set(clientId, record);
+    this.#changes.notify(clientId);
     return record;
   }
 
@@ -35,7 +43,9 @@ export class MemoryPolicyStore implements PolicyStore {
     assertClientId(clientId);
     assertWriteOptions(options);
     this.#check(clientId, options);
-    return this.#records.delete(clientId);
+    const deleted = this.#records.delete(clientId);
+    if (deleted) this.#changes.notify(clientId);
+    return deleted;
   }
 
   async list(options?: ListOptions): Promise<PolicyPage> {

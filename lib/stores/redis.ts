@@ -3,8 +3,8 @@ import type { Cluster, Redis } from 'ioredis';
 import { PolicyConflictError, PolicyStoreError, PolicyValidationError } from '../errors.js';
 import { parsePolicies, type Policy } from '../policy.js';
 import {
-  assertClientId, assertWriteOptions, resolveListOptions,
-  type ListOptions, type PolicyPage, type PolicyRecord, type PolicyStore, type WriteOptions,
+  ChangeNotifier, assertClientId, assertWriteOptions, resolveListOptions,
+  type ChangeListener, type ListOptions, type PolicyPage, type PolicyRecord, type PolicyStore, type WriteOptions,
 } from '../store.js';
 import { newVersion } from './memory.js';
 
@@ -88,6 +88,8 @@ export class RedisPolicyStore implements PolicyStore {
   readonly #index: string;
   /** The pub/sub channel on which every write publishes the client id. */
   readonly channel: string;
+  readonly #changes = new ChangeNotifier();
+  #subscriber: Redis | Cluster | undefined;
 
   constructor(redis: Redis | Cluster, options: RedisPolicyStoreOptions = {}) {
     if (typeof redis !== 'object' || redis === null || typeof (redis as Redis).hmget !== 'function' || typeof (redis as Redis).defineCommand !== 'function') {
@@ -108,6 +110,40 @@ export class RedisPolicyStore implements PolicyStore {
     this.#prefix = prefix;
     this.#index = `${prefix}clients`;
     this.channel = `${prefix}changed`;
+  }
+
+  /**
+   * Listens for policy changes: local writes are reported at once; writes by other instances arrive
+   * over pub/sub on {@link channel} through a connection the store opens on first use
+   * (`redis.duplicate()`). After that connection reconnects, `listener(undefined)` reports that
+   * announcements may have been missed.
+   */
+  subscribe(listener: ChangeListener): () => void {
+    const unsubscribe = this.#changes.add(listener);
+    if (!this.#subscriber) {
+      const subscriber = this.#redis.duplicate();
+      this.#subscriber = subscriber;
+      let connectedBefore = false;
+      subscriber.on('message', (channel: string, clientId: string) => {
+        if (channel === this.channel) this.#changes.notify(clientId);
+      });
+      subscriber.on('ready', () => {
+        if (connectedBefore) this.#changes.notify(undefined);
+        connectedBefore = true;
+      });
+      subscriber.on('error', () => {
+        // reconnection is ioredis's job; reads fail closed meanwhile and the cache's max age bounds staleness
+      });
+      subscriber.subscribe(this.channel).catch(() => {});
+    }
+    return unsubscribe;
+  }
+
+  /** Closes the subscriber connection, if {@link subscribe} opened one. The client passed in stays open. */
+  async close(): Promise<void> {
+    const subscriber = this.#subscriber;
+    this.#subscriber = undefined;
+    if (subscriber) await subscriber.quit().catch(() => subscriber.disconnect());
   }
 
   /** The Redis key holding `clientId`'s policy. */
@@ -152,6 +188,7 @@ export class RedisPolicyStore implements PolicyStore {
     }
     const [ok, current] = reply;
     if (ok !== 1) throw new PolicyConflictError(clientId, String(current) || undefined);
+    this.#changes.notify(clientId);
     return Object.freeze({ clientId, policies: parsed, version });
   }
 
@@ -168,6 +205,7 @@ export class RedisPolicyStore implements PolicyStore {
     }
     const [ok, result] = reply;
     if (ok !== 1) throw new PolicyConflictError(clientId, String(result) || undefined);
+    if (result === 1) this.#changes.notify(clientId);
     return result === 1;
   }
 

@@ -1,0 +1,167 @@
+import { randomBytes } from 'node:crypto';
+
+import { afterAll, describe, expect, test } from '@jest/globals';
+import { Redis } from 'ioredis';
+
+import { PolicyCache } from '../lib/policy-cache.js';
+import { MemoryPolicyStore, RedisPolicyStore, type PolicyRecord } from '../lib/index.js';
+
+const url = process.env.MRRT_TEST_REDIS_URL!;
+const prefix = `mrrt-test:{cache-${randomBytes(6).toString('hex')}}:`;
+const name = `mrrt-cache-test-${randomBytes(4).toString('hex')}`;
+const clients: Redis[] = [];
+const stores: RedisPolicyStore[] = [];
+const POLICY = [{ audience: 'https://api-b.example.com', scope: ['b:read'] }];
+
+/** A real RedisPolicyStore that counts the reads reaching Redis. */
+class CountingStore extends RedisPolicyStore {
+  reads = 0;
+  override async get(clientId: string): Promise<PolicyRecord | undefined> {
+    this.reads += 1;
+    return super.get(clientId);
+  }
+}
+
+function instance(): CountingStore {
+  const redis = new Redis(url, { connectionName: `${name}-${clients.length}` });
+  clients.push(redis);
+  const store = new CountingStore(redis, { prefix });
+  stores.push(store);
+  return store;
+}
+
+const changeOf = (store: RedisPolicyStore, clientId: string | undefined): Promise<void> => new Promise((resolve) => {
+  const off = store.subscribe((id) => { if (id === clientId) { off(); resolve(); } });
+});
+
+afterAll(async () => {
+  for (const store of stores) await store.close();
+  const keys = await clients[0]!.keys(`${prefix}*`);
+  if (keys.length) await clients[0]!.del(...keys);
+  await Promise.all(clients.map((c) => c.quit()));
+});
+
+describe('PolicyCache on RedisPolicyStore', () => {
+  test('steady state: no store read after the first lookup, for present and absent policies', async () => {
+    const store = instance();
+    await store.set('c1', POLICY);
+    const cache = new PolicyCache(store);
+    for (let i = 0; i < 50; i += 1) {
+      expect((await cache.get('c1'))?.policies).toEqual(POLICY);
+      expect(await cache.get('nobody')).toBeUndefined();
+    }
+    expect(store.reads).toBe(2);
+    cache.close();
+  });
+
+  test('concurrent lookups of one client share one read', async () => {
+    const store = instance();
+    await store.set('c2', POLICY);
+    const cache = new PolicyCache(store);
+    const results = await Promise.all(Array.from({ length: 20 }, () => cache.get('c2')));
+    expect(new Set(results.map((r) => r?.version)).size).toBe(1);
+    expect(store.reads).toBe(1);
+    cache.close();
+  });
+
+  test('a write on this instance applies to the next lookup at once', async () => {
+    const store = instance();
+    const cache = new PolicyCache(store);
+    await store.set('c3', POLICY);
+    expect((await cache.get('c3'))?.policies).toEqual(POLICY);
+    const narrowed = [{ audience: 'https://api-b.example.com', scope: ['b:write'] }];
+    await store.set('c3', narrowed);
+    expect((await cache.get('c3'))?.policies).toEqual(narrowed);
+    await store.delete('c3');
+    expect(await cache.get('c3')).toBeUndefined();
+    cache.close();
+  });
+
+  test('a write on another instance is announced over pub/sub and drops the entry', async () => {
+    const writer = instance();
+    const reader = instance();
+    const cache = new PolicyCache(reader);
+    await writer.set('c4', POLICY);
+    expect((await cache.get('c4'))?.policies).toEqual(POLICY);
+    const readsBefore = reader.reads;
+    const announced = changeOf(reader, 'c4');
+    const next = await writer.set('c4', [{ audience: 'https://api-c.example.com', scope: ['c:read'] }]);
+    await announced;
+    expect((await cache.get('c4'))?.version).toBe(next.version);
+    expect(reader.reads).toBe(readsBefore + 1);
+    cache.close();
+  });
+
+  test('a lookup in flight when its client changes is not cached', async () => {
+    const store = instance();
+    await store.set('c5', POLICY);
+    const cache = new PolicyCache(store);
+    const inflight = cache.get('c5');
+    const next = await store.set('c5', [{ audience: 'https://api-c.example.com', scope: ['c:read'] }]);
+    await inflight;
+    expect((await cache.get('c5'))?.version).toBe(next.version);
+    cache.close();
+  });
+
+  test('a lost announcement is bounded by maxAge', async () => {
+    const writer = instance();
+    const reader = instance();
+    await writer.set('c6', POLICY);
+    const shortCache = new PolicyCache(reader, { maxAge: 150 });
+    const longCache = new PolicyCache(reader, { maxAge: 600_000 });
+    const before = await shortCache.get('c6');
+    await longCache.get('c6');
+    // written behind the store's back: no announcement
+    await clients[0]!.hset(writer.keyFor('c6'), 'v', 'tampered-version', 'p', JSON.stringify([{ audience: 'https://api-c.example.com', scope: ['c:read'] }]));
+    expect((await longCache.get('c6'))?.version).toBe(before?.version);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect((await shortCache.get('c6'))?.version).toBe('tampered-version');
+    shortCache.close();
+    longCache.close();
+  });
+
+  test('when the subscriber reconnects, everything cached is dropped (announcements may have been missed)', async () => {
+    const store = instance();
+    const connectionName = `${name}-${clients.length - 1}`;
+    await store.set('c7', POLICY);
+    const cache = new PolicyCache(store);
+    await cache.get('c7');
+    expect(cache.size).toBe(1);
+    const flushed = changeOf(store, undefined);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const list = (await clients[0]!.client('LIST')) as string;
+    const ids = list.split('\n').filter((line) => line.includes(`name=${connectionName} `) && / flags=P /.test(line)).map((line) => /id=(\d+)/.exec(line)![1]!);
+    expect(ids.length).toBeGreaterThan(0);
+    for (const id of ids) await clients[0]!.client('KILL', 'ID', id);
+    await flushed;
+    expect(cache.size).toBe(0);
+    // and it resubscribed: announcements arrive again
+    await cache.get('c7');
+    const again = changeOf(store, 'c7');
+    await clients[0]!.publish(store.channel, 'c7');
+    await again;
+    expect(cache.size).toBe(0);
+    cache.close();
+  });
+});
+
+describe('PolicyCache on MemoryPolicyStore', () => {
+  test('keeps at most maxEntries, dropping the least recently used', async () => {
+    const store = new MemoryPolicyStore();
+    let reads = 0;
+    const get = store.get.bind(store);
+    store.get = (id) => { reads += 1; return get(id); };
+    const cache = new PolicyCache(store, { maxEntries: 2 });
+    await cache.get('a');
+    await cache.get('b');
+    await cache.get('a');
+    await cache.get('c');
+    expect(cache.size).toBe(2);
+    expect(reads).toBe(3);
+    await cache.get('a');
+    expect(reads).toBe(3);
+    await cache.get('b');
+    expect(reads).toBe(4);
+    cache.close();
+  });
+});
