@@ -36,6 +36,12 @@ export interface MrrtOptions {
    * latency elsewhere; `maxAge` bounds staleness if announcements are lost.
    */
   cache?: PolicyCacheOptions | false;
+  /**
+   * MRRT for public clients (`token_endpoint_auth_method: none`). `'rotated-or-sender-constrained'`
+   * (default) allows an exchange only when the refresh token is rotated by it or is DPoP / mTLS
+   * bound (RFC 9700 §2.2.2); `'any'` allows it regardless.
+   */
+  publicClients?: 'rotated-or-sender-constrained' | 'any';
 }
 
 /** {@link MrrtOptions} resolved and validated: every value filled in. */
@@ -48,9 +54,10 @@ export interface MrrtConfiguration {
   readonly limits: Readonly<Required<PolicyLimits>>;
   readonly storeTimeout: number;
   readonly cache: Readonly<Required<PolicyCacheOptions>> | false;
+  readonly publicClients: 'rotated-or-sender-constrained' | 'any';
 }
 
-const KNOWN = new Set(['store', 'isFirstParty', 'allowSkippingConsent', 'denyList', 'limits', 'storeTimeout', 'cache']);
+const KNOWN = new Set(['store', 'isFirstParty', 'allowSkippingConsent', 'denyList', 'limits', 'storeTimeout', 'cache', 'publicClients']);
 
 const defaultIsFirstParty = (client: MrrtClient): boolean => (client as unknown as Record<string, unknown>).first_party === true;
 
@@ -142,5 +149,14 @@ export function resolveOptions(options: unknown): MrrtConfiguration {
     limits: Object.freeze({ maxEntries, maxScopesPerEntry }),
     storeTimeout: timeout === undefined ? 2000 : positiveInteger(timeout, 'storeTimeout', 60_000),
     cache,
+    publicClients: resolvePublicClients(present(options, 'publicClients')),
   });
+}
+
+function resolvePublicClients(value: unknown): MrrtConfiguration['publicClients'] {
+  if (value === undefined) return 'rotated-or-sender-constrained';
+  if (value !== 'rotated-or-sender-constrained' && value !== 'any') {
+    throw new TypeError('"publicClients" option must be "rotated-or-sender-constrained" or "any"');
+  }
+  return value;
 }

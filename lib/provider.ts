@@ -4,7 +4,7 @@ import Provider, {
 
 import { resolveOptions, type MrrtConfiguration, type MrrtOptions } from './options.js';
 import { decorateAdapter, type RequestState } from './overlay.js';
-import { createRefreshHook, type MrrtExchangeEvent } from './refresh-hook.js';
+import { createRefreshHook, unprotectedPublicClient, type MrrtExchangeEvent } from './refresh-hook.js';
 
 /** The MRRT settings a `withMrrt` provider runs with, for the admin API and for inspection. */
 export const mrrtConfiguration: unique symbol = Symbol.for('oidc-provider-mrrt.configuration');
@@ -69,6 +69,10 @@ function prepareConfiguration(
         async getResourceServerInfo(ctx, resource, client) {
           const refusal = pendingRefusal();
           if (refusal) throw refusal;
+          // oidc-provider has decided on rotation by now and written nothing yet
+          if (stateOf()?.overlay && config.publicClients !== 'any' && !protectedPublicRefresh(ctx)) {
+            throw unprotectedPublicClient();
+          }
           if (!getResourceServerInfo) throw new errors.InvalidTarget();
           return getResourceServerInfo(ctx, resource, client);
         },
@@ -167,4 +171,11 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
 function toSet(value: ParamList | undefined): Set<string> {
   if (value === undefined) return new Set();
   return new Set(typeof value === 'string' ? [value] : [...value]);
+}
+
+/** RFC 9700 §2.2.2: a public client's refresh token must be rotated or sender-constrained. */
+function protectedPublicRefresh(ctx: KoaContextWithOIDC): boolean {
+  if (ctx.oidc.client?.clientAuthMethod !== 'none') return true;
+  const { RefreshToken: refreshToken, RotatedRefreshToken: rotated } = ctx.oidc.entities;
+  return rotated !== undefined || Boolean(refreshToken?.jkt) || Boolean(refreshToken?.['x5t#S256']);
 }

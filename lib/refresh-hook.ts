@@ -23,6 +23,7 @@ export type MrrtReason =
   | 'empty_scope'
   | 'store_unavailable'
   | 'store_corrupt'
+  | 'public_client_unprotected'
   | 'provider_check';
 
 /**
@@ -85,6 +86,14 @@ function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
     timer = setTimeout(() => reject(new PolicyStoreError('ERR_MRRT_STORE_UNAVAILABLE', `policy store did not answer within ${ms}ms`)), ms);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+const REASON = Symbol('mrrt.reason');
+
+/** The refusal of an MRRT exchange by a public client whose refresh token is neither rotated nor bound. */
+export function unprotectedPublicClient(): Error {
+  const error = new errors.InvalidTarget('MRRT for public clients requires refresh token rotation or a DPoP-bound refresh token');
+  return Object.assign(error, { [REASON]: 'public_client_unprotected' as MrrtReason });
 }
 
 const describe = (values: readonly string[]): string => values.join(' ');
@@ -249,7 +258,7 @@ export function createRefreshHook(
         emit(ctx, refused(decision.reason, decision.error));
         throw decision.error;
       }
-      emit(ctx, refused('provider_check', err));
+      emit(ctx, refused((err as { [REASON]?: MrrtReason })[REASON] ?? 'provider_check', err));
       throw err;
     } finally {
       requestState.delete(ctx);

@@ -372,3 +372,54 @@ describe('MRRT exchange with a policy store that does not answer in time', () =>
     }
   });
 });
+
+describe('public clients (RFC 9700 §2.2.2)', () => {
+  const servers: TestServer[] = [];
+  afterAll(async () => { for (const s of servers) await s.close(); });
+  const start = async (rotate: boolean, publicClients?: 'any') => {
+    const memory = new MemoryPolicyStore();
+    await memory.set('spa', [{ audience: API.B, scope: ['b:read'] }]);
+    const server = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, ...(publicClients ? { publicClients } : {}) }, rotate });
+    servers.push(server);
+    return server;
+  };
+
+  test('without rotation and without DPoP, MRRT is refused by default and the token stays usable', async () => {
+    const server = await start(false);
+    const tokens = await login(server, { client: 'spa' });
+    const before = snapshot(server, tokens.refresh_token);
+    const res = await refresh(server, tokens.refresh_token, { audience: API.B }, { client: 'spa' });
+    expect(res.status).toBe(400);
+    expect(res.body.error).toBe('invalid_target');
+    expect(res.body.error_description).toMatch(/rotation or a DPoP-bound/);
+    expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason: 'public_client_unprotected', clientId: 'spa' });
+    expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+    const granted = await refresh(server, tokens.refresh_token, { resource: API.A }, { client: 'spa' });
+    expect(granted.status).toBe(200);
+  });
+
+  test('without rotation but with a DPoP-bound refresh token, MRRT is allowed', async () => {
+    const server = await start(false);
+    const key = await dpopKey();
+    const tokens = await login(server, { client: 'spa', dpop: key });
+    const res = await refresh(server, tokens.refresh_token, { audience: API.B }, { client: 'spa', dpop: key });
+    expect(res.status).toBe(200);
+    expect(claims(res.body.access_token)).toMatchObject({ aud: API.B, scope: 'b:read' });
+  });
+
+  test('with rotation, MRRT is allowed', async () => {
+    const server = await start(true);
+    const tokens = await login(server, { client: 'spa' });
+    const res = await refresh(server, tokens.refresh_token, { audience: API.B }, { client: 'spa' });
+    expect(res.status).toBe(200);
+    expect(res.body.refresh_token).not.toBe(tokens.refresh_token);
+  });
+
+  test('publicClients: "any" allows it without rotation or DPoP', async () => {
+    const server = await start(false, 'any');
+    const tokens = await login(server, { client: 'spa' });
+    const res = await refresh(server, tokens.refresh_token, { audience: API.B }, { client: 'spa' });
+    expect(res.status).toBe(200);
+    expect(claims(res.body.access_token)).toMatchObject({ aud: API.B, client_id: 'spa' });
+  });
+});

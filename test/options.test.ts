@@ -73,6 +73,13 @@ describe('withMrrt options', () => {
     ['storeTimeout negative', { store, storeTimeout: -1 }, 'storeTimeout'],
     ['storeTimeout 1.5', { store, storeTimeout: 1.5 }, 'storeTimeout'],
     ['storeTimeout too large', { store, storeTimeout: 60_001 }, 'storeTimeout'],
+    ['cache null', { store, cache: null }, 'cache'],
+    ['cache true', { store, cache: true }, 'cache'],
+    ['cache with an unknown key', { store, cache: { ttl: 5 } }, 'cache.ttl'],
+    ['cache.maxAge 0', { store, cache: { maxAge: 0 } }, 'cache.maxAge'],
+    ['cache.maxEntries 1.5', { store, cache: { maxEntries: 1.5 } }, 'cache.maxEntries'],
+    ['publicClients unknown value', { store, publicClients: 'never' }, 'publicClients'],
+    ['publicClients null', { store, publicClients: null }, 'publicClients'],
     ['storeTimeout Infinity', { store, storeTimeout: Infinity }, 'storeTimeout'],
     ['storeTimeout a string', { store, storeTimeout: '2000' }, 'storeTimeout'],
   ];
