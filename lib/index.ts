@@ -17,3 +17,5 @@ export { createPolicyRouter } from './admin-router.js';
 export type { PolicyRouterOptions, AdminAuthorize, AdminDenial, AdminGrant, PolicyAuditEvent } from './admin-router.js';
 export { jwtAuthorizer } from './admin-auth.js';
 export type { JwtAuthorizerOptions } from './admin-auth.js';
+export { MrrtMetrics } from './metrics.js';
+export type { MrrtMetricsOptions } from './metrics.js';

@@ -42,6 +42,8 @@ export interface MrrtExchangeEvent {
   readonly resolvedAudience: string | undefined;
   readonly requestedScope: string | undefined;
   readonly grantedScope: string | undefined;
+  /** Time the token endpoint spent on the request's grant handling, in milliseconds. */
+  readonly durationMs: number;
 }
 
 type ResourceServerInfoFn = (ctx: KoaContextWithOIDC, resource: string, client: MrrtClient) => unknown;
@@ -212,6 +214,7 @@ export function createRefreshHook(
   }
 
   return (builtin) => async function mrrtRefreshTokenHandler(ctx) {
+    const started = performance.now();
     const params = ctx.oidc.params!;
     const resources = readValues(params.resource);
     const audiences = readValues(params.audience);
@@ -230,6 +233,7 @@ export function createRefreshHook(
 
     const client = ctx.oidc.client!;
     const base = {
+      get durationMs() { return performance.now() - started; },
       clientId: client.clientId,
       requestedAudience,
       requestedScope: typeof params.scope === 'string' ? params.scope : undefined,
