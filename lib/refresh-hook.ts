@@ -197,7 +197,8 @@ export function createRefreshHook(
     resources[target] = union(splitScope(resources[target]), policyScopes).join(' ');
     grant.resources = resources;
     if (!granted && grant.getResourceScopeFiltered(target, candidates) === '') {
-      return refuse(new errors.InvalidScope(`no requested scope is available for ${target}`, requested ? describe(requested) : ''), 'empty_scope');
+      const scope = requested ? describe(requested) : (undefined as unknown as string);
+      return refuse(new errors.InvalidScope(`no requested scope is available for ${target}`, scope), 'empty_scope');
     }
 
     return {
