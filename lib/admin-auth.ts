@@ -28,7 +28,7 @@ const deny = (status: 401 | 403, error: string, description: string): AdminDenia
  * authorize: jwtAuthorizer({ key: createLocalJWKSet(publicJwks), issuer, audience: 'https://admin.example.com', scope: 'mrrt:admin' })
  * ```
  */
-export function jwtAuthorizer(options: JwtAuthorizerOptions): AdminAuthorize {
+export function jwtAuthorizer(options: JwtAuthorizerOptions): AdminAuthorize & { readonly audience: string } {
   if (typeof options !== 'object' || options === null) throw new TypeError('jwtAuthorizer options must be an object');
   const { key, issuer, audience, scope, algorithms = ['RS256', 'PS256', 'ES256', 'EdDSA'] } = options;
   if (key === undefined || key === null || (typeof key !== 'function' && typeof key !== 'object')) throw new TypeError('"key" option must be a jose key or key set');
@@ -39,7 +39,7 @@ export function jwtAuthorizer(options: JwtAuthorizerOptions): AdminAuthorize {
     throw new TypeError('"algorithms" option must be a non-empty list of algorithms, without "none"');
   }
 
-  return async (req: Request): Promise<AdminGrant | AdminDenial> => {
+  const authorizeRequest = async (req: Request): Promise<AdminGrant | AdminDenial> => {
     const header = req.get('authorization');
     const match = header === undefined ? null : /^Bearer ([A-Za-z0-9._~+/-]+=*)$/.exec(header);
     if (!match) return deny(401, 'invalid_token', 'a bearer access token is required');
@@ -54,4 +54,6 @@ export function jwtAuthorizer(options: JwtAuthorizerOptions): AdminAuthorize {
       throw err;
     }
   };
+  // createPolicyRouter deny-lists this audience for MRRT
+  return Object.assign(authorizeRequest, { audience });
 }

@@ -2,7 +2,7 @@ import express, { type NextFunction, type Request, type Response, type Router } 
 import { errors } from 'oidc-provider';
 
 import { PolicyConflictError, PolicyStoreError, PolicyValidationError, type PolicyIssue } from './errors.js';
-import { parsePolicies, type Policy } from './policy.js';
+import { isResourceIndicator, parsePolicies, type Policy } from './policy.js';
 import { mrrtInstallation, type MrrtInstallation } from './provider.js';
 import type { PolicyRecord, PolicyStore } from './store.js';
 
@@ -41,6 +41,13 @@ export interface PolicyRouterOptions {
   provider: object;
   /** Who may use the API. Required: the router refuses to exist without it. */
   authorize: AdminAuthorize;
+  /**
+   * The admin API's own audience (resource indicator). It is added to the provider's MRRT deny-list
+   * so that no refresh token can ever be exchanged for a token to this API (SPEC P5). Default: the
+   * `audience` of a {@link jwtAuthorizer}; required with any other `authorize`, `null` only when the
+   * admin API accepts no OAuth access tokens at all.
+   */
+  audience?: string | null;
   /** Where policies are written. Default: the store the provider's MRRT reads from. */
   store?: PolicyStore;
   /** Largest accepted request body, as for `express.json`. Default `'32kb'`. */
@@ -114,12 +121,20 @@ function recordBody(record: PolicyRecord): Record<string, unknown> {
  */
 export function createPolicyRouter(options: PolicyRouterOptions): Router {
   if (typeof options !== 'object' || options === null) throw new TypeError('createPolicyRouter options must be an object');
-  const { provider, authorize, bodyLimit = '32kb', onAudit, ...unknown } = options;
+  const { provider, authorize, bodyLimit = '32kb', onAudit, audience: audienceOption, ...unknown } = options;
   const extra = Object.keys(unknown).filter((key) => key !== 'store');
   if (extra.length) throw new TypeError(`"${extra[0]}" is not a createPolicyRouter option`);
   if (typeof authorize !== 'function') throw new TypeError('"authorize" option is required: the policy admin API must not run unprotected');
   const installation = mrrtInstallation(provider);
   if (!installation) throw new TypeError('"provider" option must be a provider built with withMrrt');
+  const audience = audienceOption === undefined ? (authorize as { audience?: unknown }).audience : audienceOption;
+  if (audience === undefined) {
+    throw new TypeError('"audience" option is required: the admin API\'s own audience is deny-listed for MRRT (pass null if it accepts no OAuth access tokens)');
+  }
+  if (audience !== null && (typeof audience !== 'string' || !isResourceIndicator(audience))) {
+    throw new TypeError('"audience" option must be an absolute URI or null');
+  }
+  if (audience !== null) (installation.config.denyList as Set<string>).add(audience);
   const store = options.store ?? installation.config.store;
   if (typeof store !== 'object' || store === null || typeof store.set !== 'function' || typeof store.list !== 'function') {
     throw new TypeError('"store" option must be a PolicyStore');
@@ -238,10 +253,15 @@ function toAdminError(err: unknown): AdminError {
       : new AdminError(500, 'server_error', 'the stored policy is invalid');
   }
   const type = (err as { type?: unknown }).type;
+  const status = (err as { status?: unknown }).status;
   if (type === 'entity.too.large') return new AdminError(413, 'invalid_request', 'the request body is too large');
   if (type === 'entity.parse.failed') return new AdminError(400, 'invalid_request', 'the request body is not valid JSON');
   if (typeof type === 'string' && type.startsWith('encoding.') || type === 'charset.unsupported') {
     return new AdminError(415, 'invalid_request', 'unsupported body encoding');
+  }
+  if (typeof status === 'number' && status >= 400 && status < 500) {
+    // express and body-parser report malformed paths and bodies (bad escapes, bad compression) this way
+    return new AdminError(400, 'invalid_request', 'the request is malformed');
   }
   return new AdminError(500, 'server_error', 'the request could not be processed');
 }

@@ -13,11 +13,16 @@ export interface Overlay {
   readonly target: string;
   readonly policyScopes: readonly string[];
   readonly original: { readonly resource: unknown; readonly scope: unknown };
+  /** Whether the target is in the original grant, and the scope the Grant holds for it. */
+  readonly granted: boolean;
+  readonly grantedScope: string | undefined;
 }
 
 /** Per-request state, keyed by the Koa context that oidc-provider keeps in its AsyncLocalStorage. */
 export interface RequestState {
   overlay?: Overlay;
+  /** Set when the overlay was taken back mid-request: the request is served as without MRRT. */
+  withdrawn?: boolean;
   /** A refusal to raise once oidc-provider has run its own checks, before it consumes the token. */
   refusal?: { readonly refreshTokenId: string; readonly error: Error };
 }

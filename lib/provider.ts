@@ -70,8 +70,10 @@ function prepareConfiguration(
           const refusal = pendingRefusal();
           if (refusal) throw refusal;
           // oidc-provider has decided on rotation by now and written nothing yet
-          if (stateOf()?.overlay && config.publicClients !== 'any' && !protectedPublicRefresh(ctx)) {
-            throw unprotectedPublicClient();
+          const state = stateOf();
+          if (state?.overlay && config.publicClients !== 'any' && !protectedPublicRefresh(ctx)) {
+            if (!state.overlay.granted) throw unprotectedPublicClient();
+            withdrawOverlay(ctx, state);
           }
           if (!getResourceServerInfo) throw new errors.InvalidTarget();
           return getResourceServerInfo(ctx, resource, client);
@@ -171,6 +173,22 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
 function toSet(value: ParamList | undefined): Set<string> {
   if (value === undefined) return new Set();
   return new Set(typeof value === 'string' ? [value] : [...value]);
+}
+
+/**
+ * Serves a granted target as without MRRT: the in-memory Grant of this request (never saved) gets
+ * back the scope it holds for the target, so oidc-provider computes the token exactly as it would.
+ */
+function withdrawOverlay(ctx: KoaContextWithOIDC, state: RequestState): void {
+  const grant = ctx.oidc.entities.Grant;
+  const { target, grantedScope } = state.overlay!;
+  if (grant) {
+    const resources = { ...(grant.resources ?? {}) };
+    if (grantedScope === undefined) delete resources[target];
+    else resources[target] = grantedScope;
+    grant.resources = resources;
+  }
+  state.withdrawn = true;
 }
 
 /** RFC 9700 §2.2.2: a public client's refresh token must be rotated or sender-constrained. */

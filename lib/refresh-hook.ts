@@ -194,7 +194,8 @@ export function createRefreshHook(
     const defined = new Set(splitScope(info.scope));
     const candidates = (requested ?? union(refreshToken.scopes, policyScopes)).filter((scope) => defined.has(scope));
     const resources = { ...(grant.resources ?? {}) };
-    resources[target] = union(splitScope(resources[target]), policyScopes).join(' ');
+    const grantedScope = resources[target];
+    resources[target] = union(splitScope(grantedScope), policyScopes).join(' ');
     grant.resources = resources;
     if (!granted && grant.getResourceScopeFiltered(target, candidates) === '') {
       const scope = requested ? describe(requested) : (undefined as unknown as string);
@@ -210,6 +211,8 @@ export function createRefreshHook(
         target,
         policyScopes: Object.freeze(policyScopes),
         original: Object.freeze({ resource: refreshToken.resource, scope: refreshToken.scope }),
+        granted,
+        grantedScope,
       }),
     };
   }
@@ -275,6 +278,7 @@ export function createRefreshHook(
       throw decision.error;
     }
 
+    if (state.withdrawn) return;
     const body = ctx.body as Record<string, unknown>;
     body.resource = decision.overlay.target;
     emit(ctx, {

@@ -18,10 +18,14 @@ export interface RedisPolicyStoreOptions {
 }
 
 // KEYS[1] policy hash, KEYS[2] client index; ARGV: mode, expected, version, policies, clientId, channel
+// A key of another type is corrupt data: it matches no version, and an unconditional write replaces it.
 const SET_SCRIPT = `
-local cur = redis.call('HGET', KEYS[1], 'v')
-if ARGV[1] == 'absent' and cur then return {0, cur} end
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local cur = false
+if kind == 'hash' then cur = redis.call('HGET', KEYS[1], 'v') end
+if ARGV[1] == 'absent' and kind ~= 'none' then return {0, cur or ''} end
 if ARGV[1] == 'match' and cur ~= ARGV[2] then return {0, cur or ''} end
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 redis.call('HSET', KEYS[1], 'v', ARGV[3], 'p', ARGV[4])
 redis.call('ZADD', KEYS[2], 0, ARGV[5])
 redis.call('PUBLISH', ARGV[6], ARGV[5])
@@ -30,8 +34,10 @@ return {1, ARGV[3]}
 
 // KEYS[1] policy hash, KEYS[2] client index; ARGV: mode, expected, clientId, channel
 const DELETE_SCRIPT = `
-local cur = redis.call('HGET', KEYS[1], 'v')
-if ARGV[1] == 'absent' and cur then return {0, cur} end
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local cur = false
+if kind == 'hash' then cur = redis.call('HGET', KEYS[1], 'v') end
+if ARGV[1] == 'absent' and kind ~= 'none' then return {0, cur or ''} end
 if ARGV[1] == 'match' and cur ~= ARGV[2] then return {0, cur or ''} end
 local n = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[3])
