@@ -3,7 +3,7 @@ import Provider, {
 } from 'oidc-provider';
 
 import { resolveOptions, type MrrtConfiguration, type MrrtOptions } from './options.js';
-import { decorateAdapter, type RequestState } from './overlay.js';
+import { decorateAdapter, splitScope, type RequestState } from './overlay.js';
 import { createRefreshHook, unprotectedPublicClient, type MrrtExchangeEvent } from './refresh-hook.js';
 
 /** The MRRT settings a `withMrrt` provider runs with, for the admin API and for inspection. */
@@ -181,14 +181,22 @@ function toSet(value: ParamList | undefined): Set<string> {
  */
 function withdrawOverlay(ctx: KoaContextWithOIDC, state: RequestState): void {
   const grant = ctx.oidc.entities.Grant;
-  const { target, grantedScope } = state.overlay!;
+  const { target, grantedScope, original } = state.overlay!;
+  state.withdrawn = true;
+  if (ctx.oidc.params?.scope) {
+    // the check oidc-provider would have made against the refresh token without the overlay
+    const held = new Set(splitScope(original.scope));
+    const missing = [...ctx.oidc.requestParamScopes].filter((scope) => !held.has(scope));
+    if (missing.length !== 0) {
+      throw new errors.InvalidScope(`refresh token missing requested scope${missing.length === 1 ? '' : 's'}`, missing.join(' '));
+    }
+  }
   if (grant) {
     const resources = { ...(grant.resources ?? {}) };
     if (grantedScope === undefined) delete resources[target];
     else resources[target] = grantedScope;
     grant.resources = resources;
   }
-  state.withdrawn = true;
 }
 
 /** RFC 9700 §2.2.2: a public client's refresh token must be rotated or sender-constrained. */

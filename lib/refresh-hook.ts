@@ -261,6 +261,8 @@ export function createRefreshHook(
     try {
       await builtin(ctx);
     } catch (err) {
+      // a withdrawn overlay is served as without MRRT: oidc-provider's own error, no MRRT event
+      if (state.withdrawn) throw err;
       if (decision.kind === 'refuse' && (err === decision.error || err instanceof errors.InvalidTarget || err instanceof errors.InvalidScope)) {
         // oidc-provider's own checks passed and it stopped at the target or scope: report the MRRT reason
         emit(ctx, refused(decision.reason, decision.error));

@@ -1,0 +1,45 @@
+// Regression tests for security findings of issue 6 that were fixed in lib/. F1–F5 live in the
+// suites they belong to (property.test.ts, adversarial-admin.test.ts); F1b is here: a granted target
+// served "as without MRRT" (an unprotected public client) must get oidc-provider's own scope check.
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+
+import { MemoryPolicyStore } from '../lib/index.js';
+import { API, SKIP_CONSENT, login, refresh, snapshot, startServer, type TestServer } from './helpers/fixture.js';
+
+describe('F1b: a granted target served "as without MRRT" gets oidc-provider\'s own scope check', () => {
+  // README "Errors": for a granted target the invalid_target rows (public_client_unprotected among
+  // them) do not apply, "the request is served by oidc-provider as without MRRT (without policy
+  // scopes)". Without MRRT, oidc-provider refuses a requested scope the refresh token lacks
+  // (invalid_scope naming it). Since d21a470 an unprotected public client is served for its granted
+  // API by withdrawing the overlay inside getResourceServerInfo, after the scope parameter was already
+  // checked against the overlaid refresh token (granted ∪ policy): the request gets a 200 whose token
+  // silently lacks the requested policy scope. No scope is widened, but the answer is neither the
+  // plain one nor the MRRT one, and the client is told nothing.
+  const store = new MemoryPolicyStore();
+  const plainStore = new MemoryPolicyStore();
+  let server: TestServer;
+  let plain: TestServer;
+  beforeAll(async () => {
+    await store.set('spa', [{ audience: API.A, scope: ['a:write'] }]);
+    await plainStore.set('spa', [{ audience: API.B, scope: ['b:read'] }]);
+    server = await startServer({ mrrt: { store, allowSkippingConsent: SKIP_CONSENT }, rotate: false });
+    plain = await startServer({ mrrt: { store: plainStore, allowSkippingConsent: SKIP_CONSENT }, rotate: false });
+  });
+  afterAll(async () => {
+    await server.close();
+    await plain.close();
+  });
+
+  test.each(['a:write', 'a:read a:write'])('scope=%s for the granted API is refused as without MRRT', async (scope) => {
+    // what oidc-provider answers without MRRT (spa's policy does not name API.A on this server)
+    const control = await refresh(plain, (await login(plain, { client: 'spa' })).refresh_token, { resource: API.A, scope }, { client: 'spa' });
+    expect({ status: control.status, error: control.body.error, scope: control.body.scope }).toEqual({ status: 400, error: 'invalid_scope', scope: 'a:write' });
+
+    const tokens = await login(server, { client: 'spa' });
+    const before = snapshot(server, tokens.refresh_token);
+    const res = await refresh(server, tokens.refresh_token, { resource: API.A, scope }, { client: 'spa' });
+    expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+    // observed: 200 with scope "" (for a:write) or "a:read" (for a:read a:write)
+    expect({ status: res.status, error: res.body.error, scope: res.body.scope }).toEqual({ status: 400, error: 'invalid_scope', scope: 'a:write' });
+  });
+});
