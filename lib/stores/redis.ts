@@ -20,6 +20,9 @@ export interface RedisPolicyStoreOptions {
 // KEYS[1] policy hash, KEYS[2] client index; ARGV: mode, expected, version, policies, clientId, channel
 // A key of another type is corrupt data: it matches no version, and an unconditional write replaces it.
 const SET_SCRIPT = `
+if redis.call('TYPE', KEYS[2])['ok'] ~= 'zset' and redis.call('TYPE', KEYS[2])['ok'] ~= 'none' then
+  return redis.error_reply('WRONGTYPE the client index holds the wrong Redis type')
+end
 local kind = redis.call('TYPE', KEYS[1])['ok']
 local cur = false
 if kind == 'hash' then cur = redis.call('HGET', KEYS[1], 'v') end
@@ -34,6 +37,9 @@ return {1, ARGV[3]}
 
 // KEYS[1] policy hash, KEYS[2] client index; ARGV: mode, expected, clientId, channel
 const DELETE_SCRIPT = `
+if redis.call('TYPE', KEYS[2])['ok'] ~= 'zset' and redis.call('TYPE', KEYS[2])['ok'] ~= 'none' then
+  return redis.error_reply('WRONGTYPE the client index holds the wrong Redis type')
+end
 local kind = redis.call('TYPE', KEYS[1])['ok']
 local cur = false
 if kind == 'hash' then cur = redis.call('HGET', KEYS[1], 'v') end
@@ -133,7 +139,10 @@ export class RedisPolicyStore implements PolicyStore {
       subscriber.on('message', (channel: string, clientId: string) => {
         if (channel === this.channel) this.#changes.notify(clientId);
       });
+      // (re)subscribe on every connection: a SUBSCRIBE sent while disconnected may have failed
+      // (enableOfflineQueue: false, retries exhausted), and ioredis only resubscribes what succeeded
       subscriber.on('ready', () => {
+        subscriber.subscribe(this.channel).catch(() => {});
         if (connectedBefore) this.#changes.notify(undefined);
         connectedBefore = true;
       });

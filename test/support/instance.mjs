@@ -1,0 +1,131 @@
+// One provider instance in its own OS process, for test/multi-instance.test.ts.
+//
+// Runs the compiled package (dist/, built by `npm test`'s pretest) with the provider configuration
+// of test/helpers/fixture.ts: same clients, APIs, TTLs, features and interaction routes. Everything
+// that must be identical across instances (issuer, signing key, cookie keys, clients, APIs) comes
+// from the parent as JSON in the MRRT_INSTANCE environment variable; the instance shares nothing
+// with the others but Redis (RedisAdapter + RedisPolicyStore under the given prefixes).
+//
+// Prints one JSON line on stdout once it listens: {"port":<port>,"pid":<pid>}. Exits on SIGTERM,
+// SIGINT, or when its stdin closes (the parent went away).
+import http from 'node:http';
+import process from 'node:process';
+
+import express from 'express';
+import { Redis } from 'ioredis';
+import Provider, { errors } from 'oidc-provider';
+
+import { RedisAdapter, RedisPolicyStore, withMrrt } from '../../dist/index.js';
+
+const config = JSON.parse(process.env.MRRT_INSTANCE ?? 'null');
+if (!config) {
+  console.error('MRRT_INSTANCE (JSON configuration) is not set');
+  process.exit(2);
+}
+const {
+  name, issuer, jwks, cookieKeys, redisUrl, adapterPrefix, storePrefix, rotate, clients, resourceServers, skipConsent, denyList,
+  quickFailure = false, storeTimeout,
+} = config;
+
+// every promise rejection nobody handled in this process (Node would otherwise crash on the first one)
+const unhandledRejections = [];
+process.on('unhandledRejection', (reason) => {
+  unhandledRejections.push(String(reason?.stack ?? reason));
+  console.error(`[${name}] unhandled rejection: ${reason?.stack ?? reason}`);
+});
+
+// quickFailure: the settings of QUICK_FAILURE in test/support/redis-server.ts
+const redisOptions = quickFailure
+  ? { maxRetriesPerRequest: 1, commandTimeout: 1000, connectTimeout: 1000, retryStrategy: (times) => Math.min(times * 100, 1000) }
+  : { maxRetriesPerRequest: 1 };
+const redis = new Redis(redisUrl, { ...redisOptions, connectionName: `mrrt-test-instance-${name}` });
+let redisErrors = 0;
+redis.on('error', () => { redisErrors += 1; });
+const store = new RedisPolicyStore(redis, { prefix: storePrefix });
+
+const MrrtProvider = withMrrt(Provider, { store, allowSkippingConsent: skipConsent, denyList, ...(storeTimeout === undefined ? {} : { storeTimeout }) });
+const provider = new MrrtProvider(issuer, {
+  adapter: RedisAdapter.factory(redis, { prefix: adapterPrefix }),
+  clients: clients.map((client) => ({ ...client, grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'] })),
+  jwks,
+  cookies: { keys: cookieKeys },
+  findAccount: (_ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
+  interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+  ttl: {
+    AccessToken: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? 3600,
+    AuthorizationCode: 60,
+    Grant: 14 * 24 * 3600,
+    IdToken: 3600,
+    Interaction: 3600,
+    RefreshToken: 14 * 24 * 3600,
+    Session: 14 * 24 * 3600,
+  },
+  features: {
+    devInteractions: { enabled: false },
+    dPoP: { enabled: true },
+    introspection: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => undefined,
+      getResourceServerInfo: (_ctx, resource) => {
+        const info = resourceServers[resource];
+        if (!info) throw new errors.InvalidTarget();
+        return info;
+      },
+    },
+  },
+  rotateRefreshToken: rotate,
+});
+
+// what happened on this instance, for the test to read back (never token values)
+const events = [];
+let storeErrors = 0;
+provider.on('mrrt.exchange', (_ctx, event) => events.push({
+  event: 'mrrt.exchange', outcome: event.outcome, reason: event.reason, audience: event.resolvedAudience ?? event.requestedAudience,
+  ...(event.error ? { error: event.error } : {}),
+}));
+provider.on('mrrt.store_error', () => { storeErrors += 1; });
+for (const event of ['grant.revoked', 'refresh_token.consumed', 'server_error']) {
+  provider.on(event, () => events.push({ event }));
+}
+
+const app = express();
+app.get('/__test/events', (_req, res) => {
+  res.json({ name, pid: process.pid, events, storeErrors, redisErrors, unhandledRejections });
+});
+app.post('/interaction/:uid/login', async (req, res, next) => {
+  try {
+    await provider.interactionFinished(req, res, { login: { accountId: String(req.query.sub ?? 'alice') } }, { mergeWithLastSubmission: false });
+  } catch (err) { next(err); }
+});
+app.post('/interaction/:uid/consent', async (req, res, next) => {
+  try {
+    const { prompt, params, session, grantId } = await provider.interactionDetails(req, res);
+    const grant = grantId ? await provider.Grant.find(grantId) : new provider.Grant({ accountId: session.accountId, clientId: String(params.client_id) });
+    const details = prompt.details;
+    if (details.missingOIDCScope) grant.addOIDCScope(details.missingOIDCScope.join(' '));
+    for (const [indicator, scopes] of Object.entries(details.missingResourceScopes ?? {})) grant.addResourceScope(indicator, scopes.join(' '));
+    await provider.interactionFinished(req, res, { consent: { grantId: await grant.save() } }, { mergeWithLastSubmission: true });
+  } catch (err) { next(err); }
+});
+app.use(provider.callback());
+
+const server = http.createServer(app);
+server.listen(0, '127.0.0.1', () => {
+  process.stdout.write(`${JSON.stringify({ port: server.address().port, pid: process.pid })}\n`);
+});
+
+let stopping = false;
+async function shutdown(code) {
+  if (stopping) return;
+  stopping = true;
+  server.closeAllConnections();
+  server.close();
+  await store.close().catch(() => {});
+  await redis.quit().catch(() => redis.disconnect());
+  process.exit(code);
+}
+process.on('SIGTERM', () => { void shutdown(0); });
+process.on('SIGINT', () => { void shutdown(0); });
+process.stdin.on('end', () => { void shutdown(0); });
+process.stdin.resume();
