@@ -22,6 +22,7 @@ import { createHash } from 'node:crypto';
 import * as oidc from 'openid-client';
 
 import { ADMIN_API, BILLING_API, MESSAGES_API, config } from '../example-server/config.js';
+import { SignInFailure, signInThroughTheForms } from './sign-in.js';
 
 const DEFAULT_URL = 'http://127.0.0.1:3000';
 const TIMEOUT_MS = 10_000;
@@ -31,133 +32,6 @@ class DemoFailure extends Error {}
 const out = (line = ''): void => { process.stdout.write(`${line}\n`); };
 const indent = (text: string, by = '     '): string => text.split('\n').map((line) => by + line).join('\n');
 const fingerprint = (token: string): string => `sha256:${createHash('sha256').update(token).digest('base64url').slice(0, 12)}`;
-
-// ---------------------------------------------------------------------------------------------------
-// the browser half: a cookie jar, form parsing, redirects followed by hand
-
-interface StoredCookie { readonly name: string; readonly value: string; readonly path: string }
-
-/** Enough of RFC 6265 for one origin: name, value, Path, expiry by Max-Age / Expires. */
-class CookieJar {
-  private readonly cookies = new Map<string, StoredCookie>();
-
-  store(url: URL, response: Response): void {
-    for (const header of response.headers.getSetCookie()) {
-      const [pair = '', ...attributes] = header.split(';');
-      const eq = pair.indexOf('=');
-      if (eq < 1) continue;
-      const name = pair.slice(0, eq).trim();
-      const value = pair.slice(eq + 1).trim();
-      let path = url.pathname.slice(0, Math.max(url.pathname.lastIndexOf('/'), 1)) || '/';
-      let expired = false;
-      for (const attribute of attributes) {
-        const [key = '', ...rest] = attribute.trim().split('=');
-        const attributeValue = rest.join('=').trim();
-        const lower = key.toLowerCase();
-        if (lower === 'path' && attributeValue.startsWith('/')) path = attributeValue;
-        else if (lower === 'max-age' && Number(attributeValue) <= 0) expired = true;
-        else if (lower === 'expires' && Date.parse(attributeValue) <= Date.now()) expired = true;
-      }
-      const id = `${name};${path}`;
-      if (expired) this.cookies.delete(id);
-      else this.cookies.set(id, { name, value, path });
-    }
-  }
-
-  header(url: URL): string | undefined {
-    const requestPath = url.pathname;
-    const matches = [...this.cookies.values()]
-      .filter(({ path }) => requestPath === path || (requestPath.startsWith(path) && (path.endsWith('/') || requestPath[path.length] === '/')))
-      .sort((a, b) => b.path.length - a.path.length);
-    return matches.length ? matches.map(({ name, value }) => `${name}=${value}`).join('; ') : undefined;
-  }
-}
-
-const unescapeHtml = (value: string): string => value
-  .replace(/&quot;/g, '"').replace(/&#39;/g, "'").replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&amp;/g, '&');
-const attribute = (tag: string, name: string): string | undefined => {
-  const match = new RegExp(`\\b${name}\\s*=\\s*"([^"]*)"`, 'i').exec(tag);
-  return match ? unescapeHtml(match[1]!) : undefined;
-};
-
-interface HtmlForm { readonly action: string; readonly method: string; readonly inputs: Map<string, string> }
-
-/** The forms of a page: action, method and the named inputs with their values. */
-function formsOf(page: string): HtmlForm[] {
-  const forms: HtmlForm[] = [];
-  for (const match of page.matchAll(/<form\b([^>]*)>([\s\S]*?)<\/form>/gi)) {
-    const inputs = new Map<string, string>();
-    for (const input of match[2]!.matchAll(/<input\b[^>]*>/gi)) {
-      const name = attribute(input[0], 'name');
-      if (name) inputs.set(name, attribute(input[0], 'value') ?? '');
-    }
-    forms.push({ action: attribute(match[1]!, 'action') ?? '', method: (attribute(match[1]!, 'method') ?? 'get').toUpperCase(), inputs });
-  }
-  return forms;
-}
-
-/** A path with its long random segments (interaction ids) shortened, for printing. */
-const shortPath = (url: URL): string => url.pathname.split('/').map((segment) => (segment.length > 16 ? `${segment.slice(0, 6)}…` : segment)).join('/');
-
-const pageText = (page: string): string => unescapeHtml(page.replace(/<style[\s\S]*?<\/style>/gi, '').replace(/<[^>]+>/g, ' ')).replace(/\s+/g, ' ').trim();
-
-interface Hop { readonly method: string; readonly url: URL; readonly body?: URLSearchParams }
-
-/**
- * Acts as the user's browser from the authorization URL to the redirect to `redirectUri`: GETs every
- * redirect, fills and POSTs the login form, POSTs the consent form's Allow. Returns the redirect URL
- * (with `code`, `state`, `iss`) without requesting it.
- */
-async function signInThroughTheForms(authorizationUrl: URL, redirectUri: string, username: string, password: string): Promise<URL> {
-  const jar = new CookieJar();
-  const origin = authorizationUrl.origin;
-  let hop: Hop = { method: 'GET', url: authorizationUrl };
-  for (let step = 0; step < 12; step += 1) {
-    const headers: Record<string, string> = { accept: 'text/html' };
-    const cookie = jar.header(hop.url);
-    if (cookie) headers.cookie = cookie;
-    if (hop.body) headers['content-type'] = 'application/x-www-form-urlencoded';
-    const response = await fetch(hop.url, {
-      method: hop.method, headers, body: hop.body?.toString(), redirect: 'manual', signal: AbortSignal.timeout(TIMEOUT_MS),
-    });
-    jar.store(hop.url, response);
-    const page = await response.text();
-    const location = response.headers.get('location');
-    const shown = shortPath(hop.url) + (hop.url.pathname.endsWith('/auth') && hop.url.search ? '?…' : '');
-
-    if (location && response.status >= 300 && response.status < 400) {
-      const target = new URL(location, hop.url);
-      const isCallback = target.origin + target.pathname === redirectUri;
-      out(`     ${hop.method.padEnd(4)} ${shown.padEnd(36)} ${response.status} → ${isCallback ? `${redirectUri}?code=…&state=…&iss=…` : shortPath(target)}`);
-      if (isCallback) return target;
-      if (target.origin !== origin) throw new DemoFailure(`redirected to an unexpected origin: ${target.origin}`);
-      hop = { method: 'GET', url: target };
-      continue;
-    }
-    if (response.status !== 200) {
-      throw new DemoFailure(`${hop.method} ${hop.url.pathname} answered ${response.status}: ${pageText(page).slice(0, 300)}`);
-    }
-
-    const forms = formsOf(page);
-    const login = forms.find((form) => form.method === 'POST' && form.inputs.has('username') && form.inputs.has('password'));
-    if (login) {
-      out(`     ${hop.method.padEnd(4)} ${shown.padEnd(36)} 200   the login page: username + password form`);
-      const body = new URLSearchParams([...login.inputs]);
-      body.set('username', username);
-      body.set('password', password);
-      hop = { method: 'POST', url: new URL(login.action, hop.url), body };
-      continue;
-    }
-    const consent = forms.find((form) => form.method === 'POST' && /\/confirm$/.test(form.action));
-    if (consent) {
-      out(`     ${hop.method.padEnd(4)} ${shown.padEnd(36)} 200   the consent page: "Allow access?" → Allow`);
-      hop = { method: 'POST', url: new URL(consent.action, hop.url), body: new URLSearchParams([...consent.inputs]) };
-      continue;
-    }
-    throw new DemoFailure(`${hop.url.pathname} is neither a login nor a consent page: ${pageText(page).slice(0, 300)}`);
-  }
-  throw new DemoFailure('too many redirects and forms before the redirect back to the client');
-}
 
 // ---------------------------------------------------------------------------------------------------
 // printing
@@ -262,7 +136,7 @@ async function run(base: string): Promise<void> {
     // oidc-provider issues a refresh token (offline_access) only when consent is prompted for
     prompt: 'consent',
   });
-  const callback = await signInThroughTheForms(authorizationUrl, redirectUri, user.username, user.password);
+  const callback = await signInThroughTheForms(authorizationUrl, redirectUri, user.username, user.password, out);
   const signIn = await oidc.authorizationCodeGrant(configuration, callback, {
     pkceCodeVerifier: codeVerifier, expectedState: state, expectedNonce: nonce, idTokenExpected: true,
   }, { resource: MESSAGES_API });
@@ -354,7 +228,7 @@ async function main(): Promise<number> {
     const error = err as Error & { error?: string; error_description?: string; status?: number };
     const detail = error.error ? ` (${error.status ?? ''} ${error.error}: ${error.error_description ?? ''})` : '';
     process.stderr.write(`\ndemo failed: ${error.message}${detail}\n`);
-    if (!(err instanceof DemoFailure) && error.stack) process.stderr.write(`${error.stack}\n`);
+    if (!(err instanceof DemoFailure) && !(err instanceof SignInFailure) && error.stack) process.stderr.write(`${error.stack}\n`);
     return 1;
   }
 }

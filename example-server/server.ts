@@ -271,6 +271,12 @@ const hostForUrl = (host: string): string => (host.includes(':') ? `[${host}]` :
 export async function startExampleServer(options: StartOptions = {}): Promise<RunningExample> {
   const { port = 0, host = '127.0.0.1', publicUrl, ...rest } = options;
   const server = http.createServer();
+  // requests that arrive while the app is being built get a 503 instead of hanging
+  const starting = (_req: http.IncomingMessage, res: http.ServerResponse): void => {
+    res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' })
+      .end('{"error":"temporarily_unavailable","error_description":"the server is starting"}');
+  };
+  server.on('request', starting);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => { server.off('error', reject); resolve(); });
@@ -284,6 +290,7 @@ export async function startExampleServer(options: StartOptions = {}): Promise<Ru
     await new Promise<void>((resolve) => { server.close(() => resolve()); });
     throw err;
   }
+  server.off('request', starting);
   server.on('request', example.app);
   return {
     ...example,
