@@ -3,28 +3,35 @@ import type { Adapter, AdapterConstructor, AdapterFactory, AdapterPayload } from
 import { MemoryAdapter } from './adapters/memory.js';
 
 /**
- * What one MRRT exchange presents to oidc-provider's own refresh_token handler: the refresh token
- * and Grant of this request, as read from the adapter, with the target and the policy scopes added.
- * Lives only for the duration of the request; never persisted.
+ * Per-request MRRT state, keyed by the Koa context that oidc-provider keeps in its AsyncLocalStorage.
+ * The plan is made from the policy alone; what the refresh token and Grant hold is learnt from the
+ * reads oidc-provider's own handler makes through the adapter, so an exchange reads nothing twice.
  */
-export interface Overlay {
-  readonly refreshTokenId: string;
-  readonly grantId: string;
-  readonly target: string;
-  readonly policyScopes: readonly string[];
-  readonly original: { readonly resource: unknown; readonly scope: unknown };
-  /** Whether the target is in the original grant, and the scope the Grant holds for it. */
-  readonly granted: boolean;
-  readonly grantedScope: string | undefined;
-}
-
-/** Per-request state, keyed by the Koa context that oidc-provider keeps in its AsyncLocalStorage. */
 export interface RequestState {
-  overlay?: Overlay;
+  /** The adapter id (the value) of this request's refresh token. */
+  readonly refreshTokenValue: string;
+  readonly target: string;
+  /** MRRT applies: the policy scopes presented with the target, for this request only. */
+  readonly policyScopes?: readonly string[];
+  /** The scopes the target API defines (for the empty-scope check). */
+  readonly defined?: ReadonlySet<string>;
+  /** A refusal: unconditional, or only when the target turns out not to be in the refresh token. */
+  readonly refusal?: { readonly error: Error; readonly reason: string; readonly unlessGranted: boolean };
+  /** What the refresh token held, once oidc-provider read it. */
+  loaded?: {
+    readonly original: { readonly resource: unknown; readonly scope: unknown };
+    readonly granted: boolean;
+    readonly grantId: string | undefined;
+    readonly subject: string | undefined;
+  };
+  /** The scope the Grant held for the target, once oidc-provider read it. */
+  grantedScope?: string | undefined;
   /** Set when the overlay was taken back mid-request: the request is served as without MRRT. */
   withdrawn?: boolean;
-  /** A refusal to raise once oidc-provider has run its own checks, before it consumes the token. */
-  refusal?: { readonly refreshTokenId: string; readonly error: Error };
+  /** The refusal raised at a checkpoint, with its reason. */
+  raised?: { readonly error: Error; readonly reason: string };
+  /** Raises the refusal due at this point, if any; called before oidc-provider writes anything. */
+  checkpoint?: () => void;
 }
 
 export const union = (...lists: Iterable<string>[]): string[] => [...new Set(lists.flatMap((list) => [...list]))];
@@ -33,7 +40,7 @@ const asList = (value: unknown): string[] => (Array.isArray(value) ? (value as s
 
 const isConstructable = (fn: unknown): fn is AdapterConstructor => typeof fn === 'function' && typeof fn.prototype === 'object' && fn.prototype !== null;
 
-function restoreOriginal(payload: AdapterPayload, original: Overlay['original']): AdapterPayload {
+function restoreOriginal(payload: AdapterPayload, original: { readonly resource: unknown; readonly scope: unknown }): AdapterPayload {
   const { resource: _resource, scope: _scope, ...rest } = payload;
   const restored: Record<string, unknown> = { ...rest };
   if (original.resource !== undefined) restored.resource = original.resource;
@@ -43,9 +50,9 @@ function restoreOriginal(payload: AdapterPayload, original: Overlay['original'])
 
 /**
  * Wraps the deployment's adapter (a class, a factory or, when none is configured, {@link MemoryAdapter})
- * so that, during an MRRT exchange only, reads of that one refresh token and Grant carry the overlay,
- * the rotated refresh token is saved with the original resource and scope, a Grant is never saved
- * with the overlay, and a pending refusal is raised before the refresh token is consumed.
+ * so that, during an MRRT exchange only, reads of that one refresh token and Grant carry the target
+ * and policy scopes, the rotated refresh token is saved with the original resource and scope, a
+ * Grant is never saved with the overlay, and a due refusal is raised before the token is consumed.
  */
 export function decorateAdapter(
   Base: AdapterConstructor | AdapterFactory | undefined,
@@ -66,37 +73,47 @@ export function decorateAdapter(
 
     async find(id: string): Promise<AdapterPayload | undefined | void> {
       const payload = await this.#inner.find(id);
-      const overlay = stateOf()?.overlay;
-      if (!payload || !overlay) return payload;
-      if (this.#name === 'RefreshToken' && id === overlay.refreshTokenId && payload.grantId === overlay.grantId) {
+      const state = stateOf();
+      if (!payload || !state) return payload;
+      if (this.#name === 'RefreshToken' && id === state.refreshTokenValue) {
+        const resources = asList(payload.resource);
+        state.loaded = {
+          original: { resource: payload.resource, scope: payload.scope },
+          granted: resources.includes(state.target),
+          grantId: typeof payload.grantId === 'string' ? payload.grantId : undefined,
+          subject: typeof payload.accountId === 'string' ? payload.accountId : undefined,
+        };
+        if (!state.policyScopes) return payload;
         return {
           ...payload,
-          resource: union(asList(payload.resource), [overlay.target]),
-          scope: union(splitScope(payload.scope), overlay.policyScopes).join(' '),
+          resource: union(resources, [state.target]),
+          scope: union(splitScope(payload.scope), state.policyScopes).join(' '),
         };
       }
-      if (this.#name === 'Grant' && id === overlay.grantId) {
+      if (this.#name === 'Grant' && state.policyScopes && id === state.loaded?.grantId) {
         const resources = (payload.resources ?? {}) as Record<string, string>;
-        const scope = union(splitScope(resources[overlay.target]), overlay.policyScopes).join(' ');
-        return { ...payload, resources: { ...resources, [overlay.target]: scope } };
+        state.grantedScope = resources[state.target];
+        const scope = union(splitScope(resources[state.target]), state.policyScopes).join(' ');
+        return { ...payload, resources: { ...resources, [state.target]: scope } };
       }
       return payload;
     }
 
     async upsert(id: string, payload: AdapterPayload, expiresIn?: number): Promise<void> {
-      const overlay = stateOf()?.overlay;
-      if (overlay && this.#name === 'Grant' && id === overlay.grantId) {
+      const state = stateOf();
+      const grantId = state?.policyScopes ? state.loaded?.grantId : undefined;
+      if (grantId !== undefined && this.#name === 'Grant' && id === grantId) {
         throw new Error('oidc-provider-mrrt: refusing to persist a Grant while an MRRT overlay is applied');
       }
-      if (overlay && this.#name === 'RefreshToken' && payload.grantId === overlay.grantId) {
-        payload = restoreOriginal(payload, overlay.original);
+      if (grantId !== undefined && this.#name === 'RefreshToken' && payload.grantId === grantId) {
+        payload = restoreOriginal(payload, state!.loaded!.original);
       }
       await this.#inner.upsert(id, payload, expiresIn);
     }
 
     async consume(id: string): Promise<void> {
-      const refusal = stateOf()?.refusal;
-      if (refusal && this.#name === 'RefreshToken' && id === refusal.refreshTokenId) throw refusal.error;
+      const state = stateOf();
+      if (state && this.#name === 'RefreshToken' && id === state.refreshTokenValue) state.checkpoint?.();
       await this.#inner.consume(id);
     }
 

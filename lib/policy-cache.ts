@@ -44,6 +44,12 @@ export class PolicyCache {
     return this.#entries.size;
   }
 
+  /** A fresh cached answer, without waiting: `{ record }` on a hit, `undefined` on a miss. */
+  peek(clientId: string): { readonly record: PolicyRecord | undefined } | undefined {
+    const entry = this.#entries.get(clientId);
+    return entry && performance.now() - entry.at < this.#maxAge ? entry : undefined;
+  }
+
   async get(clientId: string): Promise<PolicyRecord | undefined> {
     const entry = this.#entries.get(clientId);
     if (entry && performance.now() - entry.at < this.#maxAge) {

@@ -51,7 +51,6 @@ function prepareConfiguration(
   if (resourceIndicators?.enabled === false) {
     throw new TypeError('"features.resourceIndicators.enabled" must not be false: MRRT names its target API with a resource indicator');
   }
-  const pendingRefusal = (): Error | undefined => stateOf()?.refusal?.error;
   const { defaultResource, getResourceServerInfo } = resourceIndicators ?? {};
   const prepared: Configuration = {
     ...configuration,
@@ -62,17 +61,15 @@ function prepareConfiguration(
       resourceIndicators: {
         ...resourceIndicators,
         async defaultResource(ctx, client, oneOf) {
-          const refusal = pendingRefusal();
-          if (refusal) throw refusal;
+          stateOf()?.checkpoint?.();
           return defaultResource ? defaultResource(ctx, client, oneOf) : (oneOf as never);
         },
         async getResourceServerInfo(ctx, resource, client) {
-          const refusal = pendingRefusal();
-          if (refusal) throw refusal;
-          // oidc-provider has decided on rotation by now and written nothing yet
           const state = stateOf();
-          if (state?.overlay && config.publicClients !== 'any' && !protectedPublicRefresh(ctx)) {
-            if (!state.overlay.granted) throw unprotectedPublicClient();
+          state?.checkpoint?.();
+          // oidc-provider has decided on rotation by now and written nothing yet
+          if (state?.policyScopes && state.loaded && !state.withdrawn && config.publicClients !== 'any' && !protectedPublicRefresh(ctx)) {
+            if (!state.loaded.granted) throw unprotectedPublicClient();
             withdrawOverlay(ctx, state);
           }
           if (!getResourceServerInfo) throw new errors.InvalidTarget();
@@ -181,7 +178,8 @@ function toSet(value: ParamList | undefined): Set<string> {
  */
 function withdrawOverlay(ctx: KoaContextWithOIDC, state: RequestState): void {
   const grant = ctx.oidc.entities.Grant;
-  const { target, grantedScope, original } = state.overlay!;
+  const { target, grantedScope } = state;
+  const { original } = state.loaded!;
   state.withdrawn = true;
   if (ctx.oidc.params?.scope) {
     // the check oidc-provider would have made against the refresh token without the overlay

@@ -2,7 +2,7 @@ import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 
 import { PolicyStoreError } from './errors.js';
 import type { MrrtClient, MrrtConfiguration } from './options.js';
-import { splitScope, union, type Overlay, type RequestState } from './overlay.js';
+import { splitScope, type RequestState } from './overlay.js';
 import { PolicyCache } from './policy-cache.js';
 import type { PolicyRecord } from './store.js';
 
@@ -49,22 +49,10 @@ export interface MrrtExchangeEvent {
 type ResourceServerInfoFn = (ctx: KoaContextWithOIDC, resource: string, client: MrrtClient) => unknown;
 type Handler = (ctx: KoaContextWithOIDC) => Promise<void>;
 
-interface Subject {
-  readonly subject: string | undefined;
-  readonly grantId: string | undefined;
-}
-interface Refusal extends Subject {
-  readonly kind: 'refuse';
-  readonly error: Error;
-  readonly reason: MrrtReason;
-  readonly refreshTokenId: string;
-}
-type Decision =
-  | { readonly kind: 'pass' }
-  | Refusal
-  | (Subject & { readonly kind: 'overlay'; readonly overlay: Overlay });
-
-const PASS: Decision = Object.freeze({ kind: 'pass' });
+/** What the policy alone says about a target, before any token is read. */
+type Plan =
+  | { readonly kind: 'mrrt'; readonly policyScopes: readonly string[]; readonly defined: ReadonlySet<string> }
+  | { readonly kind: 'refuse'; readonly error: Error; readonly reason: MrrtReason; readonly unlessGranted: boolean };
 
 function readValues(value: unknown): string[] {
   if (value === undefined || value === null || value === '') return [];
@@ -100,13 +88,21 @@ export function unprotectedPublicClient(): Error {
 
 const describe = (values: readonly string[]): string => values.join(' ');
 
+/** The refusal in force for this request: unconditional, or because the target is not in the refresh token. */
+export function activeRefusal(state: RequestState): RequestState['refusal'] {
+  const { refusal } = state;
+  if (!refusal) return undefined;
+  if (!refusal.unlessGranted) return refusal;
+  return state.loaded && !state.loaded.granted ? refusal : undefined;
+}
+
 /**
  * Wraps oidc-provider's built-in refresh_token handler with the MRRT decision (SPEC E1–E11).
  *
- * The decision runs with the authenticated client and parsed parameters. An allowed MRRT target
- * becomes a request-scoped overlay that the built-in handler sees through the adapter; a refusal
- * is raised once the built-in handler has run all of its own checks and before it consumes the
- * refresh token, so its errors win and a refused request never rotates anything.
+ * The plan is made from the authenticated client, the parameters and the policy. An MRRT target is
+ * presented to the built-in handler through the adapter, in the refresh token and Grant it reads
+ * itself; a refusal is raised once the built-in handler has run all of its own checks and before it
+ * writes anything, so its errors win and a refused request never rotates anything.
  */
 export function createRefreshHook(
   config: MrrtConfiguration,
@@ -114,107 +110,76 @@ export function createRefreshHook(
   requestState: WeakMap<object, RequestState>,
 ): (builtin: Handler) => Handler {
   const cache = config.cache === false ? undefined : new PolicyCache(config.store, config.cache);
-  const lookup = (clientId: string): Promise<PolicyRecord | undefined> => (cache ? cache.get(clientId) : config.store.get(clientId));
+  const lookup = (clientId: string): PolicyRecord | undefined | Promise<PolicyRecord | undefined> => {
+    const hit = cache?.peek(clientId);
+    if (hit) return hit.record;
+    return withTimeout(cache ? cache.get(clientId) : config.store.get(clientId), config.storeTimeout);
+  };
   const emit = (ctx: KoaContextWithOIDC, event: MrrtExchangeEvent): void => {
     ctx.oidc.provider.emit('mrrt.exchange', ctx, event);
   };
 
-  async function decide(ctx: KoaContextWithOIDC, targets: readonly string[]): Promise<Decision> {
-    const { provider } = ctx.oidc;
-    const params = ctx.oidc.params!;
+  async function plan(ctx: KoaContextWithOIDC, target: string): Promise<Plan> {
     const client = ctx.oidc.client!;
-    const value = params.refresh_token;
-    if (typeof value !== 'string' || value.length === 0) return PASS;
-
-    const refreshToken = await provider.RefreshToken.find(value, { ignoreExpiration: true }).catch(() => undefined);
-    // oidc-provider rejects these itself before it rotates anything (and revokes the grant on reuse)
-    if (!refreshToken || refreshToken.clientId !== client.clientId || refreshToken.isExpired || refreshToken.consumed) return PASS;
-
-    const refreshTokenId = refreshToken.jti;
-    const who: Subject = { subject: refreshToken.accountId, grantId: refreshToken.grantId };
-    const refuse = (error: Error, reason: MrrtReason): Refusal => ({ kind: 'refuse', error, reason, refreshTokenId, ...who });
-    if (targets.length !== 1) {
-      return refuse(new errors.InvalidTarget('only one resource (audience) may be requested per access token'), 'multiple_targets');
-    }
-
-    const target = targets[0]!;
-    const granted = refreshToken.resourceIndicators.has(target);
-    const notAllowed = (reason: MrrtReason, description: string): Decision => (
-      granted ? PASS : refuse(new errors.InvalidTarget(description), reason)
+    const refuse = (reason: MrrtReason, description: string): Plan => (
+      { kind: 'refuse', error: new errors.InvalidTarget(description), reason, unlessGranted: true }
     );
-
-    if (!(await config.isFirstParty(client))) return notAllowed('not_first_party', 'resource is not allowed: MRRT is available to first-party clients only');
-    if (config.denyList.has(target)) return notAllowed('deny_listed', 'resource is not allowed for multi-resource refresh');
+    if (!(await config.isFirstParty(client))) return refuse('not_first_party', 'resource is not allowed: MRRT is available to first-party clients only');
+    if (config.denyList.has(target)) return refuse('deny_listed', 'resource is not allowed for multi-resource refresh');
 
     let record;
     try {
-      record = await withTimeout(lookup(client.clientId), config.storeTimeout);
+      record = await lookup(client.clientId);
     } catch (err) {
-      provider.emit('mrrt.store_error', ctx, err);
-      if (granted) return PASS;
+      ctx.oidc.provider.emit('mrrt.store_error', ctx, err);
       const { error, reason } = storeFailure(err);
-      return refuse(error, reason);
+      return { kind: 'refuse', error, reason, unlessGranted: true };
     }
     const entry = record?.policies.find((candidate) => candidate.audience === target);
-    if (!entry) return notAllowed(record ? 'not_in_policy' : 'no_policy', 'resource is not in the MRRT policy of this client');
+    if (!entry) return refuse(record ? 'not_in_policy' : 'no_policy', 'resource is not in the MRRT policy of this client');
 
     let info: { scope?: unknown; audience?: unknown };
     try {
       info = (await getResourceServerInfo?.(ctx, target, client)) as typeof info;
       if (!info) throw new errors.InvalidTarget();
     } catch (err) {
-      if (err instanceof errors.InvalidTarget) return notAllowed('unknown_resource', 'resource is not a known API');
+      if (err instanceof errors.InvalidTarget) return refuse('unknown_resource', 'resource is not a known API');
       throw err;
     }
     if (typeof info.audience === 'string' && config.denyList.has(info.audience)) {
-      return notAllowed('deny_listed', 'resource is not allowed for multi-resource refresh');
+      return refuse('deny_listed', 'resource is not allowed for multi-resource refresh');
     }
     if (!(await config.allowSkippingConsent(target, client))) {
-      return notAllowed('consent_required', 'resource requires user consent and cannot be reached through MRRT');
+      return refuse('consent_required', 'resource requires user consent and cannot be reached through MRRT');
     }
-
-    const policyScopes = entry.scope.filter((scope) => !OIDC_SCOPES.has(scope));
-    const requested = params.scope ? [...ctx.oidc.requestParamScopes] : undefined;
-    if (requested) {
-      const policySet = new Set(policyScopes);
-      const missing = requested.filter((scope) => !refreshToken.scopes.has(scope) && !policySet.has(scope));
-      if (missing.length !== 0) {
-        const description = `requested scope${missing.length === 1 ? ' is' : 's are'} not allowed for ${target}`;
-        return refuse(new errors.InvalidScope(description, describe(missing)), 'scope_not_allowed');
-      }
-    }
-
-    const grant = refreshToken.grantId === undefined
-      ? undefined
-      : await provider.Grant.find(refreshToken.grantId, { ignoreExpiration: true }).catch(() => undefined);
-    // oidc-provider rejects a missing, expired or foreign grant itself, before rotation
-    if (!grant || grant.clientId !== client.clientId || grant.isExpired) return PASS;
-
-    // compute the access token's scope exactly as oidc-provider will, on an in-memory copy
-    const defined = new Set(splitScope(info.scope));
-    const candidates = (requested ?? union(refreshToken.scopes, policyScopes)).filter((scope) => defined.has(scope));
-    const resources = { ...(grant.resources ?? {}) };
-    const grantedScope = resources[target];
-    resources[target] = union(splitScope(grantedScope), policyScopes).join(' ');
-    grant.resources = resources;
-    if (!granted && grant.getResourceScopeFiltered(target, candidates) === '') {
-      const scope = requested ? describe(requested) : (undefined as unknown as string);
-      return refuse(new errors.InvalidScope(`no requested scope is available for ${target}`, scope), 'empty_scope');
-    }
-
     return {
-      kind: 'overlay',
-      ...who,
-      overlay: Object.freeze({
-        refreshTokenId,
-        grantId: refreshToken.grantId!,
-        target,
-        policyScopes: Object.freeze(policyScopes),
-        original: Object.freeze({ resource: refreshToken.resource, scope: refreshToken.scope }),
-        granted,
-        grantedScope,
-      }),
+      kind: 'mrrt',
+      policyScopes: entry.scope.filter((scope) => !OIDC_SCOPES.has(scope)),
+      defined: new Set(splitScope(info.scope)),
     };
+  }
+
+  /** Raised before oidc-provider writes anything: a refusal in force, or no API scope left (E5). */
+  function checkpoint(ctx: KoaContextWithOIDC, state: RequestState): void {
+    if (state.raised) throw state.raised.error;
+    const refusal = activeRefusal(state);
+    if (refusal) {
+      state.raised = { error: refusal.error, reason: refusal.reason };
+      throw refusal.error;
+    }
+    const { loaded, policyScopes, defined, target } = state;
+    if (!policyScopes || !defined || !loaded || loaded.granted) return;
+    const grant = ctx.oidc.entities.Grant;
+    const refreshToken = ctx.oidc.entities.RefreshToken;
+    if (!grant || !refreshToken) return;
+    const requested = ctx.oidc.params?.scope ? [...ctx.oidc.requestParamScopes] : undefined;
+    const candidates = (requested ?? [...refreshToken.scopes]).filter((scope) => defined.has(scope));
+    if (grant.getResourceScopeFiltered(target, candidates) === '') {
+      const scope = requested ? describe(requested) : (undefined as unknown as string);
+      const error = new errors.InvalidScope(`no requested scope is available for ${target}`, scope);
+      state.raised = { error, reason: 'empty_scope' };
+      throw error;
+    }
   }
 
   return (builtin) => async function mrrtRefreshTokenHandler(ctx) {
@@ -230,32 +195,32 @@ export function createRefreshHook(
       targets = [...resources, ...audiences];
     }
     if (resources.length === 0) params.resource = audiences.length === 1 ? audiences[0] : audiences;
-    const requestedAudience = describe(targets);
+    const value = params.refresh_token;
+    if (typeof value !== 'string' || value.length === 0) return builtin(ctx);
 
-    const decision = await decide(ctx, targets);
-    if (decision.kind === 'pass') return builtin(ctx);
-
-    const client = ctx.oidc.client!;
-    const base = {
-      get durationMs() { return performance.now() - started; },
-      clientId: client.clientId,
-      requestedAudience,
-      requestedScope: typeof params.scope === 'string' ? params.scope : undefined,
-    };
-    const state: RequestState = decision.kind === 'overlay'
-      ? { overlay: decision.overlay }
-      : { refusal: { refreshTokenId: decision.refreshTokenId, error: decision.error } };
+    const target = targets[0]!;
+    const decided: Plan = targets.length !== 1
+      ? { kind: 'refuse', error: new errors.InvalidTarget('only one resource (audience) may be requested per access token'), reason: 'multiple_targets', unlessGranted: false }
+      : await plan(ctx, target);
+    const state: RequestState = decided.kind === 'mrrt'
+      ? { refreshTokenValue: value, target, policyScopes: decided.policyScopes, defined: decided.defined }
+      : { refreshTokenValue: value, target, refusal: { error: decided.error, reason: decided.reason, unlessGranted: decided.unlessGranted } };
+    state.checkpoint = () => checkpoint(ctx, state);
     requestState.set(ctx, state);
 
-    const refused = (reason: MrrtReason, error: unknown): MrrtExchangeEvent => ({
-      ...base,
-      outcome: 'refused',
+    const client = ctx.oidc.client!;
+    const event = (outcome: MrrtExchangeEvent['outcome'], reason: MrrtReason, extra: Partial<MrrtExchangeEvent>): MrrtExchangeEvent => ({
+      outcome,
       reason,
-      error: (error as { error?: string }).error ?? 'server_error',
-      subject: decision.subject,
-      grantId: decision.grantId,
+      clientId: client.clientId,
+      subject: state.loaded?.subject,
+      grantId: state.loaded?.grantId,
+      requestedAudience: describe(targets),
       resolvedAudience: undefined,
+      requestedScope: typeof params.scope === 'string' ? params.scope : undefined,
       grantedScope: undefined,
+      durationMs: performance.now() - started,
+      ...extra,
     });
 
     try {
@@ -263,34 +228,44 @@ export function createRefreshHook(
     } catch (err) {
       // a withdrawn overlay is served as without MRRT: oidc-provider's own error, no MRRT event
       if (state.withdrawn) throw err;
-      if (decision.kind === 'refuse' && (err === decision.error || err instanceof errors.InvalidTarget || err instanceof errors.InvalidScope)) {
-        // oidc-provider's own checks passed and it stopped at the target or scope: report the MRRT reason
-        emit(ctx, refused(decision.reason, decision.error));
-        throw decision.error;
+      if (state.raised && err === state.raised.error) {
+        emit(ctx, event('refused', state.raised.reason as MrrtReason, { error: (err as { error?: string }).error }));
+        throw err;
       }
-      emit(ctx, refused((err as { [REASON]?: MrrtReason })[REASON] ?? 'provider_check', err));
+      const refusal = activeRefusal(state);
+      if (refusal && (err instanceof errors.InvalidTarget || err instanceof errors.InvalidScope)) {
+        // oidc-provider's own checks passed and it stopped at the target or scope: report the MRRT reason
+        emit(ctx, event('refused', refusal.reason as MrrtReason, { error: (refusal.error as { error?: string }).error }));
+        throw refusal.error;
+      }
+      if (state.policyScopes && state.loaded && err instanceof errors.InvalidScope) {
+        // oidc-provider checked the scope parameter against the refresh token plus the policy (E4)
+        const missing = splitScope((err as { scope?: unknown }).scope);
+        const description = `requested scope${missing.length === 1 ? ' is' : 's are'} not allowed for ${target}`;
+        const error = new errors.InvalidScope(description, describe(missing));
+        emit(ctx, event('refused', 'scope_not_allowed', { error: 'invalid_scope' }));
+        throw error;
+      }
+      if (state.loaded && (state.policyScopes || refusal)) {
+        const reason = (err as { [REASON]?: MrrtReason })[REASON] ?? 'provider_check';
+        emit(ctx, event('refused', reason, { error: (err as { error?: string }).error ?? 'server_error' }));
+      }
       throw err;
     } finally {
       requestState.delete(ctx);
     }
 
-    if (decision.kind === 'refuse') {
+    if (activeRefusal(state)) {
       // unreachable by construction: a refused target is never one oidc-provider would issue for
       ctx.body = undefined;
-      throw decision.error;
+      throw activeRefusal(state)!.error;
     }
-
-    if (state.withdrawn) return;
+    if (!state.policyScopes || !state.loaded || state.withdrawn) return;
     const body = ctx.body as Record<string, unknown>;
-    body.resource = decision.overlay.target;
-    emit(ctx, {
-      ...base,
-      outcome: 'issued',
-      reason: 'policy',
-      subject: decision.subject,
-      grantId: decision.grantId,
-      resolvedAudience: decision.overlay.target,
+    body.resource = target;
+    emit(ctx, event('issued', 'policy', {
+      resolvedAudience: target,
       grantedScope: typeof body.scope === 'string' ? body.scope : undefined,
-    });
+    }));
   };
 }
