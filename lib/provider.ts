@@ -128,6 +128,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
   };
   // set while a constructor runs: oidc-provider registers its grants synchronously from the constructor
   let constructing: Configuration | undefined;
+  let constructingInfo: ResourceServerInfoFn | undefined;
   let hooked = false;
 
   const Mrrt = class MrrtProvider extends (Base as ProviderClass) {
@@ -136,6 +137,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
     constructor(issuer: string, configuration: Configuration = {}) {
       const prepared = prepareConfiguration(configuration, config, stateOf);
       constructing = prepared;
+      constructingInfo = configuration.features?.resourceIndicators?.getResourceServerInfo;
       hooked = false;
       try {
         super(issuer, prepared);
@@ -155,7 +157,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
       dupes?: ParamList,
     ): void {
       if (name === 'refresh_token' && constructing) {
-        const getResourceServerInfo = constructing.features?.resourceIndicators?.getResourceServerInfo;
+        const getResourceServerInfo = constructingInfo;
         handler = createRefreshHook(config, getResourceServerInfo as never, requestState)(handler as unknown as Handler) as never;
         params = new Set([...toSet(params), 'audience']);
         dupes = new Set([...toSet(dupes), 'resource', 'audience']);

@@ -52,7 +52,7 @@ type Handler = (ctx: KoaContextWithOIDC) => Promise<void>;
 /** What the policy alone says about a target, before any token is read. */
 type Plan =
   | { readonly kind: 'mrrt'; readonly policyScopes: readonly string[]; readonly defined: ReadonlySet<string> }
-  | { readonly kind: 'refuse'; readonly error: Error; readonly reason: MrrtReason; readonly unlessGranted: boolean };
+  | { readonly kind: 'refuse'; readonly error: () => Error; readonly reason: MrrtReason; readonly unlessGranted: boolean };
 
 function readValues(value: unknown): string[] {
   if (value === undefined || value === null || value === '') return [];
@@ -88,6 +88,12 @@ export function unprotectedPublicClient(): Error {
 
 const describe = (values: readonly string[]): string => values.join(' ');
 
+/** A refusal whose error object (with its stack trace) is built on first use. */
+function lazyRefusal(make: () => Error, reason: string, unlessGranted: boolean): NonNullable<RequestState['refusal']> {
+  let error: Error | undefined;
+  return { get error() { return (error ??= make()); }, reason, unlessGranted };
+}
+
 /** The refusal in force for this request: unconditional, or because the target is not in the refresh token. */
 export function activeRefusal(state: RequestState): RequestState['refusal'] {
   const { refusal } = state;
@@ -121,26 +127,30 @@ export function createRefreshHook(
 
   async function plan(ctx: KoaContextWithOIDC, target: string): Promise<Plan> {
     const client = ctx.oidc.client!;
+    // the error is built only when the refusal is raised: most such plans end as plain refreshes
     const refuse = (reason: MrrtReason, description: string): Plan => (
-      { kind: 'refuse', error: new errors.InvalidTarget(description), reason, unlessGranted: true }
+      { kind: 'refuse', error: () => new errors.InvalidTarget(description), reason, unlessGranted: true }
     );
-    if (!(await config.isFirstParty(client))) return refuse('not_first_party', 'resource is not allowed: MRRT is available to first-party clients only');
+    const firstParty = config.isFirstParty(client);
+    if (!(typeof firstParty === 'boolean' ? firstParty : await firstParty)) return refuse('not_first_party', 'resource is not allowed: MRRT is available to first-party clients only');
     if (config.denyList.has(target)) return refuse('deny_listed', 'resource is not allowed for multi-resource refresh');
 
     let record;
     try {
-      record = await lookup(client.clientId);
+      const found = lookup(client.clientId);
+      record = found instanceof Promise ? await found : found;
     } catch (err) {
       ctx.oidc.provider.emit('mrrt.store_error', ctx, err);
       const { error, reason } = storeFailure(err);
-      return { kind: 'refuse', error, reason, unlessGranted: true };
+      return { kind: 'refuse', error: () => error, reason, unlessGranted: true };
     }
     const entry = record?.policies.find((candidate) => candidate.audience === target);
     if (!entry) return refuse(record ? 'not_in_policy' : 'no_policy', 'resource is not in the MRRT policy of this client');
 
     let info: { scope?: unknown; audience?: unknown };
     try {
-      info = (await getResourceServerInfo?.(ctx, target, client)) as typeof info;
+      const found = getResourceServerInfo?.(ctx, target, client);
+      info = (found instanceof Promise ? await found : found) as typeof info;
       if (!info) throw new errors.InvalidTarget();
     } catch (err) {
       if (err instanceof errors.InvalidTarget) return refuse('unknown_resource', 'resource is not a known API');
@@ -149,7 +159,8 @@ export function createRefreshHook(
     if (typeof info.audience === 'string' && config.denyList.has(info.audience)) {
       return refuse('deny_listed', 'resource is not allowed for multi-resource refresh');
     }
-    if (!(await config.allowSkippingConsent(target, client))) {
+    const skippable = config.allowSkippingConsent(target, client);
+    if (!(typeof skippable === 'boolean' ? skippable : await skippable)) {
       return refuse('consent_required', 'resource requires user consent and cannot be reached through MRRT');
     }
     return {
@@ -200,11 +211,11 @@ export function createRefreshHook(
 
     const target = targets[0]!;
     const decided: Plan = targets.length !== 1
-      ? { kind: 'refuse', error: new errors.InvalidTarget('only one resource (audience) may be requested per access token'), reason: 'multiple_targets', unlessGranted: false }
+      ? { kind: 'refuse', error: () => new errors.InvalidTarget('only one resource (audience) may be requested per access token'), reason: 'multiple_targets', unlessGranted: false }
       : await plan(ctx, target);
     const state: RequestState = decided.kind === 'mrrt'
       ? { refreshTokenValue: value, target, policyScopes: decided.policyScopes, defined: decided.defined }
-      : { refreshTokenValue: value, target, refusal: { error: decided.error, reason: decided.reason, unlessGranted: decided.unlessGranted } };
+      : { refreshTokenValue: value, target, refusal: lazyRefusal(decided.error, decided.reason, decided.unlessGranted) };
     state.checkpoint = () => checkpoint(ctx, state);
     requestState.set(ctx, state);
 
