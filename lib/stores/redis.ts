@@ -17,9 +17,10 @@ export interface RedisPolicyStoreOptions {
   prefix?: string;
 }
 
-// KEYS[1] policy hash, KEYS[2] client index; ARGV: mode, expected, version, policies, clientId, channel
-// A key of another type is corrupt data: it matches no version, and an unconditional write replaces it.
-const SET_SCRIPT = `
+// Shared by both writes: nothing is written when the index key has the wrong type; a policy key of
+// another type is corrupt data that matches no version (an unconditional write replaces it); then
+// the precondition (ARGV[1] mode, ARGV[2] expected version) is checked.
+const PRECONDITION = `
 if redis.call('TYPE', KEYS[2])['ok'] ~= 'zset' and redis.call('TYPE', KEYS[2])['ok'] ~= 'none' then
   return redis.error_reply('WRONGTYPE the client index holds the wrong Redis type')
 end
@@ -28,7 +29,10 @@ local cur = false
 if kind == 'hash' then cur = redis.call('HGET', KEYS[1], 'v') end
 if ARGV[1] == 'absent' and kind ~= 'none' then return {0, cur or ''} end
 if ARGV[1] == 'match' and cur ~= ARGV[2] then return {0, cur or ''} end
-if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+`;
+
+// KEYS[1] policy hash, KEYS[2] client index; ARGV: mode, expected, version, policies, clientId, channel
+const SET_SCRIPT = `${PRECONDITION}if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 redis.call('HSET', KEYS[1], 'v', ARGV[3], 'p', ARGV[4])
 redis.call('ZADD', KEYS[2], 0, ARGV[5])
 redis.call('PUBLISH', ARGV[6], ARGV[5])
@@ -36,16 +40,7 @@ return {1, ARGV[3]}
 `;
 
 // KEYS[1] policy hash, KEYS[2] client index; ARGV: mode, expected, clientId, channel
-const DELETE_SCRIPT = `
-if redis.call('TYPE', KEYS[2])['ok'] ~= 'zset' and redis.call('TYPE', KEYS[2])['ok'] ~= 'none' then
-  return redis.error_reply('WRONGTYPE the client index holds the wrong Redis type')
-end
-local kind = redis.call('TYPE', KEYS[1])['ok']
-local cur = false
-if kind == 'hash' then cur = redis.call('HGET', KEYS[1], 'v') end
-if ARGV[1] == 'absent' and kind ~= 'none' then return {0, cur or ''} end
-if ARGV[1] == 'match' and cur ~= ARGV[2] then return {0, cur or ''} end
-local n = redis.call('DEL', KEYS[1])
+const DELETE_SCRIPT = `${PRECONDITION}local n = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[3])
 if n == 1 then redis.call('PUBLISH', ARGV[4], ARGV[3]) end
 return {1, n}
