@@ -11,6 +11,7 @@ import { PolicyCache } from '../lib/policy-cache.js';
 import { API, SKIP_CONSENT, claims, login, refresh, startServer, type TestServer } from './helpers/fixture.js';
 import { startCluster, type RedisCluster } from './support/redis-server.js';
 import { P1, P2, P3, describeStoreContract } from './support/store-contract.js';
+import { describeAdapterUnit } from './support/adapter-unit.js';
 
 let cluster: RedisCluster | undefined;
 const clients: Cluster[] = [];
@@ -166,6 +167,12 @@ describe('RedisPolicyStore on Redis Cluster', () => {
     }
   });
 });
+
+let unitClient: Cluster | undefined;
+const unitPrefix = `mrrt-test:cluster-adapter-${randomBytes(6).toString('hex')}:`;
+beforeAll(async () => { unitClient = await connect(); }, 30_000);
+// the same unit suite as on standalone Redis, with the adapter's keys spread over the three shards
+describeAdapterUnit('Redis Cluster', () => ({ redis: unitClient!, prefix: unitPrefix, connect }));
 
 describe('RedisAdapter flows on Redis Cluster (no hash tag: keys spread over the shards)', () => {
   const prefix = `mrrt-test:cluster-adapter-${randomBytes(4).toString('hex')}:`;
