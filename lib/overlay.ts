@@ -71,10 +71,16 @@ export function decorateAdapter(
       this.#inner = make(name);
     }
 
-    async find(id: string): Promise<AdapterPayload | undefined | void> {
-      const payload = await this.#inner.find(id);
+    // outside an MRRT exchange every call goes straight to the deployment's adapter, without an extra async frame
+    find(id: string): Promise<AdapterPayload | undefined | void> {
       const state = stateOf();
-      if (!payload || !state) return payload;
+      if (!state) return this.#inner.find(id);
+      return this.#find(id, state);
+    }
+
+    async #find(id: string, state: RequestState): Promise<AdapterPayload | undefined | void> {
+      const payload = await this.#inner.find(id);
+      if (!payload) return payload;
       if (this.#name === 'RefreshToken' && id === state.refreshTokenValue) {
         const resources = asList(payload.resource);
         state.loaded = {
@@ -99,7 +105,7 @@ export function decorateAdapter(
       return payload;
     }
 
-    async upsert(id: string, payload: AdapterPayload, expiresIn?: number): Promise<void> {
+    upsert(id: string, payload: AdapterPayload, expiresIn?: number): Promise<void | undefined> {
       const state = stateOf();
       const grantId = state?.policyScopes ? state.loaded?.grantId : undefined;
       if (grantId !== undefined && this.#name === 'Grant' && id === grantId) {
@@ -108,29 +114,29 @@ export function decorateAdapter(
       if (grantId !== undefined && this.#name === 'RefreshToken' && payload.grantId === grantId) {
         payload = restoreOriginal(payload, state!.loaded!.original);
       }
-      await this.#inner.upsert(id, payload, expiresIn);
+      return this.#inner.upsert(id, payload, expiresIn);
     }
 
-    async consume(id: string): Promise<void> {
+    consume(id: string): Promise<void | undefined> {
       const state = stateOf();
       if (state && this.#name === 'RefreshToken' && id === state.refreshTokenValue) state.checkpoint?.();
-      await this.#inner.consume(id);
+      return this.#inner.consume(id);
     }
 
-    async findByUid(uid: string): Promise<AdapterPayload | undefined | void> {
+    findByUid(uid: string): Promise<AdapterPayload | undefined | void> {
       return this.#inner.findByUid(uid);
     }
 
-    async findByUserCode(userCode: string): Promise<AdapterPayload | undefined | void> {
+    findByUserCode(userCode: string): Promise<AdapterPayload | undefined | void> {
       return this.#inner.findByUserCode(userCode);
     }
 
-    async destroy(id: string): Promise<void> {
-      await this.#inner.destroy(id);
+    destroy(id: string): Promise<void | undefined> {
+      return this.#inner.destroy(id);
     }
 
-    async revokeByGrantId(grantId: string): Promise<void> {
-      await this.#inner.revokeByGrantId(grantId);
+    revokeByGrantId(grantId: string): Promise<void | undefined> {
+      return this.#inner.revokeByGrantId(grantId);
     }
   };
 }

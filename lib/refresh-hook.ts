@@ -121,8 +121,9 @@ export function createRefreshHook(
     if (hit) return hit.record;
     return withTimeout(cache ? cache.get(clientId) : config.store.get(clientId), config.storeTimeout);
   };
-  const emit = (ctx: KoaContextWithOIDC, event: MrrtExchangeEvent): void => {
-    ctx.oidc.provider.emit('mrrt.exchange', ctx, event);
+  // the event object is built only when someone listens
+  const emit = (ctx: KoaContextWithOIDC, build: () => MrrtExchangeEvent): void => {
+    if (ctx.oidc.provider.listenerCount('mrrt.exchange') !== 0) ctx.oidc.provider.emit('mrrt.exchange', ctx, build());
   };
 
   async function plan(ctx: KoaContextWithOIDC, target: string): Promise<Plan> {
@@ -239,14 +240,15 @@ export function createRefreshHook(
     } catch (err) {
       // a withdrawn overlay is served as without MRRT: oidc-provider's own error, no MRRT event
       if (state.withdrawn) throw err;
-      if (state.raised && err === state.raised.error) {
-        emit(ctx, event('refused', state.raised.reason as MrrtReason, { error: (err as { error?: string }).error }));
+      const { raised } = state;
+      if (raised && err === raised.error) {
+        emit(ctx, () => event('refused', raised.reason as MrrtReason, { error: (err as { error?: string }).error }));
         throw err;
       }
       const refusal = activeRefusal(state);
       if (refusal && (err instanceof errors.InvalidTarget || err instanceof errors.InvalidScope)) {
         // oidc-provider's own checks passed and it stopped at the target or scope: report the MRRT reason
-        emit(ctx, event('refused', refusal.reason as MrrtReason, { error: (refusal.error as { error?: string }).error }));
+        emit(ctx, () => event('refused', refusal.reason as MrrtReason, { error: (refusal.error as { error?: string }).error }));
         throw refusal.error;
       }
       if (state.policyScopes && state.loaded && err instanceof errors.InvalidScope) {
@@ -254,12 +256,12 @@ export function createRefreshHook(
         const missing = splitScope((err as { scope?: unknown }).scope);
         const description = `requested scope${missing.length === 1 ? ' is' : 's are'} not allowed for ${target}`;
         const error = new errors.InvalidScope(description, describe(missing));
-        emit(ctx, event('refused', 'scope_not_allowed', { error: 'invalid_scope' }));
+        emit(ctx, () => event('refused', 'scope_not_allowed', { error: 'invalid_scope' }));
         throw error;
       }
       if (state.loaded && (state.policyScopes || refusal)) {
         const reason = (err as { [REASON]?: MrrtReason })[REASON] ?? 'provider_check';
-        emit(ctx, event('refused', reason, { error: (err as { error?: string }).error ?? 'server_error' }));
+        emit(ctx, () => event('refused', reason, { error: (err as { error?: string }).error ?? 'server_error' }));
       }
       throw err;
     } finally {
@@ -274,7 +276,7 @@ export function createRefreshHook(
     if (!state.policyScopes || !state.loaded || state.withdrawn) return;
     const body = ctx.body as Record<string, unknown>;
     body.resource = target;
-    emit(ctx, event('issued', 'policy', {
+    emit(ctx, () => event('issued', 'policy', {
       resolvedAudience: target,
       grantedScope: typeof body.scope === 'string' ? body.scope : undefined,
     }));
