@@ -35,11 +35,6 @@ export class PolicyCache {
     this.#unsubscribe = store.subscribe?.((clientId) => this.invalidate(clientId));
   }
 
-  /** Whether changes reach the cache as they happen (the store can announce them). */
-  get subscribed(): boolean {
-    return this.#unsubscribe !== undefined;
-  }
-
   get size(): number {
     return this.#entries.size;
   }

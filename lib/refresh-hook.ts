@@ -95,7 +95,7 @@ function lazyRefusal(make: () => Error, reason: string, unlessGranted: boolean):
 }
 
 /** The refusal in force for this request: unconditional, or because the target is not in the refresh token. */
-export function activeRefusal(state: RequestState): RequestState['refusal'] {
+function activeRefusal(state: RequestState): RequestState['refusal'] {
   const { refusal } = state;
   if (!refusal) return undefined;
   if (!refusal.unlessGranted) return refusal;
@@ -268,10 +268,11 @@ export function createRefreshHook(
       requestState.delete(ctx);
     }
 
-    if (activeRefusal(state)) {
+    const refusal = activeRefusal(state);
+    if (refusal) {
       // unreachable by construction: a refused target is never one oidc-provider would issue for
       ctx.body = undefined;
-      throw activeRefusal(state)!.error;
+      throw refusal.error;
     }
     if (!state.policyScopes || !state.loaded || state.withdrawn) return;
     const body = ctx.body as Record<string, unknown>;
