@@ -8,11 +8,14 @@
 //   node bench/run.mjs [--quick] [--json] [--alg ES256|RS256|EdDSA] [--rounds N] [--duration S]
 //                      [--warmup S] [--connections N] [--scale N] [--only memory/off,redis/on]
 //                      [--scenarios ABCD] [--cpu-prof]
-// --only / --scenarios run a subset (ratios need all four scenarios); --cpu-prof writes the server
-// process's V8 CPU profile to bench/profiles/ when it exits.
+// --only / --scenarios run a subset (ratios need all four scenarios); --cpu-prof profiles the server
+// process during each measured window (not the warm-up, minting or purging) and writes one V8 CPU
+// profile per window to bench/profiles/, with bench/profiles/windows.json giving each window's
+// scenario and request count: `node bench/profile-summary.mjs bench/profiles` compares scenarios in
+// CPU µs per request.
 import { execFileSync, fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,6 +42,7 @@ const { values: args } = parseArgs({
     only: { type: 'string' },
     scenarios: { type: 'string' },
     'cpu-prof': { type: 'boolean', default: false },
+    pin: { type: 'boolean', default: false },
   },
 });
 
@@ -74,6 +78,9 @@ const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const RUN_PREFIX = `mrrt-bench:${process.pid}-${randomBytes(4).toString('hex')}:`;
 const SCAN_LIMIT = 1_000_000; // SCAN iterations; far more than any run needs
 
+const PROFILE_DIR = path.join(here, 'profiles');
+const profileWindows = [];
+
 const log = (...parts) => process.stderr.write(`bench: ${parts.join(' ')}\n`);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -101,9 +108,14 @@ class ServerProcess {
 
   async start() {
     const execArgv = ['--expose-gc'];
-    if (args['cpu-prof']) execArgv.push('--cpu-prof', `--cpu-prof-dir=${path.join(here, 'profiles')}`);
     // the child's stdout goes to our stderr: stdout carries nothing but the results
     this.#child = fork(path.join(here, 'server.mjs'), [], { execArgv, stdio: ['ignore', 2, 2, 'ipc'] });
+    if (args.pin) {
+      // the server on the last CPU, this load generator on the others (Redis is left to the scheduler)
+      const last = os.availableParallelism() - 1;
+      execFileSync('taskset', ['-a', '-p', '-c', String(last), String(this.#child.pid)], { stdio: 'ignore' });
+      execFileSync('taskset', ['-a', '-p', '-c', `0-${Math.max(last - 1, 0)}`, String(process.pid)], { stdio: 'ignore' });
+    }
     this.#child.on('error', (err) => log(`bench server: ${err.message}`));
     const ready = new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('bench server did not start within 30 s')), 30_000);
@@ -204,7 +216,7 @@ const rotating = (variant) => variant.endsWith('/on');
  * Runs one scenario for `seconds` with autocannon and returns requests/s and latency percentiles
  * computed from every response (autocannon's own histogram rounds to whole milliseconds).
  */
-async function measure(server, targets, variant, scenario, seconds, poolRps) {
+async function measure(server, targets, variant, scenario, seconds, poolRps, profileFile) {
   const target = targets.get(targetName(variant, scenario));
   const { resource } = SCENARIOS[scenario];
   const { connections } = settings;
@@ -237,6 +249,7 @@ async function measure(server, targets, variant, scenario, seconds, poolRps) {
     options.body = refreshBody(target.refreshToken, resource);
   }
 
+  if (profileFile) await server.call('profileStart');
   const cpuBefore = await server.call('cpu');
   const start = performance.now();
   const instance = autocannon(options);
@@ -250,6 +263,7 @@ async function measure(server, targets, variant, scenario, seconds, poolRps) {
   const result = await instance;
   await sleep(200); // let requests still in flight drain before anything else runs
   const cpuUs = (await server.call('cpu')) - cpuBefore;
+  if (profileFile) await server.call('profileStop', { file: profileFile });
   if (tokens) await server.call('purge', { name: target.name });
 
   latencies.sort((a, b) => a - b);
@@ -605,6 +619,11 @@ async function main() {
 
   try {
     const redisInfo = parseInfo(await redis.info('server'));
+    if (args['cpu-prof']) {
+      // this run's profiles only
+      mkdirSync(PROFILE_DIR, { recursive: true });
+      for (const file of readdirSync(PROFILE_DIR)) if (file.endsWith('.cpuprofile') || file === 'windows.json') rmSync(path.join(PROFILE_DIR, file));
+    }
     await server.start();
     const created = await server.call('init', { redisUrl: REDIS_URL, prefix: RUN_PREFIX, alg: settings.alg });
     const targets = new Map(created.map((t) => [t.name, t]));
@@ -629,13 +648,20 @@ async function main() {
         const order = SCENARIO_NAMES.map((_, i) => SCENARIO_NAMES[(i + round_) % SCENARIO_NAMES.length]);
         for (const scenario of order) {
           const key = `${variant}/${scenario}`;
-          const r = await measure(server, targets, variant, scenario, settings.duration_s, 2 * Math.max(peakRps.get(key), 1000));
+          const profileFile = args['cpu-prof'] ? path.join(PROFILE_DIR, `${variant.replace('/', '-')}-${scenario}-round${round_ + 1}.cpuprofile`) : undefined;
+          const r = await measure(server, targets, variant, scenario, settings.duration_s, 2 * Math.max(peakRps.get(key), 1000), profileFile);
+          if (profileFile) profileWindows.push({ file: path.basename(profileFile), variant, scenario, round: round_ + 1, requests: r.requests + r.failed });
           peakRps.set(key, Math.max(peakRps.get(key), r.rps));
           if (!results.has(key)) results.set(key, []);
           results.get(key).push(r);
           log(`round ${round_ + 1}/${settings.rounds} ${variant} ${scenario}: ${fmtInt(r.rps)} req/s, p50 ${fmt(r.p50_ms)} ms, p99 ${fmt(r.p99_ms)} ms, ${fmtInt(r.cpu_us)} µs CPU/req`);
         }
       }
+    }
+
+    if (args['cpu-prof']) {
+      writeFileSync(path.join(PROFILE_DIR, 'windows.json'), `${JSON.stringify({ revision: revision(), windows: profileWindows }, null, 2)}\n`);
+      log(`CPU profiles of ${profileWindows.length} measured windows in ${PROFILE_DIR}; compare with: node bench/profile-summary.mjs ${path.relative(process.cwd(), PROFILE_DIR) || '.'}`);
     }
 
     const scenarios = [];

@@ -5,6 +5,9 @@
 // interaction routes below); rotation-on pools are minted from that login's refresh token and Grant
 // through the provider's public models.
 import { generateKeyPairSync, createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
+import path from 'node:path';
 import http from 'node:http';
 
 import { Redis } from 'ioredis';
@@ -166,6 +169,7 @@ const servers = [];
 const redisClients = [];
 const stores = [];
 let signing;
+let profiler;
 
 /** `kind`: 'plain' (oidc-provider), 'mrrt' (withMrrt, default options) or 'mrrt-nocache' (withMrrt, `cache: false`). */
 async function createTarget({ adapterKind, rotate, kind, redisUrl, prefix }) {
@@ -279,6 +283,25 @@ const handlers = {
   async cpu() {
     const { user, system } = process.cpuUsage();
     return user + system;
+  },
+
+  /** Starts the V8 CPU profiler (measurement windows only: minting, purging and IPC stay out). */
+  async profileStart() {
+    if (!profiler) {
+      profiler = new Session();
+      profiler.connect();
+      await profiler.post('Profiler.enable');
+    }
+    await profiler.post('Profiler.start');
+    return true;
+  },
+
+  /** Stops the profiler and writes the window's profile to `file`. */
+  async profileStop({ file }) {
+    const { profile } = await profiler.post('Profiler.stop');
+    mkdirSync(path.dirname(file), { recursive: true });
+    writeFileSync(file, JSON.stringify(profile));
+    return file;
   },
 
   async gc() {

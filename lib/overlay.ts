@@ -15,6 +15,10 @@ export interface RequestState {
   readonly policyScopes?: readonly string[];
   /** The scopes the target API defines (for the empty-scope check). */
   readonly defined?: ReadonlySet<string>;
+  /** What `getResourceServerInfo` answered for the target when the plan was made (asked once per request). */
+  readonly resourceServerInfo?: unknown;
+  /** Set once the empty-scope check has passed: the refresh token and Grant it read do not change. */
+  cleared?: boolean;
   /** A refusal: unconditional, or only when the target turns out not to be in the refresh token. */
   readonly refusal?: { readonly error: Error; readonly reason: string; readonly unlessGranted: boolean };
   /** What the refresh token held, once oidc-provider read it. */
@@ -34,18 +38,61 @@ export interface RequestState {
   checkpoint?: () => void;
 }
 
-export const union = (...lists: Iterable<string>[]): string[] => [...new Set(lists.flatMap((list) => [...list]))];
-export const splitScope = (value: unknown): string[] => (typeof value === 'string' ? value.split(' ').filter(Boolean) : []);
+/** The values of `first`, then those of `second` it lacks, each once (order kept). */
+export function union(first: readonly string[], second: readonly string[]): string[] {
+  if (first.length + second.length > 32) return [...new Set([...first, ...second])];
+  // the usual lists hold a handful of values: a linear scan allocates nothing but the result
+  const out: string[] = [];
+  for (const value of first) if (!out.includes(value)) out.push(value);
+  for (const value of second) if (!out.includes(value)) out.push(value);
+  return out;
+}
+
+/** The values of a space-separated parameter such as `scope`; anything but a string has none. */
+export function splitScope(value: unknown): string[] {
+  if (typeof value !== 'string') return [];
+  const parts = value.split(' ');
+  return parts.includes('') ? parts.filter(Boolean) : parts;
+}
 const asList = (value: unknown): string[] => (Array.isArray(value) ? (value as string[]) : typeof value === 'string' ? [value] : []);
 
 const isConstructable = (fn: unknown): fn is AdapterConstructor => typeof fn === 'function' && typeof fn.prototype === 'object' && fn.prototype !== null;
 
 function restoreOriginal(payload: AdapterPayload, original: { readonly resource: unknown; readonly scope: unknown }): AdapterPayload {
-  const { resource: _resource, scope: _scope, ...rest } = payload;
-  const restored: Record<string, unknown> = { ...rest };
-  if (original.resource !== undefined) restored.resource = original.resource;
-  if (original.scope !== undefined) restored.scope = original.scope;
+  // a plain copy, not a rest pattern: V8 copies an object literal spread on a fast path
+  const restored: Record<string, unknown> = { ...payload };
+  if (original.resource === undefined) delete restored.resource;
+  else restored.resource = original.resource;
+  if (original.scope === undefined) delete restored.scope;
+  else restored.scope = original.scope;
   return restored as AdapterPayload;
+}
+
+/** Records what this request's refresh token holds and, for an MRRT target, presents the target and policy scopes. */
+function presentRefreshToken(payload: AdapterPayload | undefined | void, state: RequestState): AdapterPayload | undefined | void {
+  if (!payload) return payload;
+  const resources = asList(payload.resource);
+  state.loaded = {
+    original: { resource: payload.resource, scope: payload.scope },
+    granted: resources.includes(state.target),
+    grantId: typeof payload.grantId === 'string' ? payload.grantId : undefined,
+    subject: typeof payload.accountId === 'string' ? payload.accountId : undefined,
+  };
+  if (!state.policyScopes) return payload;
+  return {
+    ...payload,
+    resource: union(resources, [state.target]),
+    scope: union(splitScope(payload.scope), state.policyScopes).join(' '),
+  };
+}
+
+/** Presents the policy scopes for the target in this request's Grant (read after its refresh token). */
+function presentGrant(payload: AdapterPayload | undefined | void, state: RequestState): AdapterPayload | undefined | void {
+  if (!payload || !state.policyScopes) return payload;
+  const resources = (payload.resources ?? {}) as Record<string, string>;
+  state.grantedScope = resources[state.target];
+  const scope = union(splitScope(resources[state.target]), state.policyScopes).join(' ');
+  return { ...payload, resources: { ...resources, [state.target]: scope } };
 }
 
 /**
@@ -71,38 +118,19 @@ export function decorateAdapter(
       this.#inner = make(name);
     }
 
-    // outside an MRRT exchange every call goes straight to the deployment's adapter, without an extra async frame
+    // outside an MRRT exchange, and for every other record, a call goes straight to the deployment's
+    // adapter; this request's refresh token and Grant get one `then` (no async function frame)
     find(id: string): Promise<AdapterPayload | undefined | void> {
       const state = stateOf();
-      if (!state) return this.#inner.find(id);
-      return this.#find(id, state);
-    }
-
-    async #find(id: string, state: RequestState): Promise<AdapterPayload | undefined | void> {
-      const payload = await this.#inner.find(id);
-      if (!payload) return payload;
-      if (this.#name === 'RefreshToken' && id === state.refreshTokenValue) {
-        const resources = asList(payload.resource);
-        state.loaded = {
-          original: { resource: payload.resource, scope: payload.scope },
-          granted: resources.includes(state.target),
-          grantId: typeof payload.grantId === 'string' ? payload.grantId : undefined,
-          subject: typeof payload.accountId === 'string' ? payload.accountId : undefined,
-        };
-        if (!state.policyScopes) return payload;
-        return {
-          ...payload,
-          resource: union(resources, [state.target]),
-          scope: union(splitScope(payload.scope), state.policyScopes).join(' '),
-        };
+      if (state) {
+        if (this.#name === 'RefreshToken' && id === state.refreshTokenValue) {
+          return Promise.resolve(this.#inner.find(id)).then((payload) => presentRefreshToken(payload, state));
+        }
+        if (this.#name === 'Grant' && state.policyScopes && id === state.loaded?.grantId) {
+          return Promise.resolve(this.#inner.find(id)).then((payload) => presentGrant(payload, state));
+        }
       }
-      if (this.#name === 'Grant' && state.policyScopes && id === state.loaded?.grantId) {
-        const resources = (payload.resources ?? {}) as Record<string, string>;
-        state.grantedScope = resources[state.target];
-        const scope = union(splitScope(resources[state.target]), state.policyScopes).join(' ');
-        return { ...payload, resources: { ...resources, [state.target]: scope } };
-      }
-      return payload;
+      return this.#inner.find(id);
     }
 
     upsert(id: string, payload: AdapterPayload, expiresIn?: number): Promise<void | undefined> {

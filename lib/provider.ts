@@ -60,20 +60,33 @@ function prepareConfiguration(
       // a refused MRRT request must never reach token issuance, whichever way oidc-provider resolves the resource
       resourceIndicators: {
         ...resourceIndicators,
-        async defaultResource(ctx, client, oneOf) {
-          stateOf()?.checkpoint?.();
-          return defaultResource ? defaultResource(ctx, client, oneOf) : (oneOf as never);
-        },
-        async getResourceServerInfo(ctx, resource, client) {
-          const state = stateOf();
-          state?.checkpoint?.();
-          // oidc-provider has decided on rotation by now and written nothing yet
-          if (state?.policyScopes && state.loaded && !state.withdrawn && config.publicClients !== 'any' && !protectedPublicRefresh(ctx)) {
-            if (!state.loaded.granted) throw unprotectedPublicClient();
-            withdrawOverlay(ctx, state);
+        // not async functions: no promise of their own; a refusal is returned as a rejected promise
+        defaultResource(ctx, client, oneOf) {
+          try {
+            stateOf()?.checkpoint?.();
+            return defaultResource ? defaultResource(ctx, client, oneOf) : (oneOf as never);
+          } catch (err) {
+            return Promise.reject(err);
           }
-          if (!getResourceServerInfo) throw new errors.InvalidTarget();
-          return getResourceServerInfo(ctx, resource, client);
+        },
+        getResourceServerInfo(ctx, resource, client) {
+          try {
+            const state = stateOf();
+            if (state) {
+              state.checkpoint?.();
+              // oidc-provider has decided on rotation by now and written nothing yet
+              if (state.policyScopes && state.loaded && !state.withdrawn && config.publicClients !== 'any' && !protectedPublicRefresh(ctx)) {
+                if (!state.loaded.granted) throw unprotectedPublicClient();
+                withdrawOverlay(ctx, state);
+              }
+              // the plan asked about this target already in this request: the same answer, asked once
+              if (resource === state.target && state.resourceServerInfo !== undefined) return state.resourceServerInfo as never;
+            }
+            if (!getResourceServerInfo) throw new errors.InvalidTarget();
+            return getResourceServerInfo(ctx, resource, client);
+          } catch (err) {
+            return Promise.reject(err);
+          }
         },
       },
     },

@@ -51,7 +51,7 @@ type Handler = (ctx: KoaContextWithOIDC) => Promise<void>;
 
 /** What the policy alone says about a target, before any token is read. */
 type Plan =
-  | { readonly kind: 'mrrt'; readonly policyScopes: readonly string[]; readonly defined: ReadonlySet<string> }
+  | { readonly kind: 'mrrt'; readonly policyScopes: readonly string[]; readonly defined: ReadonlySet<string>; readonly info: unknown }
   | { readonly kind: 'refuse'; readonly error: () => Error; readonly reason: MrrtReason; readonly unlessGranted: boolean };
 
 function readValues(value: unknown): string[] {
@@ -89,10 +89,59 @@ export function unprotectedPublicClient(): Error {
 const describe = (values: readonly string[]): string => values.join(' ');
 
 /** A refusal whose error object (with its stack trace) is built on first use. */
-function lazyRefusal(make: () => Error, reason: string, unlessGranted: boolean): NonNullable<RequestState['refusal']> {
-  let error: Error | undefined;
-  return { get error() { return (error ??= make()); }, reason, unlessGranted };
+class LazyRefusal {
+  readonly reason: string;
+  readonly unlessGranted: boolean;
+  #make: (() => Error) | undefined;
+  #error: Error | undefined;
+
+  constructor(make: () => Error, reason: string, unlessGranted: boolean) {
+    this.#make = make;
+    this.reason = reason;
+    this.unlessGranted = unlessGranted;
+  }
+
+  get error(): Error {
+    if (this.#error === undefined) {
+      this.#error = this.#make!();
+      this.#make = undefined;
+    }
+    return this.#error;
+  }
 }
+
+const isPromise = (value: unknown): value is PromiseLike<unknown> => (
+  value instanceof Promise || (typeof value === 'object' && value !== null && typeof (value as PromiseLike<unknown>).then === 'function')
+);
+
+/**
+ * Runs steps that yield values or promises: synchronously for as long as every yielded value is
+ * ready, so that a plan made from cached answers costs no promise at all.
+ */
+function drive<T>(steps: Generator<unknown, T, unknown>, resume?: { readonly value: unknown } | { readonly error: unknown }): T | Promise<T> {
+  let result = resume === undefined ? steps.next() : 'error' in resume ? steps.throw(resume.error) : steps.next(resume.value);
+  while (!result.done) {
+    const { value } = result;
+    if (isPromise(value)) return Promise.resolve(value).then((ready) => drive(steps, { value: ready }), (error: unknown) => drive(steps, { error }));
+    result = steps.next(value);
+  }
+  return result.value;
+}
+
+/** The scopes an API defines, as a set; the few distinct `scope` strings are parsed once. */
+const definedScopes = (() => {
+  const parsed = new Map<string, ReadonlySet<string>>();
+  return (scope: unknown): ReadonlySet<string> => {
+    if (typeof scope !== 'string') return new Set();
+    let set = parsed.get(scope);
+    if (set === undefined) {
+      if (parsed.size >= 1000) parsed.clear();
+      set = new Set(splitScope(scope));
+      parsed.set(scope, set);
+    }
+    return set;
+  };
+})();
 
 /** The refusal in force for this request: unconditional, or because the target is not in the refresh token. */
 function activeRefusal(state: RequestState): RequestState['refusal'] {
@@ -126,20 +175,19 @@ export function createRefreshHook(
     if (ctx.oidc.provider.listenerCount('mrrt.exchange') !== 0) ctx.oidc.provider.emit('mrrt.exchange', ctx, build());
   };
 
-  async function plan(ctx: KoaContextWithOIDC, target: string): Promise<Plan> {
+  /** What the policy alone says about `target`; synchronous unless a store read or an option function is. */
+  function* plan(ctx: KoaContextWithOIDC, target: string): Generator<unknown, Plan, unknown> {
     const client = ctx.oidc.client!;
     // the error is built only when the refusal is raised: most such plans end as plain refreshes
     const refuse = (reason: MrrtReason, description: string): Plan => (
       { kind: 'refuse', error: () => new errors.InvalidTarget(description), reason, unlessGranted: true }
     );
-    const firstParty = config.isFirstParty(client);
-    if (!(typeof firstParty === 'boolean' ? firstParty : await firstParty)) return refuse('not_first_party', 'resource is not allowed: MRRT is available to first-party clients only');
+    if (!(yield config.isFirstParty(client))) return refuse('not_first_party', 'resource is not allowed: MRRT is available to first-party clients only');
     if (config.denyList.has(target)) return refuse('deny_listed', 'resource is not allowed for multi-resource refresh');
 
-    let record;
+    let record: PolicyRecord | undefined;
     try {
-      const found = lookup(client.clientId);
-      record = found instanceof Promise ? await found : found;
+      record = (yield lookup(client.clientId)) as PolicyRecord | undefined;
     } catch (err) {
       ctx.oidc.provider.emit('mrrt.store_error', ctx, err);
       const { error, reason } = storeFailure(err);
@@ -150,8 +198,7 @@ export function createRefreshHook(
 
     let info: { scope?: unknown; audience?: unknown };
     try {
-      const found = getResourceServerInfo?.(ctx, target, client);
-      info = (found instanceof Promise ? await found : found) as typeof info;
+      info = (yield getResourceServerInfo?.(ctx, target, client)) as typeof info;
       if (!info) throw new errors.InvalidTarget();
     } catch (err) {
       if (err instanceof errors.InvalidTarget) return refuse('unknown_resource', 'resource is not a known API');
@@ -160,14 +207,14 @@ export function createRefreshHook(
     if (typeof info.audience === 'string' && config.denyList.has(info.audience)) {
       return refuse('deny_listed', 'resource is not allowed for multi-resource refresh');
     }
-    const skippable = config.allowSkippingConsent(target, client);
-    if (!(typeof skippable === 'boolean' ? skippable : await skippable)) {
+    if (!(yield config.allowSkippingConsent(target, client))) {
       return refuse('consent_required', 'resource requires user consent and cannot be reached through MRRT');
     }
     return {
       kind: 'mrrt',
       policyScopes: entry.scope.filter((scope) => !OIDC_SCOPES.has(scope)),
-      defined: new Set(splitScope(info.scope)),
+      defined: definedScopes(info.scope),
+      info,
     };
   }
 
@@ -180,7 +227,7 @@ export function createRefreshHook(
       throw refusal.error;
     }
     const { loaded, policyScopes, defined, target } = state;
-    if (!policyScopes || !defined || !loaded || loaded.granted) return;
+    if (!policyScopes || !defined || !loaded || loaded.granted || state.cleared) return;
     const grant = ctx.oidc.entities.Grant;
     const refreshToken = ctx.oidc.entities.RefreshToken;
     if (!grant || !refreshToken) return;
@@ -192,31 +239,47 @@ export function createRefreshHook(
       state.raised = { error, reason: 'empty_scope' };
       throw error;
     }
+    state.cleared = true;
   }
 
-  return (builtin) => async function mrrtRefreshTokenHandler(ctx) {
-    const started = performance.now();
-    const params = ctx.oidc.params!;
-    const resources = readValues(params.resource);
-    const audiences = readValues(params.audience);
-    if (resources.length === 0 && audiences.length === 0) return builtin(ctx);
-    let targets = resources.length !== 0 ? resources : audiences;
-    if (resources.length === 1 && audiences.length === 1) {
-      if (resources[0] !== audiences[0]) throw new errors.InvalidRequest('"audience" and "resource" must have the same value when both are sent');
-    } else if (resources.length !== 0 && audiences.length !== 0) {
-      targets = [...resources, ...audiences];
-    }
-    if (resources.length === 0) params.resource = audiences.length === 1 ? audiences[0] : audiences;
-    const value = params.refresh_token;
-    if (typeof value !== 'string' || value.length === 0) return builtin(ctx);
+  return (builtin) => function mrrtRefreshTokenHandler(ctx) {
+    try {
+      const started = performance.now();
+      const params = ctx.oidc.params!;
+      const resources = readValues(params.resource);
+      const audiences = readValues(params.audience);
+      if (resources.length === 0 && audiences.length === 0) return builtin(ctx);
+      let targets = resources.length !== 0 ? resources : audiences;
+      if (resources.length === 1 && audiences.length === 1) {
+        if (resources[0] !== audiences[0]) throw new errors.InvalidRequest('"audience" and "resource" must have the same value when both are sent');
+      } else if (resources.length !== 0 && audiences.length !== 0) {
+        targets = [...resources, ...audiences];
+      }
+      if (resources.length === 0) params.resource = audiences.length === 1 ? audiences[0] : audiences;
+      const value = params.refresh_token;
+      if (typeof value !== 'string' || value.length === 0) return builtin(ctx);
 
+      const target = targets[0]!;
+      if (targets.length !== 1) {
+        const error = (): Error => new errors.InvalidTarget('only one resource (audience) may be requested per access token');
+        return exchange(ctx, builtin, { kind: 'refuse', error, reason: 'multiple_targets', unlessGranted: false }, value, targets, started);
+      }
+      const decided = drive(plan(ctx, target));
+      return decided instanceof Promise
+        ? decided.then((ready) => exchange(ctx, builtin, ready, value, targets, started))
+        : exchange(ctx, builtin, decided, value, targets, started);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  };
+
+  /** Runs oidc-provider's handler with the plan in force for this request, and reports the outcome. */
+  async function exchange(ctx: KoaContextWithOIDC, builtin: Handler, decided: Plan, value: string, targets: readonly string[], started: number): Promise<void> {
     const target = targets[0]!;
-    const decided: Plan = targets.length !== 1
-      ? { kind: 'refuse', error: () => new errors.InvalidTarget('only one resource (audience) may be requested per access token'), reason: 'multiple_targets', unlessGranted: false }
-      : await plan(ctx, target);
+    const params = ctx.oidc.params!;
     const state: RequestState = decided.kind === 'mrrt'
-      ? { refreshTokenValue: value, target, policyScopes: decided.policyScopes, defined: decided.defined }
-      : { refreshTokenValue: value, target, refusal: lazyRefusal(decided.error, decided.reason, decided.unlessGranted) };
+      ? { refreshTokenValue: value, target, policyScopes: decided.policyScopes, defined: decided.defined, resourceServerInfo: decided.info }
+      : { refreshTokenValue: value, target, refusal: new LazyRefusal(decided.error, decided.reason, decided.unlessGranted) };
     state.checkpoint = () => checkpoint(ctx, state);
     requestState.set(ctx, state);
 
@@ -281,5 +344,5 @@ export function createRefreshHook(
       resolvedAudience: target,
       grantedScope: typeof body.scope === 'string' ? body.scope : undefined,
     }));
-  };
+  }
 }
