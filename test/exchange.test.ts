@@ -423,3 +423,43 @@ describe('public clients (RFC 9700 §2.2.2)', () => {
     expect(claims(res.body.access_token)).toMatchObject({ aud: API.B, client_id: 'spa' });
   });
 });
+
+describe('the deployment\'s getResourceServerInfo', () => {
+  // The plan asks it about the target; oidc-provider then asks again while issuing the token. The
+  // second question, in the same request and about the same target, gets the plan's answer, so a
+  // deployment whose lookup is costly (a database, a remote registry) pays for it once per exchange.
+  const servers: TestServer[] = [];
+  afterAll(async () => { for (const s of servers) await s.close(); });
+
+  test.each([
+    ['rotation off', false],
+    ['rotation on', true],
+  ])('is asked once per request, as by plain oidc-provider (%s)', async (_label, rotate) => {
+    const memory = new MemoryPolicyStore();
+    await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    const asked: string[] = [];
+    const count = (configuration: Parameters<NonNullable<Parameters<typeof startServer>[0]['configure']>>[0]) => {
+      const original = configuration.features!.resourceIndicators!.getResourceServerInfo!;
+      configuration.features!.resourceIndicators!.getResourceServerInfo = (ctx, resource, client) => {
+        asked.push(resource);
+        return original(ctx, resource, client);
+      };
+    };
+    const mrrt = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT }, rotate, configure: count });
+    const plain = await startServer({ mrrt: false, rotate, configure: count });
+    servers.push(mrrt, plain);
+
+    const askedDuring = async (server: TestServer, params: Record<string, string>): Promise<string[]> => {
+      const tokens = await login(server);
+      asked.length = 0;
+      const res = await refresh(server, tokens.refresh_token, params);
+      expect(res.status).toBe(200);
+      return [...asked];
+    };
+    const plainGranted = await askedDuring(plain, { resource: API.A });
+    expect(plainGranted).toEqual([API.A]);
+    expect(await askedDuring(mrrt, { resource: API.A })).toEqual(plainGranted);
+    expect(await askedDuring(mrrt, { audience: API.B })).toEqual([API.B]);
+    expect(await askedDuring(mrrt, { resource: API.B })).toEqual([API.B]);
+  });
+});
