@@ -134,11 +134,9 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
     throw new TypeError('withMrrt: the first argument must be the oidc-provider Provider class (or a subclass of it)');
   }
   const config = resolveOptions(options);
-  const requestState = new WeakMap<object, RequestState>();
-  const stateOf = (): RequestState | undefined => {
-    const ctx = Base.ctx;
-    return ctx ? requestState.get(ctx) : undefined;
-  };
+  // this provider class's MRRT state of a request lives on its Koa context, under a key of its own
+  const slot: unique symbol = Symbol('oidc-provider-mrrt.request');
+  const stateOf = (): RequestState | undefined => (Base.ctx as { [slot]?: RequestState } | undefined)?.[slot];
   // set while a constructor runs: oidc-provider registers its grants synchronously from the constructor
   let constructing: Configuration | undefined;
   let constructingInfo: ResourceServerInfoFn | undefined;
@@ -171,7 +169,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
     ): void {
       if (name === 'refresh_token' && constructing) {
         const getResourceServerInfo = constructingInfo;
-        handler = createRefreshHook(config, getResourceServerInfo as never, requestState)(handler as unknown as Handler) as never;
+        handler = createRefreshHook(config, getResourceServerInfo as never, slot)(handler as unknown as Handler) as never;
         params = new Set([...toSet(params), 'audience']);
         dupes = new Set([...toSet(dupes), 'resource', 'audience']);
         hooked = true;

@@ -162,7 +162,7 @@ function activeRefusal(state: RequestState): RequestState['refusal'] {
 export function createRefreshHook(
   config: MrrtConfiguration,
   getResourceServerInfo: ResourceServerInfoFn | undefined,
-  requestState: WeakMap<object, RequestState>,
+  slot: symbol,
 ): (builtin: Handler) => Handler {
   const cache = config.cache === false ? undefined : new PolicyCache(config.store, config.cache);
   const lookup = (clientId: string): PolicyRecord | undefined | Promise<PolicyRecord | undefined> => {
@@ -281,7 +281,9 @@ export function createRefreshHook(
       ? { refreshTokenValue: value, target, policyScopes: decided.policyScopes, defined: decided.defined, resourceServerInfo: decided.info }
       : { refreshTokenValue: value, target, refusal: new LazyRefusal(decided.error, decided.reason, decided.unlessGranted) };
     state.checkpoint = () => checkpoint(ctx, state);
-    requestState.set(ctx, state);
+    // a property of the request's own context, not a WeakMap entry: nothing for the GC to trace
+    const holder = ctx as unknown as Record<symbol, RequestState | undefined>;
+    holder[slot] = state;
 
     const client = ctx.oidc.client!;
     const event = (outcome: MrrtExchangeEvent['outcome'], reason: MrrtReason, extra: Partial<MrrtExchangeEvent>): MrrtExchangeEvent => ({
@@ -328,7 +330,7 @@ export function createRefreshHook(
       }
       throw err;
     } finally {
-      requestState.delete(ctx);
+      holder[slot] = undefined;
     }
 
     const refusal = activeRefusal(state);
