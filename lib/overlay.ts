@@ -15,8 +15,6 @@ export interface RequestState {
   readonly policyScopes?: readonly string[];
   /** The scopes the target API defines (for the empty-scope check). */
   readonly defined?: ReadonlySet<string>;
-  /** What `getResourceServerInfo` answered for the target when the plan was made (asked once per request). */
-  readonly resourceServerInfo?: unknown;
   /** Set once the empty-scope check has passed: the refresh token and Grant it read do not change. */
   cleared?: boolean;
   /** A refusal: unconditional, or only when the target turns out not to be in the refresh token. */

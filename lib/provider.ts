@@ -79,8 +79,6 @@ function prepareConfiguration(
                 if (!state.loaded.granted) throw unprotectedPublicClient();
                 withdrawOverlay(ctx, state);
               }
-              // the plan asked about this target already in this request: the same answer, asked once
-              if (resource === state.target && state.resourceServerInfo !== undefined) return state.resourceServerInfo as never;
             }
             if (!getResourceServerInfo) throw new errors.InvalidTarget();
             return getResourceServerInfo(ctx, resource, client);

@@ -51,7 +51,7 @@ type Handler = (ctx: KoaContextWithOIDC) => Promise<void>;
 
 /** What the policy alone says about a target, before any token is read. */
 type Plan =
-  | { readonly kind: 'mrrt'; readonly policyScopes: readonly string[]; readonly defined: ReadonlySet<string>; readonly info: unknown }
+  | { readonly kind: 'mrrt'; readonly policyScopes: readonly string[]; readonly defined: ReadonlySet<string> }
   | { readonly kind: 'refuse'; readonly error: () => Error; readonly reason: MrrtReason; readonly unlessGranted: boolean };
 
 function readValues(value: unknown): string[] {
@@ -110,8 +110,10 @@ class LazyRefusal {
   }
 }
 
+/** What `await` would wait for: a promise or any thenable (object or function). */
 const isPromise = (value: unknown): value is PromiseLike<unknown> => (
-  value instanceof Promise || (typeof value === 'object' && value !== null && typeof (value as PromiseLike<unknown>).then === 'function')
+  value instanceof Promise
+  || ((typeof value === 'object' || typeof value === 'function') && value !== null && typeof (value as PromiseLike<unknown>).then === 'function')
 );
 
 /**
@@ -214,7 +216,6 @@ export function createRefreshHook(
       kind: 'mrrt',
       policyScopes: entry.scope.filter((scope) => !OIDC_SCOPES.has(scope)),
       defined: definedScopes(info.scope),
-      info,
     };
   }
 
@@ -278,12 +279,13 @@ export function createRefreshHook(
     const target = targets[0]!;
     const params = ctx.oidc.params!;
     const state: RequestState = decided.kind === 'mrrt'
-      ? { refreshTokenValue: value, target, policyScopes: decided.policyScopes, defined: decided.defined, resourceServerInfo: decided.info }
+      ? { refreshTokenValue: value, target, policyScopes: decided.policyScopes, defined: decided.defined }
       : { refreshTokenValue: value, target, refusal: new LazyRefusal(decided.error, decided.reason, decided.unlessGranted) };
     state.checkpoint = () => checkpoint(ctx, state);
-    // a property of the request's own context, not a WeakMap entry: nothing for the GC to trace
+    // a property of the request's own context, not a WeakMap entry: nothing for the GC to trace;
+    // not enumerable, so spreading or copying the context never carries it along
     const holder = ctx as unknown as Record<symbol, RequestState | undefined>;
-    holder[slot] = state;
+    Object.defineProperty(holder, slot, { value: state, writable: true, configurable: true, enumerable: false });
 
     const client = ctx.oidc.client!;
     const event = (outcome: MrrtExchangeEvent['outcome'], reason: MrrtReason, extra: Partial<MrrtExchangeEvent>): MrrtExchangeEvent => ({

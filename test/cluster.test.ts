@@ -48,9 +48,13 @@ function track(store: RedisPolicyStore): RedisPolicyStore {
 }
 
 /** The master (host:port) that serves `key`. */
+/** The master that serves `key`, asked of the cluster itself (not the client's cached slot map, which may lag). */
 async function nodeOf(client: Cluster, key: string): Promise<string> {
   const slot = await client.cluster('KEYSLOT', key);
-  return client.slots[slot]![0]!;
+  const ranges = await client.cluster('SLOTS');
+  const master = ranges.find(([from, to]) => slot >= from && slot <= to)?.[2];
+  if (!master) throw new Error(`slot ${slot} of ${key} is served by no master`);
+  return `${master[0]}:${master[1]}`;
 }
 
 /** Resolves when `store`'s listeners see `clientId` announced; rejects after `ms`. */

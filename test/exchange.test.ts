@@ -425,41 +425,96 @@ describe('public clients (RFC 9700 §2.2.2)', () => {
 });
 
 describe('the deployment\'s getResourceServerInfo', () => {
-  // The plan asks it about the target; oidc-provider then asks again while issuing the token. The
-  // second question, in the same request and about the same target, gets the plan's answer, so a
-  // deployment whose lookup is costly (a database, a remote registry) pays for it once per exchange.
+  // The plan asks it about the target before oidc-provider's handler runs (only the client is known
+  // then); oidc-provider asks again while issuing the token, with the refresh token, Grant and account
+  // loaded, and the token must be built from that second answer exactly as in plain oidc-provider: a
+  // deployment may choose the TTL, format or audience per user, or refuse a user there.
   const servers: TestServer[] = [];
   afterAll(async () => { for (const s of servers) await s.close(); });
 
   test.each([
     ['rotation off', false],
     ['rotation on', true],
-  ])('is asked once per request, as by plain oidc-provider (%s)', async (_label, rotate) => {
+  ])('is asked at issuance with the refresh token and account loaded, and issues from that answer (%s)', async (_label, rotate) => {
     const memory = new MemoryPolicyStore();
     await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
-    const asked: string[] = [];
-    const count = (configuration: Parameters<NonNullable<Parameters<typeof startServer>[0]['configure']>>[0]) => {
+    const asked: Array<[string, string | undefined]> = [];
+    const perUser = (configuration: Parameters<NonNullable<Parameters<typeof startServer>[0]['configure']>>[0]) => {
       const original = configuration.features!.resourceIndicators!.getResourceServerInfo!;
-      configuration.features!.resourceIndicators!.getResourceServerInfo = (ctx, resource, client) => {
-        asked.push(resource);
-        return original(ctx, resource, client);
+      configuration.features!.resourceIndicators!.getResourceServerInfo = async (ctx, resource, client) => {
+        const account = ctx.oidc.entities.Account?.accountId;
+        asked.push([resource, account]);
+        const info = await original(ctx, resource, client);
+        // a per-user answer: known users get a 120 s access token, anything else 600 s
+        return { ...info, accessTokenTTL: account === undefined ? 600 : 120 };
       };
     };
-    const mrrt = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT }, rotate, configure: count });
-    const plain = await startServer({ mrrt: false, rotate, configure: count });
+    const mrrt = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT }, rotate, configure: perUser });
+    const plain = await startServer({ mrrt: false, rotate, configure: perUser });
     servers.push(mrrt, plain);
 
-    const askedDuring = async (server: TestServer, params: Record<string, string>): Promise<string[]> => {
+    const during = async (server: TestServer, params: Record<string, string>) => {
       const tokens = await login(server);
       asked.length = 0;
       const res = await refresh(server, tokens.refresh_token, params);
       expect(res.status).toBe(200);
-      return [...asked];
+      return { asked: [...asked], expiresIn: res.body.expires_in as number };
     };
-    const plainGranted = await askedDuring(plain, { resource: API.A });
-    expect(plainGranted).toEqual([API.A]);
-    expect(await askedDuring(mrrt, { resource: API.A })).toEqual(plainGranted);
-    expect(await askedDuring(mrrt, { audience: API.B })).toEqual([API.B]);
-    expect(await askedDuring(mrrt, { resource: API.B })).toEqual([API.B]);
+    const plainGranted = await during(plain, { resource: API.A });
+    expect(plainGranted).toEqual({ asked: [[API.A, 'alice']], expiresIn: 120 });
+    // a granted target outside the policy: exactly what plain oidc-provider asks and issues
+    expect(await during(mrrt, { resource: API.A })).toEqual(plainGranted);
+    // a policy-only target: the plan's question first, then oidc-provider's, whose answer is used
+    for (const params of [{ audience: API.B }, { resource: API.B }] as Array<Record<string, string>>) {
+      expect(await during(mrrt, params)).toEqual({ asked: [[API.B, undefined], [API.B, 'alice']], expiresIn: 120 });
+    }
   });
+});
+
+describe('option functions that answer with a thenable', () => {
+  // `isFirstParty` and `allowSkippingConsent` may answer asynchronously with any thenable, as `await`
+  // accepts; a thenable that is a function (truthy in itself) must be awaited, not taken as "yes".
+  test.each([
+    ['isFirstParty', 'not_first_party'],
+    ['allowSkippingConsent', 'consent_required'],
+  ] as const)('%s answering false through a function thenable refuses the exchange (%s)', async (option, reason) => {
+    const memory = new MemoryPolicyStore();
+    await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    const no = () => Object.assign(() => true, { then: (resolve: (value: boolean) => void) => resolve(false) });
+    const server = await startServer({
+      mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, isFirstParty: () => true, [option]: no },
+      rotate: true,
+    });
+    try {
+      const tokens = await login(server);
+      const before = snapshot(server, tokens.refresh_token);
+      const res = await refresh(server, tokens.refresh_token, { audience: API.B });
+      expect({ status: res.status, error: res.body.error }).toEqual({ status: 400, error: 'invalid_target' });
+      expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason });
+      expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+      const usable = await refresh(server, tokens.refresh_token, { resource: API.A });
+      expect(usable.status).toBe(200);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+test('the request\'s MRRT state is not an enumerable part of the Koa context that listeners receive', async () => {
+  const memory = new MemoryPolicyStore();
+  await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+  const server = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT } });
+  const copies: Array<Record<string | symbol, unknown>> = [];
+  (server.provider as unknown as import('node:events').EventEmitter).on('mrrt.exchange', (ctx: object) => copies.push({ ...ctx }));
+  try {
+    const tokens = await login(server);
+    // a refusal is reported while the request is still being handled (its state still in place)
+    const res = await refresh(server, tokens.refresh_token, { audience: API.C });
+    expect(res.status).toBe(400);
+    expect(copies).toHaveLength(1);
+    const values = Reflect.ownKeys(copies[0]!).map((key) => copies[0]![key]);
+    expect(values.some((value) => typeof value === 'object' && value !== null && 'refreshTokenValue' in value)).toBe(false);
+  } finally {
+    await server.close();
+  }
 });
