@@ -25,7 +25,7 @@ import autocannon from 'autocannon';
 import { Redis } from 'ioredis';
 
 import { RedisPolicyStore } from '../dist/index.js';
-import { API, SCENARIOS, refreshBody } from './shared.mjs';
+import { API, SCENARIOS, refreshBody, scanKeys, unlinkAll } from './shared.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -76,8 +76,6 @@ const SCENARIO_NAMES = args.scenarios ? args.scenarios.toUpperCase().split('').f
 for (const s of SCENARIO_NAMES) if (!SCENARIOS[s]) throw new Error(`--scenarios: unknown scenario "${s}" (letters of ABCD)`);
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const RUN_PREFIX = `mrrt-bench:${process.pid}-${randomBytes(4).toString('hex')}:`;
-const SCAN_LIMIT = 1_000_000; // SCAN iterations; far more than any run needs
-
 const PROFILE_DIR = path.join(here, 'profiles');
 const profileWindows = [];
 
@@ -195,21 +193,9 @@ class ServerProcess {
 // ---------------------------------------------------------------------------------------------
 // Redis helpers (this process's own connection)
 
-async function scanKeys(redis, pattern) {
-  const keys = [];
-  let cursor = '0';
-  for (let i = 0; i < SCAN_LIMIT; i += 1) {
-    const [next, batch] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-    keys.push(...batch);
-    cursor = next;
-    if (cursor === '0') return keys;
-  }
-  throw new Error(`SCAN ${pattern} did not finish`);
-}
-
 async function deleteByPrefix(redis, prefix) {
   const keys = await scanKeys(redis, `${prefix}*`);
-  for (let i = 0; i < keys.length; i += 1000) await redis.unlink(...keys.slice(i, i + 1000));
+  await unlinkAll(redis, keys);
   return keys.length;
 }
 

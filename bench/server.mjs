@@ -17,11 +17,10 @@ import {
   MemoryAdapter, MemoryPolicyStore, MemoryStorage, RedisAdapter, RedisPolicyStore, withMrrt,
 } from '../dist/index.js';
 import {
-  CLIENT, LOGIN_RESOURCE, LOGIN_SCOPE, POLICY, RESOURCE_SERVERS, SKIP_CONSENT, DENY_LIST,
+  CLIENT, LOGIN_RESOURCE, LOGIN_SCOPE, POLICY, RESOURCE_SERVERS, SKIP_CONSENT, DENY_LIST, scanKeys, unlinkAll,
 } from './shared.mjs';
 
 const MINT_BATCH = 500;
-const SCAN_LIMIT = 100_000; // SCAN iterations; far more than any run needs
 
 function signingKey(alg) {
   const pair = alg === 'RS256'
@@ -146,22 +145,6 @@ async function login(url) {
   const body = await res.json();
   if (res.status !== 200 || !body.refresh_token) throw new Error(`login: code exchange failed: ${res.status} ${JSON.stringify(body)}`);
   return body.refresh_token;
-}
-
-async function scanKeys(redis, pattern) {
-  const keys = [];
-  let cursor = '0';
-  for (let i = 0; i < SCAN_LIMIT; i += 1) {
-    const [next, batch] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-    keys.push(...batch);
-    cursor = next;
-    if (cursor === '0') return keys;
-  }
-  throw new Error(`SCAN ${pattern} did not finish`);
-}
-
-async function unlinkAll(redis, keys) {
-  for (let i = 0; i < keys.length; i += 1000) await redis.unlink(...keys.slice(i, i + 1000));
 }
 
 const targets = new Map(); // key "<adapter>/<rotation>/<plain|mrrt>" -> target

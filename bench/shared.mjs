@@ -1,4 +1,4 @@
-// What the bench server and the runner agree on: APIs, the client, its MRRT policy.
+// What the bench server and the runner agree on: APIs, the client, its MRRT policy; Redis key helpers.
 
 export const API = {
   A: 'https://api-a.example.com', // granted at login: scenarios A and B refresh for it
@@ -55,4 +55,24 @@ export function refreshBody(refreshToken, resource) {
     client_secret: CLIENT.client_secret,
     resource,
   }).toString();
+}
+
+const SCAN_LIMIT = 1_000_000; // SCAN iterations; far more than any run needs
+
+/** Every key matching `pattern` (SCAN, bounded). */
+export async function scanKeys(redis, pattern) {
+  const keys = [];
+  let cursor = '0';
+  for (let i = 0; i < SCAN_LIMIT; i += 1) {
+    const [next, batch] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+    keys.push(...batch);
+    cursor = next;
+    if (cursor === '0') return keys;
+  }
+  throw new Error(`SCAN ${pattern} did not finish`);
+}
+
+/** Deletes `keys`, 1 000 per UNLINK. */
+export async function unlinkAll(redis, keys) {
+  for (let i = 0; i < keys.length; i += 1000) await redis.unlink(...keys.slice(i, i + 1000));
 }

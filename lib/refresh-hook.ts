@@ -130,21 +130,6 @@ function drive<T>(steps: Generator<unknown, T, unknown>, resume?: { readonly val
   return result.value;
 }
 
-/** The scopes an API defines, as a set; the few distinct `scope` strings are parsed once. */
-const definedScopes = (() => {
-  const parsed = new Map<string, ReadonlySet<string>>();
-  return (scope: unknown): ReadonlySet<string> => {
-    if (typeof scope !== 'string') return new Set();
-    let set = parsed.get(scope);
-    if (set === undefined) {
-      if (parsed.size >= 1000) parsed.clear();
-      set = new Set(splitScope(scope));
-      parsed.set(scope, set);
-    }
-    return set;
-  };
-})();
-
 /** The refusal in force for this request: unconditional, or because the target is not in the refresh token. */
 function activeRefusal(state: RequestState): RequestState['refusal'] {
   const { refusal } = state;
@@ -215,7 +200,7 @@ export function createRefreshHook(
     return {
       kind: 'mrrt',
       policyScopes: entry.scope.filter((scope) => !OIDC_SCOPES.has(scope)),
-      defined: definedScopes(info.scope),
+      defined: new Set(splitScope(info.scope)),
     };
   }
 
