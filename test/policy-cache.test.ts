@@ -4,7 +4,7 @@ import { afterAll, describe, expect, test } from '@jest/globals';
 import { Redis } from 'ioredis';
 
 import { PolicyCache } from '../lib/policy-cache.js';
-import { MemoryPolicyStore, RedisPolicyStore, type PolicyRecord } from '../lib/index.js';
+import { MemoryPolicyStore, PolicyStoreError, RedisPolicyStore, type PolicyRecord } from '../lib/index.js';
 
 const url = process.env.MRRT_TEST_REDIS_URL!;
 const prefix = `mrrt-test:{cache-${randomBytes(6).toString('hex')}}:`;
@@ -164,4 +164,75 @@ describe('PolicyCache on MemoryPolicyStore', () => {
     expect(reads).toBe(4);
     cache.close();
   });
+
+  test('a hit through peek counts as a use: the entry outlives older untouched ones', async () => {
+    const store = new MemoryPolicyStore();
+    let reads = 0;
+    const get = store.get.bind(store);
+    store.get = (id) => { reads += 1; return get(id); };
+    const cache = new PolicyCache(store, { maxEntries: 3 });
+    await cache.get('a');
+    await cache.get('b');
+    await cache.get('c');
+    // the exchange path answers hits through peek alone, so peek must refresh recency
+    expect(cache.peek('a')).toBeDefined();
+    await cache.get('d');
+    expect(cache.size).toBe(3);
+    expect(cache.peek('a')).toBeDefined();
+    expect(cache.peek('b')).toBeUndefined();
+    expect(cache.peek('c')).toBeDefined();
+    expect(cache.peek('d')).toBeDefined();
+    expect(reads).toBe(4);
+    cache.close();
+  });
+
+  test('a store read that never answers is given up after readTimeout and the next lookup reads again', async () => {
+    const store = new MemoryPolicyStore();
+    await store.set('h1', POLICY);
+    let reads = 0;
+    const get = store.get.bind(store);
+    store.get = (id) => { reads += 1; return reads === 1 ? new Promise<never>(() => {}) : get(id); };
+    const cache = new PolicyCache(store, { maxAge: 100, readTimeout: 20 });
+    // the caller's own deadline is far later than readTimeout: only the cache can end this wait first
+    const first = await outcome(cache.get('h1'), 2000);
+    expect(first).toMatchObject({ rejected: { code: 'ERR_MRRT_STORE_UNAVAILABLE' } });
+    expect((first as { rejected: unknown }).rejected).toBeInstanceOf(PolicyStoreError);
+    expect(reads).toBe(1);
+    const record = await cache.get('h1');
+    expect(record?.policies).toEqual(POLICY);
+    expect(reads).toBe(2);
+    expect(cache.peek('h1')?.record).toBe(record);
+    cache.close();
+  });
+
+  test('a read given up after readTimeout that answers late never replaces the newer answer', async () => {
+    const store = new MemoryPolicyStore();
+    const older = await store.set('h2', POLICY);
+    const newer = await store.set('h2', [{ audience: 'https://api-c.example.com', scope: ['c:read'] }]);
+    const answers: ((record: PolicyRecord) => void)[] = [];
+    store.get = () => new Promise((resolve) => { answers.push(resolve); });
+    const cache = new PolicyCache(store, { readTimeout: 20 });
+    expect(await outcome(cache.get('h2'), 2000)).toMatchObject({ rejected: { code: 'ERR_MRRT_STORE_UNAVAILABLE' } });
+    const second = cache.get('h2');
+    expect(answers).toHaveLength(2);
+    answers[1]!(newer);
+    expect((await second)?.version).toBe(newer.version);
+    answers[0]!(older);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(cache.peek('h2')?.record?.version).toBe(newer.version);
+    expect((await cache.get('h2'))?.version).toBe(newer.version);
+    expect(answers).toHaveLength(2);
+    cache.close();
+  });
 });
+
+/** How `promise` settled, or `'caller gave up'` when it had not after `ms` (the caller's own deadline). */
+async function outcome<T>(promise: Promise<T>, ms: number): Promise<{ resolved: T } | { rejected: unknown } | 'caller gave up'> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<'caller gave up'>((resolve) => { timer = setTimeout(() => resolve('caller gave up'), ms); });
+  try {
+    return await Promise.race([promise.then((resolved) => ({ resolved }), (rejected: unknown) => ({ rejected })), deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
