@@ -1,9 +1,14 @@
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
-import { errors } from 'oidc-provider';
+import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 
 import { PolicyConflictError, PolicyStoreError, PolicyValidationError, type PolicyIssue } from './errors.js';
 import { isResourceIndicator, parsePolicies, type Policy } from './policy.js';
+import type { MrrtClient } from './options.js';
 import { mrrtInstallation, type MrrtInstallation } from './provider.js';
+import {
+  OIDC_SCOPES, askResourceServer, audienceRefusal, clientRefusal, definedScopes, resourceServerRefusal,
+  type ResourceServerAnswer, type TargetRefusal,
+} from './rules.js';
 import type { PolicyRecord, PolicyStore } from './store.js';
 
 /** A refusal returned by an {@link AdminAuthorize} function. */
@@ -67,7 +72,6 @@ class AdminError extends Error {
   }
 }
 
-const OIDC_SCOPES = new Set(['openid', 'offline_access']);
 const etag = (version: string): string => `"${version}"`;
 
 function ifMatchOf(req: Request): string | null | undefined | '*' {
@@ -127,6 +131,7 @@ export function createPolicyRouter(options: PolicyRouterOptions): Router {
   if (typeof authorize !== 'function') throw new TypeError('"authorize" option is required: the policy admin API must not run unprotected');
   const installation = mrrtInstallation(provider);
   if (!installation) throw new TypeError('"provider" option must be a provider built with withMrrt');
+  if (installation.inactive) throw new TypeError(`"provider" option: MRRT is inactive on this provider (${installation.inactive})`);
   const audience = audienceOption === undefined ? (authorize as { audience?: unknown }).audience : audienceOption;
   if (audience === undefined) {
     throw new TypeError('"audience" option is required: the admin API\'s own audience is deny-listed for MRRT (pass null if it accepts no OAuth access tokens)');
@@ -199,7 +204,7 @@ export function createPolicyRouter(options: PolicyRouterOptions): Router {
     if (!req.is('application/json')) throw new AdminError(415, 'invalid_request', 'the body must be application/json');
     await new Promise<void>((resolve, reject) => { json(req, res, (err?: unknown) => (err ? reject(err) : resolve())); });
     const precondition = ifMatchOf(req);
-    const policies = await validateWrite(provider as ProviderLike, installation, clientId, req.body);
+    const policies = await validateWrite(provider as unknown as ProviderLike, installation, clientId, req.body, req, res);
 
     const current = await store.get(clientId).catch((err: unknown) => {
       if (err instanceof PolicyStoreError && err.code === 'ERR_MRRT_STORE_CORRUPT') return undefined;
@@ -266,7 +271,7 @@ function toAdminError(err: unknown): AdminError {
   return new AdminError(500, 'server_error', 'the request could not be processed');
 }
 
-async function validateWrite(provider: ProviderLike, installation: MrrtInstallation, clientId: string, body: unknown): Promise<Policy> {
+async function validateWrite(provider: ProviderLike, installation: MrrtInstallation, clientId: string, body: unknown, req: Request, res: Response): Promise<Policy> {
   const { config } = installation;
   const issues: PolicyIssue[] = [];
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
@@ -283,7 +288,7 @@ async function validateWrite(provider: ProviderLike, installation: MrrtInstallat
     issues.push(...err.issues.map((issue) => ({ path: `$.policies${issue.path.slice(1)}`, message: issue.message })));
   }
   if (issues.length === 0 && policies) {
-    issues.push(...await checkAgainstProvider(provider, installation, clientId, policies));
+    issues.push(...await checkAgainstProvider(provider, installation, clientId, policies, req, res));
   }
   if (issues.length !== 0) {
     throw new AdminError(400, 'invalid_request', `invalid MRRT policy: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
@@ -293,45 +298,73 @@ async function validateWrite(provider: ProviderLike, installation: MrrtInstallat
 
 interface ProviderLike {
   Client: { find(id: string): Promise<unknown> };
+  createContext(req: Request, res: Response): KoaContextWithOIDC;
+  OIDCContext: new (ctx: KoaContextWithOIDC) => KoaContextWithOIDC['oidc'];
 }
 
-/** SPEC P3: the client exists and is first-party; each audience is a known, consent-skippable, allowed API defining each scope. */
+const ADMIN_REFUSALS: Record<TargetRefusal, string> = {
+  deny_listed: 'is deny-listed for MRRT',
+  consent_required: 'does not allow skipping user consent',
+  unknown_resource: 'is not a known API (resource server)',
+  not_first_party: 'MRRT policies can only be stored for first-party clients',
+  no_policy: 'is not in the policy',
+  not_in_policy: 'is not in the policy',
+  multiple_targets: 'names more than one API',
+  public_client_unprotected: 'is not reachable by this client',
+};
+
+/**
+ * The context the deployment's `getResourceServerInfo` gets for an admin write: a real oidc-provider
+ * context for this HTTP request, with the policy's client loaded and no account, params or session
+ * (there is no end-user in an admin request).
+ */
+function adminContext(provider: ProviderLike, req: Request, res: Response, client: MrrtClient): KoaContextWithOIDC {
+  const ctx = provider.createContext(req, res);
+  const oidc = new provider.OIDCContext(ctx);
+  Object.defineProperty(ctx, 'oidc', { value: oidc, configurable: true });
+  oidc.entity('Client', client as never);
+  return ctx;
+}
+
+/** SPEC P3, with the rules the token endpoint applies: the client exists and is first-party; each audience is a known, consent-skippable, allowed API defining each scope. */
 async function checkAgainstProvider(
   provider: ProviderLike,
-  { config, getResourceServerInfo }: MrrtInstallation,
+  { config, getResourceServerInfo, isFirstParty }: MrrtInstallation,
   clientId: string,
   policies: Policy,
+  req: Request,
+  res: Response,
 ): Promise<PolicyIssue[]> {
-  const issues: PolicyIssue[] = [];
-  const client = await provider.Client.find(clientId).catch(() => undefined) as Parameters<typeof config.isFirstParty>[0] | undefined;
+  const client = await provider.Client.find(clientId).catch(() => undefined) as MrrtClient | undefined;
   if (!client) return [{ path: 'client_id', message: `no client "${clientId}" is registered` }];
-  if (!(await config.isFirstParty(client))) return [{ path: 'client_id', message: 'MRRT policies can only be stored for first-party clients' }];
+  const ineligible = await clientRefusal(isFirstParty, client);
+  if (ineligible) return [{ path: 'client_id', message: ADMIN_REFUSALS[ineligible] }];
 
+  const issues: PolicyIssue[] = [];
   for (const [i, entry] of policies.entries()) {
     const at = `$.policies[${i}]`;
-    if (config.denyList.has(entry.audience)) {
-      issues.push({ path: `${at}.audience`, message: 'is deny-listed for MRRT' });
-      continue;
-    }
-    let info: { scope?: unknown; audience?: unknown } | undefined;
+    let answer: ResourceServerAnswer | undefined;
     try {
-      info = (await getResourceServerInfo?.(undefined as never, entry.audience, client as never)) as typeof info;
-    } catch (err) {
-      if (!(err instanceof errors.InvalidTarget)) throw err;
-    }
-    if (!info) {
-      issues.push({ path: `${at}.audience`, message: 'is not a known API (resource server)' });
+      const refused = await audienceRefusal(config, entry.audience, client);
+      if (refused) {
+        issues.push({ path: `${at}.audience`, message: ADMIN_REFUSALS[refused] });
+        continue;
+      }
+      answer = await askResourceServer(() => {
+        if (!getResourceServerInfo) throw new errors.InvalidTarget();
+        return getResourceServerInfo(adminContext(provider, req, res, client), entry.audience, client);
+      });
+    } catch {
+      // the deployment's own function failed on this request: the write cannot be checked, and is refused as such
+      issues.push({ path: `${at}.audience`, message: 'could not be checked against the provider (its resource server lookup failed)' });
       continue;
     }
-    if (typeof info.audience === 'string' && config.denyList.has(info.audience)) {
-      issues.push({ path: `${at}.audience`, message: 'is deny-listed for MRRT' });
+    const refused = resourceServerRefusal(config, answer);
+    if (refused) {
+      issues.push({ path: `${at}.audience`, message: ADMIN_REFUSALS[refused] });
       continue;
     }
-    if (!(await config.allowSkippingConsent(entry.audience, client))) {
-      issues.push({ path: `${at}.audience`, message: 'does not allow skipping user consent' });
-      continue;
-    }
-    const defined = new Set(typeof info.scope === 'string' ? info.scope.split(' ') : []);
+    const defined = definedScopes(answer!);
     entry.scope.forEach((scope, j) => {
       if (OIDC_SCOPES.has(scope) || !defined.has(scope)) issues.push({ path: `${at}.scope[${j}]`, message: `"${scope}" is not a scope defined by ${entry.audience}` });
     });

@@ -1,7 +1,8 @@
 export { withMrrt, mrrtConfiguration } from './provider.js';
 export type { MrrtEvents, MrrtProviderClass } from './provider.js';
 export type { MrrtOptions, MrrtConfiguration, MrrtClient } from './options.js';
-export type { MrrtExchangeEvent, MrrtReason } from './refresh-hook.js';
+export type { MrrtExchangeEvent } from './exchange.js';
+export type { MrrtReason } from './rules.js';
 export { parsePolicies, isResourceIndicator, DEFAULT_LIMITS } from './policy.js';
 export type { Policy, PolicyEntry, PolicyLimits } from './policy.js';
 export type { PolicyStore, PolicyRecord, PolicyPage, ListOptions, WriteOptions } from './store.js';

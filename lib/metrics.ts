@@ -1,4 +1,4 @@
-import type { MrrtExchangeEvent } from './refresh-hook.js';
+import type { MrrtExchangeEvent } from './exchange.js';
 
 /** Options of {@link MrrtMetrics}. */
 export interface MrrtMetricsOptions {

@@ -12,9 +12,10 @@ export interface MrrtOptions {
   /** Where the per-client MRRT policies are read from. Required. */
   store: PolicyStore;
   /**
-   * Whether a client is first-party; MRRT applies to first-party clients only.
-   * Default: the client has the `first_party: true` metadata property, which the extension
-   * registers with oidc-provider (`extraClientMetadata`) when this option is not given.
+   * Whether a client is first-party; MRRT applies to first-party clients only. This is the
+   * operator's statement alone (never taken from a registration request). Default: the client is
+   * one of the provider's statically configured `clients` and has `first_party: true` there. Give a
+   * function when clients live elsewhere (an adapter, a database).
    */
   isFirstParty?: (client: MrrtClient) => boolean | Promise<boolean>;
   /**
@@ -47,8 +48,8 @@ export interface MrrtOptions {
 /** {@link MrrtOptions} resolved and validated: every value filled in. */
 export interface MrrtConfiguration {
   readonly store: PolicyStore;
-  readonly isFirstParty: (client: MrrtClient) => boolean | Promise<boolean>;
-  readonly registerFirstPartyMetadata: boolean;
+  /** The operator's function, or `undefined` for the default (static clients with `first_party: true`). */
+  readonly isFirstParty: ((client: MrrtClient) => boolean | Promise<boolean>) | undefined;
   readonly allowSkippingConsent: (resource: string, client: MrrtClient) => boolean | Promise<boolean>;
   readonly denyList: ReadonlySet<string>;
   readonly limits: Readonly<Required<PolicyLimits>>;
@@ -58,8 +59,6 @@ export interface MrrtConfiguration {
 }
 
 const KNOWN = new Set(['store', 'isFirstParty', 'allowSkippingConsent', 'denyList', 'limits', 'storeTimeout', 'cache', 'publicClients']);
-
-const defaultIsFirstParty = (client: MrrtClient): boolean => (client as unknown as Record<string, unknown>).first_party === true;
 
 function present<T>(options: object, name: string): T | undefined {
   const value = (options as Record<string, unknown>)[name];
@@ -142,8 +141,7 @@ export function resolveOptions(options: unknown): MrrtConfiguration {
 
   return Object.freeze({
     store,
-    isFirstParty: isFirstParty ?? defaultIsFirstParty,
-    registerFirstPartyMetadata: isFirstParty === undefined,
+    isFirstParty,
     allowSkippingConsent,
     denyList: new Set(denyList === undefined ? [] : resourceList(denyList, 'denyList')),
     limits: Object.freeze({ maxEntries, maxScopesPerEntry }),

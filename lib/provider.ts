@@ -1,20 +1,16 @@
-import Provider, {
-  errors, type Configuration, type KoaContextWithOIDC, type TokenEndpointGrantContext,
-} from 'oidc-provider';
+import Provider, { type Configuration, type KoaContextWithOIDC, type TokenEndpointGrantContext } from 'oidc-provider';
 
-import { resolveOptions, type MrrtConfiguration, type MrrtOptions } from './options.js';
-import { decorateAdapter, splitScope, type RequestState } from './overlay.js';
-import { createRefreshHook, unprotectedPublicClient, type MrrtExchangeEvent } from './refresh-hook.js';
+import { createExchangeHandler, type Exchange, type ExchangeSetup, type MrrtExchangeEvent, type ResourceServerInfo } from './exchange.js';
+import { observeModels, observeResourceServerInfo } from './observers.js';
+import { resolveOptions, type MrrtClient, type MrrtConfiguration, type MrrtOptions } from './options.js';
 
 /** The MRRT settings a `withMrrt` provider runs with, for the admin API and for inspection. */
 export const mrrtConfiguration: unique symbol = Symbol.for('oidc-provider-mrrt.configuration');
 
-type ResourceServerInfoFn = NonNullable<NonNullable<NonNullable<Configuration['features']>['resourceIndicators']>['getResourceServerInfo']>;
-
 /** What the admin API needs to know of a `withMrrt` provider. */
-export interface MrrtInstallation {
-  readonly config: MrrtConfiguration;
-  readonly getResourceServerInfo: ResourceServerInfoFn | undefined;
+export interface MrrtInstallation extends ExchangeSetup {
+  /** Why MRRT is inactive on this provider, or `undefined` when it is active. */
+  readonly inactive: string | undefined;
 }
 
 const installations = new WeakMap<object, MrrtInstallation>();
@@ -41,78 +37,45 @@ export type MrrtProviderClass<P extends ProviderClass> = P & (new (...args: Cons
 type Handler = (ctx: KoaContextWithOIDC) => Promise<void>;
 type ParamList = string | readonly string[] | ReadonlySet<string>;
 
-function prepareConfiguration(
-  configuration: Configuration,
-  config: MrrtConfiguration,
-  stateOf: () => RequestState | undefined,
-): Configuration {
-  if (typeof configuration !== 'object' || configuration === null) throw new TypeError('configuration must be an object');
-  const resourceIndicators = configuration.features?.resourceIndicators;
-  if (resourceIndicators?.enabled === false) {
-    throw new TypeError('"features.resourceIndicators.enabled" must not be false: MRRT names its target API with a resource indicator');
-  }
-  const { defaultResource, getResourceServerInfo } = resourceIndicators ?? {};
-  const prepared: Configuration = {
-    ...configuration,
-    adapter: decorateAdapter(configuration.adapter, stateOf),
-    features: {
-      ...configuration.features,
-      // a refused MRRT request must never reach token issuance, whichever way oidc-provider resolves the resource
-      resourceIndicators: {
-        ...resourceIndicators,
-        // not async functions: no promise of their own; a refusal is returned as a rejected promise
-        defaultResource(ctx, client, oneOf) {
-          try {
-            stateOf()?.checkpoint?.();
-            return defaultResource ? defaultResource(ctx, client, oneOf) : (oneOf as never);
-          } catch (err) {
-            return Promise.reject(err);
-          }
-        },
-        getResourceServerInfo(ctx, resource, client) {
-          try {
-            const state = stateOf();
-            if (state) {
-              state.checkpoint?.();
-              // oidc-provider has decided on rotation by now and written nothing yet
-              if (state.policyScopes && state.loaded && !state.withdrawn && config.publicClients !== 'any' && !protectedPublicRefresh(ctx)) {
-                if (!state.loaded.granted) throw unprotectedPublicClient();
-                withdrawOverlay(ctx, state);
-              }
-            }
-            if (!getResourceServerInfo) throw new errors.InvalidTarget();
-            return getResourceServerInfo(ctx, resource, client);
-          } catch (err) {
-            return Promise.reject(err);
-          }
-        },
-      },
-    },
-  };
+const warned = new Set<string>();
+/** Says once per process, the way oidc-provider warns, that MRRT is inactive and why. */
+function warnOnce(message: string): void {
+  if (warned.has(message)) return;
+  warned.add(message);
+  const warning = `oidc-provider-mrrt WARNING: ${message}`;
+  console.warn(process.stderr.isTTY ? `\x1b[31;1m${warning}\x1b[0m` : warning);
+}
 
-  if (config.registerFirstPartyMetadata) {
-    const extra = configuration.extraClientMetadata ?? {};
-    const properties = extra.properties ?? [];
-    const validator = extra.validator;
-    prepared.extraClientMetadata = {
-      ...extra,
-      properties: properties.includes('first_party') ? properties : [...properties, 'first_party'],
-      validator(ctx, key, value, metadata) {
-        if (key === 'first_party' && value !== undefined && typeof value !== 'boolean') {
-          throw new errors.InvalidClientMetadata('first_party must be a boolean');
-        }
-        return validator?.(ctx, key, value, metadata);
-      },
-    };
+const INACTIVE = {
+  resourceIndicators: 'features.resourceIndicators is disabled, MRRT is inactive for this provider (it names the target API with a resource indicator)',
+  refreshToken: 'the configuration has no refresh_token grant (add "offline_access" to scopes or configure issueRefreshToken), MRRT is inactive for this provider',
+} as const;
+
+/**
+ * The operator's own statement of which clients are first-party (SPEC P6): the statically configured
+ * clients with `first_party: true`. oidc-provider drops the unknown property from the client it
+ * builds, so no registration or registration-management request can ever set it.
+ */
+function staticFirstParty(configuration: Configuration): (client: MrrtClient) => boolean {
+  const ids = new Set<string>();
+  for (const client of configuration.clients ?? []) {
+    if ((client as { first_party?: unknown }).first_party === true && typeof client.client_id === 'string') ids.add(client.client_id);
   }
-  return prepared;
+  return (client) => ids.has(client.clientId);
+}
+
+function toSet(value: ParamList | undefined): Set<string> {
+  if (value === undefined) return new Set();
+  return new Set(typeof value === 'string' ? [value] : [...value]);
 }
 
 /**
  * Returns a `Provider` subclass with Multi-Resource Refresh Tokens installed. Construct it exactly
- * like `Provider`, with your own issuer and configuration: the extension wraps the configured
- * adapter (or an in-memory one when there is none), registers the `first_party` client metadata
- * unless `isFirstParty` is given, and wraps the built-in `refresh_token` grant.
+ * like `Provider`, with your own issuer and configuration: the extension wraps the built-in
+ * `refresh_token` grant, observes this provider's `RefreshToken` and `Grant` models and its
+ * `getResourceServerInfo` during an exchange, and changes nothing else. A configuration without a
+ * refresh_token grant or with resource indicators disabled constructs as plain oidc-provider, with
+ * MRRT inactive (said once at start).
  *
  * @example
  * ```ts
@@ -131,32 +94,45 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
   if (typeof Base !== 'function' || !(Base === Provider || Base.prototype instanceof Provider)) {
     throw new TypeError('withMrrt: the first argument must be the oidc-provider Provider class (or a subclass of it)');
   }
+  if (typeof Base.prototype.registerGrantType !== 'function' || !Object.getOwnPropertyDescriptor(Provider, 'ctx')?.get) {
+    throw new TypeError('withMrrt: this oidc-provider version is not supported (registerGrantType and Provider.ctx are required)');
+  }
   const config = resolveOptions(options);
-  // this provider class's MRRT state of a request lives on its Koa context, under a key of its own
-  const slot: unique symbol = Symbol('oidc-provider-mrrt.request');
-  const stateOf = (): RequestState | undefined => (Base.ctx as { [slot]?: RequestState } | undefined)?.[slot];
+  // this class's exchange of a request lives on its Koa context, under a key of its own
+  const slot: unique symbol = Symbol('oidc-provider-mrrt.exchange');
+  const exchangeOf = (): Exchange | undefined => (Base.ctx as { [slot]?: Exchange } | undefined)?.[slot];
+  const install = (ctx: KoaContextWithOIDC, exchange: Exchange | undefined): void => {
+    // a property of the request's own context, not enumerable: spreading or copying the context never carries it
+    Object.defineProperty(ctx, slot, { value: exchange, writable: true, configurable: true, enumerable: false });
+  };
   // set while a constructor runs: oidc-provider registers its grants synchronously from the constructor
-  let constructing: Configuration | undefined;
-  let constructingInfo: ResourceServerInfoFn | undefined;
-  let hooked = false;
+  let constructing: { readonly setup: ExchangeSetup; hooked: boolean } | undefined;
 
   const Mrrt = class MrrtProvider extends (Base as ProviderClass) {
     readonly [mrrtConfiguration]: MrrtConfiguration = config;
 
     constructor(issuer: string, configuration: Configuration = {}) {
-      const prepared = prepareConfiguration(configuration, config, stateOf);
-      constructing = prepared;
-      constructingInfo = configuration.features?.resourceIndicators?.getResourceServerInfo;
-      hooked = false;
+      if (typeof configuration !== 'object' || configuration === null) throw new TypeError('configuration must be an object');
+      const active = configuration.features?.resourceIndicators?.enabled !== false;
+      const setup: ExchangeSetup = {
+        config,
+        isFirstParty: config.isFirstParty ?? staticFirstParty(configuration),
+        getResourceServerInfo: configuration.features?.resourceIndicators?.getResourceServerInfo as ResourceServerInfo | undefined,
+      };
+      const state = active ? { setup, hooked: false } : undefined;
+      constructing = state;
       try {
-        super(issuer, prepared);
+        super(issuer, active ? observeResourceServerInfo(configuration, exchangeOf) : configuration);
       } finally {
         constructing = undefined;
       }
-      installations.set(this, { config, getResourceServerInfo: configuration.features?.resourceIndicators?.getResourceServerInfo });
-      if (!hooked) {
-        throw new Error('oidc-provider-mrrt: the refresh_token grant was not registered through registerGrantType during construction; this oidc-provider version is not supported');
-      }
+
+      let inactive: string | undefined;
+      if (!active) inactive = INACTIVE.resourceIndicators;
+      else if (!state!.hooked) inactive = INACTIVE.refreshToken;
+      if (inactive) warnOnce(inactive);
+      else observeModels(this, exchangeOf);
+      installations.set(this, { ...setup, inactive });
     }
 
     override registerGrantType<Params extends object>(
@@ -166,51 +142,13 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
       dupes?: ParamList,
     ): void {
       if (name === 'refresh_token' && constructing) {
-        const getResourceServerInfo = constructingInfo;
-        handler = createRefreshHook(config, getResourceServerInfo as never, slot)(handler as unknown as Handler) as never;
+        handler = createExchangeHandler(constructing.setup, install)(handler as unknown as Handler) as never;
         params = new Set([...toSet(params), 'audience']);
         dupes = new Set([...toSet(dupes), 'resource', 'audience']);
-        hooked = true;
+        constructing.hooked = true;
       }
       super.registerGrantType(name, handler, params, dupes);
     }
   };
   return Mrrt as unknown as MrrtProviderClass<P>;
-}
-
-function toSet(value: ParamList | undefined): Set<string> {
-  if (value === undefined) return new Set();
-  return new Set(typeof value === 'string' ? [value] : [...value]);
-}
-
-/**
- * Serves a granted target as without MRRT: the in-memory Grant of this request (never saved) gets
- * back the scope it holds for the target, so oidc-provider computes the token exactly as it would.
- */
-function withdrawOverlay(ctx: KoaContextWithOIDC, state: RequestState): void {
-  const grant = ctx.oidc.entities.Grant;
-  const { target, grantedScope } = state;
-  const { original } = state.loaded!;
-  state.withdrawn = true;
-  if (ctx.oidc.params?.scope) {
-    // the check oidc-provider would have made against the refresh token without the overlay
-    const held = new Set(splitScope(original.scope));
-    const missing = [...ctx.oidc.requestParamScopes].filter((scope) => !held.has(scope));
-    if (missing.length !== 0) {
-      throw new errors.InvalidScope(`refresh token missing requested scope${missing.length === 1 ? '' : 's'}`, missing.join(' '));
-    }
-  }
-  if (grant) {
-    const resources = { ...(grant.resources ?? {}) };
-    if (grantedScope === undefined) delete resources[target];
-    else resources[target] = grantedScope;
-    grant.resources = resources;
-  }
-}
-
-/** RFC 9700 §2.2.2: a public client's refresh token must be rotated or sender-constrained. */
-function protectedPublicRefresh(ctx: KoaContextWithOIDC): boolean {
-  if (ctx.oidc.client?.clientAuthMethod !== 'none') return true;
-  const { RefreshToken: refreshToken, RotatedRefreshToken: rotated } = ctx.oidc.entities;
-  return rotated !== undefined || Boolean(refreshToken?.jkt) || Boolean(refreshToken?.['x5t#S256']);
 }

@@ -198,3 +198,55 @@ describe('authorization', () => {
     expect(() => jwtAuthorizer({ key: key.publicKey, issuer: ISSUER, audience: API.ADMIN, scope: 's', algorithms: ['none'] })).toThrow(/"algorithms" option/);
   });
 });
+
+describe('the deployment\'s getResourceServerInfo at the admin API', () => {
+  test('gets a real oidc-provider context with the policy\'s client loaded, and a valid write succeeds', async () => {
+    const seen: Array<{ client: string | undefined; account: unknown; params: unknown }> = [];
+    const local = new MemoryPolicyStore();
+    const provider = await startServer({
+      mrrt: { store: local, allowSkippingConsent: SKIP_CONSENT, denyList: [API.ADMIN] },
+      configure(configuration) {
+        const original = configuration.features!.resourceIndicators!.getResourceServerInfo!;
+        configuration.features!.resourceIndicators!.getResourceServerInfo = (ctx, resource, client) => {
+          // what deployments commonly read: the context's client, account and parameters
+          seen.push({ client: ctx.oidc.client?.clientId, account: ctx.oidc.entities.Account, params: ctx.oidc.params });
+          return original(ctx, resource, client);
+        };
+      },
+    });
+    try {
+      const app = express();
+      app.use('/admin', createPolicyRouter({ provider: provider.provider, authorize: () => true, audience: API.ADMIN }));
+      const res = await request(app).put('/admin/clients/app/policy').send(VALID);
+      expect(res.status).toBe(201);
+      expect(seen).toEqual([{ client: 'app', account: undefined, params: undefined }]);
+      expect((await local.get('app'))?.policies).toEqual(VALID.policies);
+    } finally {
+      await provider.close();
+    }
+  });
+
+  test('a deployment function that fails on the admin request refuses the write with a 400 and stores nothing', async () => {
+    const local = new MemoryPolicyStore();
+    const provider = await startServer({
+      mrrt: { store: local, allowSkippingConsent: SKIP_CONSENT, denyList: [API.ADMIN] },
+      configure(configuration) {
+        configuration.features!.resourceIndicators!.getResourceServerInfo = (ctx) => {
+          // a deployment that assumes an end-user is always present
+          const account = ctx.oidc.entities.Account!;
+          return { scope: `b:read ${account.accountId}` };
+        };
+      },
+    });
+    try {
+      const app = express();
+      app.use('/admin', createPolicyRouter({ provider: provider.provider, authorize: () => true, audience: API.ADMIN }));
+      const res = await request(app).put('/admin/clients/app/policy').send(VALID);
+      expect(res.status).toBe(400);
+      expect(res.body.issues).toEqual([{ path: '$.policies[0].audience', message: expect.stringMatching(/could not be checked/) }]);
+      expect(await local.get('app')).toBeUndefined();
+    } finally {
+      await provider.close();
+    }
+  });
+});

@@ -425,10 +425,8 @@ describe('public clients (RFC 9700 §2.2.2)', () => {
 });
 
 describe('the deployment\'s getResourceServerInfo', () => {
-  // The plan asks it about the target before oidc-provider's handler runs (only the client is known
-  // then); oidc-provider asks again while issuing the token, with the refresh token, Grant and account
-  // loaded, and the token must be built from that second answer exactly as in plain oidc-provider: a
-  // deployment may choose the TTL, format or audience per user, or refuse a user there.
+  // A deployment may answer per user (TTL, format, audience, refusal): the exchange asks once, with the
+  // refresh token, Grant and account loaded, checks its rules against that answer and issues from it.
   const servers: TestServer[] = [];
   afterAll(async () => { for (const s of servers) await s.close(); });
 
@@ -464,10 +462,59 @@ describe('the deployment\'s getResourceServerInfo', () => {
     expect(plainGranted).toEqual({ asked: [[API.A, 'alice']], expiresIn: 120 });
     // a granted target outside the policy: exactly what plain oidc-provider asks and issues
     expect(await during(mrrt, { resource: API.A })).toEqual(plainGranted);
-    // a policy-only target: the plan's question first, then oidc-provider's, whose answer is used
+    // a policy-only target: asked once, with the account loaded and before anything is written; the
+    // rules are checked against that answer and the token is built from it
     for (const params of [{ audience: API.B }, { resource: API.B }] as Array<Record<string, string>>) {
-      expect(await during(mrrt, params)).toEqual({ asked: [[API.B, undefined], [API.B, 'alice']], expiresIn: 120 });
+      expect(await during(mrrt, params)).toEqual({ asked: [[API.B, 'alice']], expiresIn: 120 });
     }
+  });
+});
+
+describe('the rules hold for the answer issuance uses (a deployment answering per user)', () => {
+  // mallory's answer for API.B names the deny-listed admin API as the token audience; eve's defines
+  // none of the policy's scopes. Asking for API.B directly with either answer must be refused, before
+  // anything is written, with or without rotation.
+  const servers: TestServer[] = [];
+  afterAll(async () => { for (const s of servers) await s.close(); });
+
+  test.each([
+    ['mallory', false, 'invalid_target', 'deny_listed'],
+    ['mallory', true, 'invalid_target', 'deny_listed'],
+    ['eve', false, 'invalid_scope', 'empty_scope'],
+    ['eve', true, 'invalid_scope', 'empty_scope'],
+  ] as const)('%s (rotation %s) is refused with %s (%s); the refresh token still works and nothing was persisted', async (sub, rotate, error, reason) => {
+    const memory = new MemoryPolicyStore();
+    await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    const server = await startServer({
+      mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, denyList: [API.ADMIN] },
+      rotate,
+      configure(configuration) {
+        const original = configuration.features!.resourceIndicators!.getResourceServerInfo!;
+        configuration.features!.resourceIndicators!.getResourceServerInfo = async (ctx, resource, client) => {
+          const account = ctx.oidc.entities.Account?.accountId;
+          if (resource === API.B && account === 'mallory') return { scope: 'b:read', audience: API.ADMIN, accessTokenFormat: 'jwt' };
+          if (resource === API.B && account === 'eve') return { scope: 'b:other', accessTokenFormat: 'jwt' };
+          return original(ctx, resource, client);
+        };
+      },
+    });
+    servers.push(server);
+    const tokens = await login(server, { sub });
+    const before = snapshot(server, tokens.refresh_token);
+    server.events.length = 0;
+    server.providerEvents.length = 0;
+
+    const res = await refresh(server, tokens.refresh_token, { audience: API.B });
+    expect(res.status).toBe(400);
+    expect(res.body.error).toBe(error);
+    expect(res.body).not.toHaveProperty('access_token');
+    expect(server.events.map((event) => event.reason)).toEqual([reason]);
+    expect(server.providerEvents).toEqual([]);
+    expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+
+    const still = await refresh(server, tokens.refresh_token, { resource: API.A });
+    expect(still.status).toBe(200);
+    expect(claims(still.body.access_token)).toMatchObject({ aud: API.A, sub });
   });
 });
 

@@ -101,10 +101,8 @@ describe('withMrrt options', () => {
     expect(() => withMrrt(Subclass, { store })).not.toThrow();
   });
 
-  test('features.resourceIndicators.enabled: false -> TypeError at construction', () => {
+  test('a configuration that is not an object -> TypeError at construction', () => {
     const MrrtProvider = withMrrt(Provider, { store });
-    expect(() => new MrrtProvider(ISSUER, { features: { resourceIndicators: { enabled: false } } })).toThrow(TypeError);
-    expect(() => new MrrtProvider(ISSUER, { features: { resourceIndicators: { enabled: false } } })).toThrow(/features\.resourceIndicators\.enabled/);
     expect(() => new MrrtProvider(ISSUER, null as never)).toThrow(TypeError);
     // with the feature on (explicitly or by default) the provider is constructed
     expect(new MrrtProvider(ISSUER, { features: { resourceIndicators: { enabled: true } } })).toBeInstanceOf(Provider);
@@ -121,11 +119,9 @@ describe('resolved configuration', () => {
     expect(config.storeTimeout).toBe(2000);
     expect(config.limits).toEqual(DEFAULT_LIMITS);
     expect([...config.denyList]).toEqual([]);
-    expect(config.registerFirstPartyMetadata).toBe(true);
+    // the default first-party rule reads the provider's static clients (see the first-party tests)
+    expect(config.isFirstParty).toBeUndefined();
     expect(await config.allowSkippingConsent('https://api.example.com', client)).toBe(false);
-    expect(await config.isFirstParty(client)).toBe(false);
-    expect(await config.isFirstParty({ clientId: 'app', first_party: true } as unknown as MrrtClient)).toBe(true);
-    expect(await config.isFirstParty({ clientId: 'app', first_party: 'true' } as unknown as MrrtClient)).toBe(false);
     expect(Object.isFrozen(config)).toBe(true);
     expect(Object.isFrozen(config.limits)).toBe(true);
   });
@@ -141,7 +137,6 @@ describe('resolved configuration', () => {
       storeTimeout: 60_000,
     });
     expect(config.isFirstParty).toBe(isFirstParty);
-    expect(config.registerFirstPartyMetadata).toBe(false);
     expect(await config.allowSkippingConsent('https://api.example.com', client)).toBe(true);
     expect(await config.allowSkippingConsent('urn:example:api', client)).toBe(true);
     expect(await config.allowSkippingConsent('https://api.example.com/', client)).toBe(false);

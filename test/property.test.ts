@@ -101,8 +101,8 @@ function eligibility(w: World, target: string): Entry | MrrtReason {
   if (!w.policy) return 'no_policy';
   const entry = w.policy.find((candidate) => candidate.audience === target);
   if (!entry) return 'not_in_policy';
-  if (!DEFINED.has(target)) return 'unknown_resource';
   if (!w.skip.includes(target)) return 'consent_required';
+  if (!DEFINED.has(target)) return 'unknown_resource';
   return entry;
 }
 
@@ -135,12 +135,16 @@ function model(w: World, req: TokenRequest): Expected {
 
   const target = targets[0]!;
   const granted = target === API.A;
-  const entry = eligibility(w, target);
-  if (typeof entry === 'string') return granted ? plain(w, requested, target) : refusal('invalid_target', entry);
+  const eligible = eligibility(w, target);
+  // README "The exchange": the policy's rules first, then oidc-provider's own checks (the scope parameter
+  // among them), then the rules that need the resource server's answer for the loaded account
+  if (typeof eligible === 'string' && eligible !== 'unknown_resource') return granted ? plain(w, requested, target) : refusal('invalid_target', eligible);
+  const entry = w.policy!.find((candidate) => candidate.audience === target)!;
 
   const rt = loginScopes(w);
   const policyScopes = entry.scope.filter((s) => !OIDC.includes(s));
   if (requested && [...requested].some((s) => !rt.includes(s) && !policyScopes.includes(s))) return refusal('invalid_scope', 'scope_not_allowed');
+  if (eligible === 'unknown_resource') return granted ? plain(w, requested, target) : refusal('invalid_target', eligible);
   const candidates = requested ? [...requested] : union(rt, policyScopes);
   const scope = union(granted ? w.grantedA : [], policyScopes).filter((s) => candidates.includes(s) && DEFINED.get(target)!.includes(s));
   if (!granted && scope.length === 0) return refusal('invalid_scope', 'empty_scope');

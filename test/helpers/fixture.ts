@@ -38,6 +38,10 @@ export const CLIENTS = {
   other: { client_id: 'other', client_secret: 'other-secret-other-secret-other-s', first_party: true, redirect_uris: ['https://other.example.com/cb'], token_endpoint_auth_method: 'client_secret_post' },
 } as const;
 export type ClientName = keyof typeof CLIENTS;
+/** A client by its fixture name, or the metadata of one registered some other way (dynamic registration). */
+export type ClientRef = ClientName | { readonly client_id: string; readonly client_secret?: string; readonly redirect_uris: readonly string[] };
+type ClientMetadata = Exclude<ClientRef, ClientName>;
+const metadataOf = (client: ClientRef): ClientMetadata => (typeof client === 'string' ? CLIENTS[client] as ClientMetadata : client);
 
 let signingKey: jose.JWK | undefined;
 async function jwks(): Promise<{ keys: jose.JWK[] }> {
@@ -176,11 +180,11 @@ export interface TokenSet {
 export async function login(
   server: TestServer,
   { client = 'app', scope = 'openid offline_access a:read', resource = API.A as string | undefined, sub = 'alice', dpop }: {
-    client?: ClientName; scope?: string; resource?: string | undefined; sub?: string; dpop?: DpopKey;
+    client?: ClientRef; scope?: string; resource?: string | undefined; sub?: string; dpop?: DpopKey;
   } = {},
 ): Promise<TokenSet> {
   const agent = request.agent(server.url);
-  const metadata = CLIENTS[client];
+  const metadata = metadataOf(client);
   const verifier = randomBytes(32).toString('base64url');
   const challenge = createHash('sha256').update(verifier).digest('base64url');
 
@@ -203,7 +207,7 @@ export async function login(
   if (dpop) token.set('DPoP', await dpopProof(dpop, `${server.url}/token`));
   const tokenRes = await token.send({
     grant_type: 'authorization_code', code, redirect_uri: metadata.redirect_uris[0], code_verifier: verifier,
-    client_id: metadata.client_id, ...('client_secret' in metadata ? { client_secret: metadata.client_secret } : {}),
+    client_id: metadata.client_id, ...(metadata.client_secret ? { client_secret: metadata.client_secret } : {}),
     ...(resource ? { resource } : {}),
   });
   if (tokenRes.status !== 200 || !tokenRes.body.refresh_token) throw new Error(`code exchange failed: ${tokenRes.status} ${tokenRes.text}`);
@@ -215,11 +219,11 @@ export async function refresh(
   server: TestServer,
   refreshToken: string,
   extra: Record<string, string | string[]> = {},
-  { client = 'app', dpop }: { client?: ClientName; dpop?: DpopKey } = {},
+  { client = 'app', dpop }: { client?: ClientRef; dpop?: DpopKey } = {},
 ): Promise<request.Response> {
-  const metadata = CLIENTS[client];
+  const metadata = metadataOf(client);
   const params = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken, client_id: metadata.client_id });
-  if ('client_secret' in metadata) params.set('client_secret', metadata.client_secret);
+  if (metadata.client_secret) params.set('client_secret', metadata.client_secret);
   for (const [key, value] of Object.entries(extra)) for (const v of [value].flat()) params.append(key, v);
   const req = request(server.url).post('/token').type('form');
   if (dpop) req.set('DPoP', await dpopProof(dpop, `${server.url}/token`));

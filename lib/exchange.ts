@@ -1,0 +1,417 @@
+import { errors, type KoaContextWithOIDC } from 'oidc-provider';
+
+import { PolicyStoreError } from './errors.js';
+import type { MrrtClient, MrrtConfiguration } from './options.js';
+import { PolicyCache } from './policy-cache.js';
+import {
+  TARGET_REFUSALS, askResourceServer, audienceRefusal, clientRefusal, definedScopes, policyScopes,
+  resourceServerRefusal, splitScope, union, type MrrtReason, type ResourceServerAnswer, type TargetRefusal,
+} from './rules.js';
+import type { PolicyRecord } from './store.js';
+
+/**
+ * Emitted on the provider as `mrrt.exchange` `(ctx, event)` for every refresh request that used or
+ * was refused by MRRT. Never carries token values.
+ */
+export interface MrrtExchangeEvent {
+  readonly outcome: 'issued' | 'refused';
+  readonly reason: MrrtReason;
+  /** The OAuth error returned, for refusals. */
+  readonly error?: string;
+  readonly clientId: string;
+  readonly subject: string | undefined;
+  readonly grantId: string | undefined;
+  readonly requestedAudience: string;
+  readonly resolvedAudience: string | undefined;
+  readonly requestedScope: string | undefined;
+  readonly grantedScope: string | undefined;
+  /** Time the token endpoint spent on the request's grant handling, in milliseconds. */
+  readonly durationMs: number;
+}
+
+/** The deployment's `getResourceServerInfo`, as oidc-provider calls it. */
+export type ResourceServerInfo = (ctx: KoaContextWithOIDC, resource: string, client: MrrtClient) => unknown;
+
+/** What one provider instance tells the exchanges it runs. */
+export interface ExchangeSetup {
+  readonly config: MrrtConfiguration;
+  readonly isFirstParty: (client: MrrtClient) => unknown;
+  readonly getResourceServerInfo: ResourceServerInfo | undefined;
+}
+
+type Handler = (ctx: KoaContextWithOIDC) => Promise<void>;
+
+/** What the policy says of the target before any token is read. */
+type Plan =
+  | { readonly kind: 'policy'; readonly policyScopes: readonly string[] }
+  | Refusal;
+
+/** A refusal decided before any token is read; `unlessGranted`: void when the refresh token holds the target. */
+interface Refusal {
+  readonly kind: 'refusal';
+  readonly reason: RefusalReason;
+  readonly unlessGranted: boolean;
+}
+
+type RefusalReason = TargetRefusal | 'store_unavailable' | 'store_corrupt';
+
+/** What this request's refresh token holds, as stored. */
+interface Held {
+  readonly grantId: string | undefined;
+  readonly subject: string | undefined;
+  readonly scopes: ReadonlySet<string>;
+  readonly granted: boolean;
+}
+
+/** The parts of oidc-provider's models an exchange reads. */
+interface RefreshTokenLike {
+  readonly grantId?: string;
+  readonly accountId?: string;
+  readonly resource?: string | string[];
+  readonly scope?: string;
+  readonly clientId?: string;
+  readonly jkt?: string;
+  readonly 'x5t#S256'?: string;
+}
+interface GrantLike {
+  readonly jti?: string;
+  readonly rejected?: { readonly openid?: { readonly scope?: string }; readonly resources?: Record<string, string | undefined> };
+}
+
+function refusalError(reason: RefusalReason): Error {
+  if (reason === 'store_corrupt') {
+    const error = new errors.OIDCProviderError(500, 'server_error');
+    return Object.assign(error, { error_description: 'the MRRT policy of this client could not be read', expose: true });
+  }
+  if (reason === 'store_unavailable') {
+    const error = new errors.TemporarilyUnavailable('the MRRT policy store is unavailable, try again later');
+    return Object.assign(error, { status: 503, statusCode: 503, expose: true });
+  }
+  return new errors.InvalidTarget(TARGET_REFUSALS[reason]);
+}
+
+/** Every scope the user rejected in the Grant, for the OpenID layer or any API (SPEC E13). */
+function rejectedScopes(grant: GrantLike): Set<string> {
+  const rejected = new Set(splitScope(grant.rejected?.openid?.scope));
+  for (const scope of Object.values(grant.rejected?.resources ?? {})) for (const value of splitScope(scope)) rejected.add(value);
+  return rejected;
+}
+
+/** RFC 9700 §2.2.2: a public client's refresh token must be rotated or sender-constrained. */
+function unprotectedPublicRefresh(ctx: KoaContextWithOIDC, rotating: boolean): boolean {
+  if (rotating || ctx.oidc.client?.clientAuthMethod !== 'none') return false;
+  const { RefreshToken: token, RotatedRefreshToken: rotated } = ctx.oidc.entities;
+  return rotated === undefined && !token?.jkt && !token?.['x5t#S256'];
+}
+
+/**
+ * One MRRT exchange: the state of one token request, with a transition for each thing the
+ * request's observers report (see `observers.ts`). The overlay it presents — the target among the
+ * refresh token's resources, the policy scopes among its scopes and in the Grant — exists only in
+ * what oidc-provider reads during this request; nothing a model stores ever carries it.
+ */
+export class Exchange {
+  readonly target: string;
+  readonly targets: readonly string[];
+  readonly refreshTokenValue: string;
+  readonly plan: Plan;
+  readonly started: number;
+  #held: Held | undefined;
+  /** Set once the rules have run against the answer issuance uses; then it is that answer. */
+  #settled: Promise<ResourceServerAnswer | undefined> | undefined;
+  #withdrawn = false;
+  #raised: { readonly error: Error; readonly reason: MrrtReason } | undefined;
+  readonly #setup: ExchangeSetup;
+
+  constructor(setup: ExchangeSetup, targets: readonly string[], refreshTokenValue: string, plan: Plan, started: number) {
+    this.#setup = setup;
+    this.targets = targets;
+    this.target = targets[0]!;
+    this.refreshTokenValue = refreshTokenValue;
+    this.plan = plan;
+    this.started = started;
+  }
+
+  get held(): Held | undefined {
+    return this.#held;
+  }
+
+  get raised(): { readonly error: Error; readonly reason: MrrtReason } | undefined {
+    return this.#raised;
+  }
+
+  /** The overlay was taken back: the request is served exactly as without MRRT. */
+  get withdrawn(): boolean {
+    return this.#withdrawn;
+  }
+
+  /** Whether this request presents its overlay in `token` (this request's refresh token or its rotation). */
+  #presents(token: { readonly grantId?: string }): boolean {
+    const grantId = this.#held?.grantId;
+    return this.plan.kind === 'policy' && !this.#withdrawn && grantId !== undefined && token.grantId === grantId;
+  }
+
+  /** The refusal in force: unconditional, or because the target is not among the refresh token's resources. */
+  activeRefusal(): Refusal | undefined {
+    const { plan } = this;
+    if (plan.kind !== 'refusal') return undefined;
+    if (!plan.unlessGranted) return plan;
+    return this.#held && !this.#held.granted ? plan : undefined;
+  }
+
+  // --- transitions, one for each observation ---
+
+  /** oidc-provider found this request's refresh token. */
+  sawRefreshToken(value: string, token: RefreshTokenLike | undefined): void {
+    if (value !== this.refreshTokenValue || !token || this.#held) return;
+    const resources = Array.isArray(token.resource) ? token.resource : token.resource === undefined ? [] : [token.resource];
+    this.#held = {
+      grantId: token.grantId,
+      subject: token.accountId,
+      scopes: new Set(splitScope(token.scope)),
+      granted: resources.includes(this.target),
+    };
+  }
+
+  /** A refresh token's `scopes`, as this request presents them. */
+  presentScopes(token: RefreshTokenLike, scopes: Set<string>): Set<string> {
+    if (!this.#presents(token)) return scopes;
+    return new Set(union(scopes, (this.plan as Plan & { kind: 'policy' }).policyScopes));
+  }
+
+  /** A refresh token's `resourceIndicators`, as this request presents them. */
+  presentResources(token: RefreshTokenLike, resources: Set<string>): Set<string> {
+    return this.#presents(token) ? new Set(union(resources, [this.target])) : resources;
+  }
+
+  /** The Grant's scope for `resource` filtered by `filter`, as this request presents it: the policy scopes the user never rejected join the target's. */
+  presentGrantScope(grant: GrantLike, resource: string, filter: Iterable<string>, scope: string): string {
+    if (resource !== this.target || this.plan.kind !== 'policy' || this.#withdrawn || grant.jti === undefined || grant.jti !== this.#held?.grantId) return scope;
+    const wanted = new Set(filter);
+    const rejected = rejectedScopes(grant);
+    const added = this.plan.policyScopes.filter((value) => wanted.has(value) && !rejected.has(value));
+    return added.length === 0 ? scope : union(splitScope(scope), added).join(' ');
+  }
+
+  /** oidc-provider is about to consume (rotate) this request's refresh token: the last moment to refuse without loss. */
+  async beforeRotation(ctx: KoaContextWithOIDC, token: RefreshTokenLike): Promise<void> {
+    if (token.grantId !== undefined && token.grantId === this.#held?.grantId) await this.#settle(ctx, true);
+  }
+
+  /**
+   * oidc-provider asks for the target's resource server to build the access token. Nothing is
+   * written before this answer on a request without rotation; with rotation the rules ran before
+   * the refresh token was consumed and this is the answer they were checked against (SPEC E12).
+   */
+  async resourceServerInfo(ctx: KoaContextWithOIDC, resource: string, ask: () => unknown): Promise<unknown> {
+    const answer = await this.#settle(ctx, false);
+    return resource === this.target && answer !== undefined ? answer : ask();
+  }
+
+  // --- the rules that need the refresh token, Grant and account loaded ---
+
+  #settle(ctx: KoaContextWithOIDC, rotating: boolean): Promise<ResourceServerAnswer | undefined> {
+    this.#settled ??= this.#check(ctx, rotating);
+    return this.#settled;
+  }
+
+  async #check(ctx: KoaContextWithOIDC, rotating: boolean): Promise<ResourceServerAnswer | undefined> {
+    if (this.#raised) throw this.#raised.error;
+    const refusal = this.activeRefusal();
+    if (refusal) this.#raise(refusal.reason);
+    const held = this.#held;
+    if (this.plan.kind !== 'policy' || !held) return undefined;
+
+    const { config, getResourceServerInfo } = this.#setup;
+    const client = ctx.oidc.client!;
+    const answer = await askResourceServer(() => {
+      if (!getResourceServerInfo) throw new errors.InvalidTarget();
+      return getResourceServerInfo(ctx, this.target, client);
+    });
+    const refused = resourceServerRefusal(config, answer);
+    if (refused) return this.#refuseOrWithdraw(ctx, held, refused);
+
+    // SPEC E5: a policy-only target needs at least one API scope, from the scopes the token would get
+    const grant = ctx.oidc.entities.Grant;
+    const token = ctx.oidc.entities.RefreshToken;
+    if (!held.granted && grant && token) {
+      const defined = definedScopes(answer!);
+      const candidates = [...(ctx.oidc.params?.scope ? ctx.oidc.requestParamScopes : token.scopes)].filter((scope) => defined.has(scope));
+      if (grant.getResourceScopeFiltered(this.target, candidates) === '') {
+        const requested = ctx.oidc.params?.scope ? [...ctx.oidc.requestParamScopes].join(' ') : undefined;
+        this.#raise('empty_scope', new errors.InvalidScope(`no requested scope is available for ${this.target}`, requested as string));
+      }
+    }
+    if (config.publicClients !== 'any' && unprotectedPublicRefresh(ctx, rotating)) return this.#refuseOrWithdraw(ctx, held, 'public_client_unprotected');
+    return answer;
+  }
+
+  /** A rule that failed for the target: a refusal, or for a target the refresh token holds, a refresh as without MRRT. */
+  #refuseOrWithdraw(ctx: KoaContextWithOIDC, held: Held, reason: TargetRefusal): undefined {
+    if (!held.granted) this.#raise(reason);
+    this.#withdraw(ctx, held);
+    return undefined;
+  }
+
+  /** Refuses the exchange: an MRRT rule's reason, with the error built for it unless one is given. */
+  #raise(reason: RefusalReason | 'empty_scope', error: Error = refusalError(reason as RefusalReason)): never {
+    this.#raised = { error, reason };
+    throw error;
+  }
+
+  /** Serves a granted target as without MRRT, with the scope check oidc-provider made against the refresh token alone. */
+  #withdraw(ctx: KoaContextWithOIDC, held: Held): void {
+    this.#withdrawn = true;
+    if (!ctx.oidc.params?.scope) return;
+    const missing = [...ctx.oidc.requestParamScopes].filter((scope) => !held.scopes.has(scope));
+    if (missing.length !== 0) {
+      throw new errors.InvalidScope(`refresh token missing requested scope${missing.length === 1 ? '' : 's'}`, missing.join(' '));
+    }
+  }
+}
+
+function readValues(value: unknown): string[] {
+  if (value === undefined || value === null || value === '') return [];
+  return Array.isArray(value) ? value.map(String) : [String(value)];
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new PolicyStoreError('ERR_MRRT_STORE_UNAVAILABLE', `policy store did not answer within ${ms}ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * The MRRT refresh_token handler of one provider (SPEC E1–E14): decides from the parameters, the
+ * client and the policy; runs oidc-provider's own handler with the exchange installed on the
+ * request, so that every check of oidc-provider runs and wins and a refusal is raised before
+ * anything is written; reports the outcome.
+ */
+export function createExchangeHandler(setup: ExchangeSetup, install: (ctx: KoaContextWithOIDC, exchange: Exchange | undefined) => void): (builtin: Handler) => Handler {
+  const { config } = setup;
+  const cache = config.cache === false ? undefined : new PolicyCache(config.store, { ...config.cache, readTimeout: config.storeTimeout });
+  const lookup = (clientId: string): Promise<PolicyRecord | undefined> => {
+    const hit = cache?.peek(clientId);
+    if (hit) return Promise.resolve(hit.record);
+    return cache ? cache.get(clientId) : withTimeout(config.store.get(clientId), config.storeTimeout);
+  };
+
+  /** What the policy alone says about the target (SPEC E3), before any token is read. */
+  async function decide(ctx: KoaContextWithOIDC, target: string): Promise<Plan> {
+    const client = ctx.oidc.client!;
+    const refuse = (reason: RefusalReason): Plan => ({ kind: 'refusal', reason, unlessGranted: true });
+    const ineligible = await clientRefusal(setup.isFirstParty, client) ?? (config.denyList.has(target) ? 'deny_listed' : undefined);
+    if (ineligible) return refuse(ineligible);
+
+    let record: PolicyRecord | undefined;
+    try {
+      record = await lookup(client.clientId);
+    } catch (err) {
+      ctx.oidc.provider.emit('mrrt.store_error', ctx, err);
+      return refuse(err instanceof PolicyStoreError && err.code === 'ERR_MRRT_STORE_CORRUPT' ? 'store_corrupt' : 'store_unavailable');
+    }
+    const entry = record?.policies.find((candidate) => candidate.audience === target);
+    if (!entry) return refuse(record ? 'not_in_policy' : 'no_policy');
+    const refused = await audienceRefusal(config, target, client);
+    if (refused) return refuse(refused);
+    return { kind: 'policy', policyScopes: policyScopes(entry.scope) };
+  }
+
+  return (builtin) => async function mrrtRefreshTokenHandler(ctx) {
+    const started = performance.now();
+    const params = ctx.oidc.params!;
+    const resources = readValues(params.resource);
+    const audiences = readValues(params.audience);
+    if (resources.length === 0 && audiences.length === 0) return builtin(ctx);
+    if (resources.length === 1 && audiences.length === 1 && resources[0] !== audiences[0]) {
+      throw new errors.InvalidRequest('"audience" and "resource" must have the same value when both are sent');
+    }
+    const targets = resources.length === 0 ? audiences : audiences.length === 0 || resources.length === 1 && audiences.length === 1 ? resources : [...resources, ...audiences];
+    // oidc-provider resolves the target from `resource`: Auth0's `audience` names the same thing
+    if (resources.length === 0) params.resource = audiences.length === 1 ? audiences[0] : audiences;
+    const value = params.refresh_token;
+    if (typeof value !== 'string' || value.length === 0) return builtin(ctx);
+
+    const plan: Plan = targets.length === 1
+      ? await decide(ctx, targets[0]!)
+      : { kind: 'refusal', reason: 'multiple_targets', unlessGranted: false };
+    const exchange = new Exchange(setup, targets, value, plan, started);
+
+    install(ctx, exchange);
+    try {
+      await builtin(ctx);
+    } catch (err) {
+      throw report(ctx, exchange, err);
+    } finally {
+      install(ctx, undefined);
+    }
+    const refusal = exchange.activeRefusal();
+    if (refusal) {
+      // a refused target whose resolution never reached the resource server (a deployment's defaultResource chose none)
+      ctx.body = undefined;
+      throw report(ctx, exchange, refusalError(refusal.reason));
+    }
+    if (plan.kind !== 'policy' || !exchange.held || exchange.withdrawn) return;
+    const body = ctx.body as Record<string, unknown>;
+    body.resource = exchange.target;
+    emit(ctx, () => event(ctx, exchange, 'issued', 'policy', {
+      resolvedAudience: exchange.target,
+      grantedScope: typeof body.scope === 'string' ? body.scope : undefined,
+    }));
+  };
+}
+
+/** The error a failed exchange answers with, reported as an `mrrt.exchange` event when MRRT decided it. */
+function report(ctx: KoaContextWithOIDC, exchange: Exchange, err: unknown): unknown {
+  // a withdrawn overlay is served as without MRRT: oidc-provider's own error, no MRRT event
+  if (exchange.withdrawn) return err;
+  const { raised } = exchange;
+  if (raised && err === raised.error) {
+    emit(ctx, () => event(ctx, exchange, 'refused', raised.reason, { error: oauthError(err) }));
+    return err;
+  }
+  const refusal = exchange.activeRefusal();
+  if (refusal && (err instanceof errors.InvalidTarget || err instanceof errors.InvalidScope)) {
+    // oidc-provider's own checks passed and it stopped at the target or scope: answer with the MRRT reason
+    const error = refusalError(refusal.reason);
+    emit(ctx, () => event(ctx, exchange, 'refused', refusal.reason, { error: oauthError(error) }));
+    return error;
+  }
+  if (exchange.plan.kind === 'policy' && exchange.held && err instanceof errors.InvalidScope) {
+    // oidc-provider checked the scope parameter against the refresh token plus the policy (SPEC E4)
+    const missing = splitScope((err as { scope?: unknown }).scope);
+    const error = new errors.InvalidScope(`requested scope${missing.length === 1 ? ' is' : 's are'} not allowed for ${exchange.target}`, missing.join(' '));
+    emit(ctx, () => event(ctx, exchange, 'refused', 'scope_not_allowed', { error: 'invalid_scope' }));
+    return error;
+  }
+  if (exchange.held && (exchange.plan.kind === 'policy' || refusal)) {
+    emit(ctx, () => event(ctx, exchange, 'refused', 'provider_check', { error: oauthError(err) ?? 'server_error' }));
+  }
+  return err;
+}
+
+const oauthError = (err: unknown): string | undefined => (err as { error?: string }).error;
+
+// the event object is built only when someone listens
+function emit(ctx: KoaContextWithOIDC, build: () => MrrtExchangeEvent): void {
+  if (ctx.oidc.provider.listenerCount('mrrt.exchange') !== 0) ctx.oidc.provider.emit('mrrt.exchange', ctx, build());
+}
+
+function event(ctx: KoaContextWithOIDC, exchange: Exchange, outcome: MrrtExchangeEvent['outcome'], reason: MrrtReason, extra: Partial<MrrtExchangeEvent>): MrrtExchangeEvent {
+  const { scope } = ctx.oidc.params ?? {};
+  return {
+    outcome,
+    reason,
+    clientId: ctx.oidc.client!.clientId,
+    subject: exchange.held?.subject,
+    grantId: exchange.held?.grantId,
+    requestedAudience: exchange.targets.join(' '),
+    resolvedAudience: undefined,
+    requestedScope: typeof scope === 'string' ? scope : undefined,
+    grantedScope: undefined,
+    durationMs: performance.now() - exchange.started,
+    ...extra,
+  };
+}

@@ -1,0 +1,97 @@
+import { errors } from 'oidc-provider';
+
+import type { MrrtClient, MrrtConfiguration } from './options.js';
+
+/** Scopes of the OpenID layer: never part of an API access token for a policy-only target. */
+export const OIDC_SCOPES: ReadonlySet<string> = new Set(['openid', 'offline_access']);
+
+/** Why an MRRT exchange ended as it did (`MrrtExchangeEvent.reason`). */
+export type MrrtReason =
+  | 'policy'
+  | 'multiple_targets'
+  | 'not_first_party'
+  | 'deny_listed'
+  | 'no_policy'
+  | 'not_in_policy'
+  | 'unknown_resource'
+  | 'consent_required'
+  | 'scope_not_allowed'
+  | 'empty_scope'
+  | 'store_unavailable'
+  | 'store_corrupt'
+  | 'public_client_unprotected'
+  | 'provider_check';
+
+/** The reasons for which a target is not reachable through MRRT, each with the description a client sees. */
+export const TARGET_REFUSALS = {
+  multiple_targets: 'only one resource (audience) may be requested per access token',
+  not_first_party: 'resource is not allowed: MRRT is available to first-party clients only',
+  deny_listed: 'resource is not allowed for multi-resource refresh',
+  no_policy: 'resource is not in the MRRT policy of this client',
+  not_in_policy: 'resource is not in the MRRT policy of this client',
+  unknown_resource: 'resource is not a known API',
+  consent_required: 'resource requires user consent and cannot be reached through MRRT',
+  public_client_unprotected: 'MRRT for public clients requires refresh token rotation or a DPoP-bound refresh token',
+} as const satisfies Partial<Record<MrrtReason, string>>;
+
+export type TargetRefusal = keyof typeof TARGET_REFUSALS;
+
+/** What a deployment's `getResourceServerInfo` answers, as far as the rules read it. */
+export interface ResourceServerAnswer {
+  readonly scope?: unknown;
+  readonly audience?: unknown;
+}
+
+/**
+ * The rules of SPEC E3 and P3, in the order both the token endpoint and the admin API apply them.
+ * Option functions may answer with a promise or any thenable; `await` settles both, so a thenable
+ * is never mistaken for a truthy answer.
+ */
+export async function clientRefusal(isFirstParty: (client: MrrtClient) => unknown, client: MrrtClient): Promise<TargetRefusal | undefined> {
+  return (await isFirstParty(client)) ? undefined : 'not_first_party';
+}
+
+/** The target itself: never a deny-listed API, and only one whose user consent may be skipped. */
+export async function audienceRefusal(config: MrrtConfiguration, target: string, client: MrrtClient): Promise<TargetRefusal | undefined> {
+  if (config.denyList.has(target)) return 'deny_listed';
+  return (await config.allowSkippingConsent(target, client)) ? undefined : 'consent_required';
+}
+
+/** The deployment's answer for the target: a known API, whose token audience is not deny-listed. */
+export function resourceServerRefusal(config: MrrtConfiguration, answer: ResourceServerAnswer | undefined): TargetRefusal | undefined {
+  if (!answer) return 'unknown_resource';
+  return typeof answer.audience === 'string' && config.denyList.has(answer.audience) ? 'deny_listed' : undefined;
+}
+
+/** Asks the deployment's `getResourceServerInfo`; its `InvalidTarget` (or no answer) means "not a known API". */
+export async function askResourceServer(ask: () => unknown): Promise<ResourceServerAnswer | undefined> {
+  try {
+    const answer = await ask();
+    return typeof answer === 'object' && answer !== null ? answer as ResourceServerAnswer : undefined;
+  } catch (err) {
+    if (err instanceof errors.InvalidTarget) return undefined;
+    throw err;
+  }
+}
+
+/** The scopes an API defines, from its `getResourceServerInfo` answer. */
+export function definedScopes(answer: ResourceServerAnswer): Set<string> {
+  return new Set(splitScope(answer.scope));
+}
+
+/** The scopes of a policy entry that may go into an API access token. */
+export function policyScopes(scope: readonly string[]): string[] {
+  return scope.filter((value) => !OIDC_SCOPES.has(value));
+}
+
+/** The values of a space-separated parameter such as `scope`; anything but a string has none. */
+export function splitScope(value: unknown): string[] {
+  if (typeof value !== 'string') return [];
+  const parts = value.split(' ');
+  return parts.includes('') ? parts.filter(Boolean) : parts;
+}
+
+/** The values of `first`, then those of `second` it lacks, each once (order kept). */
+export function union(first: Iterable<string>, second: Iterable<string>): string[] {
+  return [...new Set([...first, ...second])];
+}
