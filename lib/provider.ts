@@ -58,8 +58,12 @@ const INACTIVE = {
  */
 function staticFirstParty(configuration: Configuration): (client: MrrtClient) => boolean {
   const ids = new Set<string>();
-  for (const client of configuration.clients ?? []) {
-    if ((client as { first_party?: unknown }).first_party === true && typeof client.client_id === 'string') ids.add(client.client_id);
+  // whatever oidc-provider will reject (not an array, null entries) it reports itself, with its own error
+  const clients: unknown = configuration.clients;
+  for (const client of Array.isArray(clients) ? clients as unknown[] : []) {
+    if (typeof client !== 'object' || client === null) continue;
+    const { first_party: firstParty, client_id: clientId } = client as { first_party?: unknown; client_id?: unknown };
+    if (firstParty === true && typeof clientId === 'string') ids.add(clientId);
   }
   return (client) => ids.has(client.clientId);
 }
