@@ -1,5 +1,5 @@
 // npm run test:upstream: oidc-provider's own test suite (release v9.11.4, from
-// /work/shared/upstream) run twice on Node 22, once as released and once with every Provider the
+// ../shared/upstream beside the checkout) run twice on Node 22, once as released and once with every Provider the
 // suite builds made through withMrrt (see upstream-preload.mjs and mrrt-provider.mjs). Exits 0 only
 // when both runs pass, stay pending and fail on exactly the same tests.
 //
@@ -20,14 +20,15 @@ import { fileURLToPath } from 'node:url';
 
 import { ENV } from './shared.mjs';
 
-const TARBALL = process.env.UPSTREAM_TARBALL ?? '/work/shared/upstream/node-oidc-provider-v9.11.4.tar.gz';
+const repo = fileURLToPath(new URL('../../', import.meta.url));
+// shared/ lies beside the checkout (the developers' and CI's layout alike)
+const TARBALL = process.env.UPSTREAM_TARBALL ?? join(repo, '..', 'shared', 'upstream', 'node-oidc-provider-v9.11.4.tar.gz');
 // upstream's devDependency undici 8 needs this; the machine's own node may be older (20)
 const MIN_NODE = [22, 19];
 // generous against the measured ~10 s for npm ci and ~20 s per suite, yet bounding a hung step
 const INSTALL_TIMEOUT = 5 * 60_000;
 const SUITE_TIMEOUT = 5 * 60_000;
 
-const repo = fileURLToPath(new URL('../../', import.meta.url));
 const preload = new URL('./upstream-preload.mjs', import.meta.url).href;
 const args = new Set(process.argv.slice(2));
 const keep = args.has('--keep');
@@ -211,7 +212,7 @@ try {
     if (arg !== '--keep' && arg !== '--verbose') fail(`unknown argument ${arg} (use --keep, --verbose)`);
   }
   if (!existsSync(join(repo, 'dist/index.js'))) fail('dist/index.js is missing: run `npm run build` first (`npm run test:upstream` does)');
-  if (!existsSync(TARBALL)) fail(`${TARBALL} is missing (oidc-provider's release tree; see /work/shared/upstream/README.md)`);
+  if (!existsSync(TARBALL)) fail(`${TARBALL} is missing (oidc-provider's release tree; see shared/upstream/README.md beside the checkout)`);
 
   dir = await mkdtemp(join(tmpdir(), 'oidc-provider-upstream-'));
   const untar = await run('tar', ['-xzf', TARBALL, '-C', dir, '--strip-components=1'], { cwd: dir, timeout: 60_000 });
