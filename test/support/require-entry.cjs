@@ -1,0 +1,10 @@
+// Loaded by commonjs.test.ts in a child process: the package by its own name, through require().
+const mrrt = require('oidc-provider-mrrt');
+const Provider = require('oidc-provider');
+
+const MrrtProvider = mrrt.withMrrt(Provider.default ?? Provider, { store: new mrrt.MemoryPolicyStore() });
+const provider = new MrrtProvider('https://op.example.com', { scopes: ['openid', 'offline_access'] });
+process.stdout.write(JSON.stringify({
+  exports: Object.keys(mrrt).sort(),
+  isProvider: provider instanceof (Provider.default ?? Provider),
+}));
