@@ -21,4 +21,10 @@ export default tseslint.config(
       },
     },
   },
+  {
+    // CommonJS consumers, as a user of the package writes them
+    files: ['**/*.cjs'],
+    languageOptions: { sourceType: 'commonjs', globals: { require: 'readonly', module: 'writable' } },
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
+  },
 );
