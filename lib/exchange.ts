@@ -120,6 +120,7 @@ export class Exchange {
   /** Set once the rules have run against the answer issuance uses; then it is that answer. */
   #settled: Promise<ResourceServerAnswer | undefined> | undefined;
   #withdrawn = false;
+  #nothingAvailable = false;
   #raised: { readonly error: Error; readonly reason: MrrtReason } | undefined;
   readonly #setup: ExchangeSetup;
 
@@ -161,16 +162,41 @@ export class Exchange {
 
   // --- transitions, one for each observation ---
 
-  /** oidc-provider found this request's refresh token. */
-  sawRefreshToken(value: string, token: RefreshTokenLike | undefined): void {
+  /** oidc-provider found this request's refresh token (and has not checked the `scope` parameter yet). */
+  sawRefreshToken(ctx: KoaContextWithOIDC, value: string, token: RefreshTokenLike | undefined): void {
     if (value !== this.refreshTokenValue || !token || this.#held) return;
     const resources = Array.isArray(token.resource) ? token.resource : token.resource === undefined ? [] : [token.resource];
-    this.#held = {
+    const held: Held = {
       grantId: token.grantId,
       subject: token.accountId,
       scopes: new Set(splitScope(token.scope)),
       granted: resources.includes(this.target),
     };
+    this.#held = held;
+    if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(ctx, held, this.plan.policyScopes);
+  }
+
+  /**
+   * SPEC E14: with Auth0's wire semantics a requested scope that neither the refresh token nor the
+   * policy entry holds is dropped rather than refused. When nothing would remain the parameter is
+   * left as sent, so the scope check refuses it (reported as `empty_scope`).
+   */
+  #dropUnavailableScopes(ctx: KoaContextWithOIDC, held: Held, policy: readonly string[]): void {
+    const params = ctx.oidc.params;
+    if (!params?.scope) return;
+    const requested = [...ctx.oidc.requestParamScopes];
+    const available = requested.filter((scope) => held.scopes.has(scope) || policy.includes(scope));
+    if (available.length === requested.length) return;
+    if (available.length === 0) {
+      this.#nothingAvailable = true;
+      return;
+    }
+    params.scope = available.join(' ');
+  }
+
+  /** With Auth0's wire semantics, every requested scope was unavailable. */
+  get nothingAvailable(): boolean {
+    return this.#nothingAvailable;
   }
 
   /** A refresh token's `scopes`, as this request presents them. */
@@ -356,6 +382,12 @@ export function createExchangeHandler(setup: ExchangeSetup, install: (ctx: KoaCo
     if (plan.kind !== 'policy' || !exchange.held || exchange.withdrawn) return;
     const body = ctx.body as Record<string, unknown>;
     body.resource = exchange.target;
+    if (config.profile === 'auth0' && params.scope) {
+      // Auth0 answers with the requested OpenID scopes too; the access token's own `scope` claim keeps API scopes only
+      const held = exchange.held.scopes;
+      const oidc = [...ctx.oidc.requestParamOIDCScopes].filter((scope) => held.has(scope));
+      body.scope = union(splitScope(body.scope), oidc).join(' ');
+    }
     emit(ctx, () => event(ctx, exchange, 'issued', 'policy', {
       resolvedAudience: exchange.target,
       grantedScope: typeof body.scope === 'string' ? body.scope : undefined,
@@ -377,6 +409,11 @@ function report(ctx: KoaContextWithOIDC, exchange: Exchange, err: unknown): unkn
     // oidc-provider's own checks passed and it stopped at the target or scope: answer with the MRRT reason
     const error = refusalError(refusal.reason);
     emit(ctx, () => event(ctx, exchange, 'refused', refusal.reason, { error: oauthError(error) }));
+    return error;
+  }
+  if (exchange.nothingAvailable && err instanceof errors.InvalidScope) {
+    const error = new errors.InvalidScope(`no requested scope is available for ${exchange.target}`, String(ctx.oidc.params?.scope ?? ''));
+    emit(ctx, () => event(ctx, exchange, 'refused', 'empty_scope', { error: 'invalid_scope' }));
     return error;
   }
   if (exchange.plan.kind === 'policy' && exchange.held && err instanceof errors.InvalidScope) {

@@ -46,7 +46,8 @@ export function observeModels(provider: Provider, exchangeOf: ExchangeOf): void 
     value: function findRefreshToken(this: unknown, value: string, ...rest: unknown[]): Promise<unknown> {
       const found = find.call(this, value, ...rest);
       const exchange = exchangeOf();
-      return exchange ? found.then((token) => { exchange.sawRefreshToken(value, token as never); return token; }) : found;
+      const ctx = (provider.constructor as typeof Provider).ctx;
+      return exchange && ctx ? found.then((token) => { exchange.sawRefreshToken(ctx, value, token as never); return token; }) : found;
     },
   });
 

@@ -43,6 +43,14 @@ export interface MrrtOptions {
    * bound (RFC 9700 §2.2.2); `'any'` allows it regardless.
    */
   publicClients?: 'rotated-or-sender-constrained' | 'any';
+  /**
+   * The wire semantics of an exchange's scope. `'strict'` (default): a requested scope outside the
+   * refresh token and the policy entry is refused (`invalid_scope`), and the response `scope` equals
+   * the access token's. `'auth0'`, for apps written with Auth0's SDKs: such scopes are dropped (a 200
+   * with fewer scopes, unless no API scope remains), and the response `scope` also lists the
+   * requested OpenID scopes the refresh token holds, as Auth0 answers.
+   */
+  profile?: 'strict' | 'auth0';
 }
 
 /** {@link MrrtOptions} resolved and validated: every value filled in. */
@@ -56,9 +64,10 @@ export interface MrrtConfiguration {
   readonly storeTimeout: number;
   readonly cache: Readonly<Required<PolicyCacheOptions>> | false;
   readonly publicClients: 'rotated-or-sender-constrained' | 'any';
+  readonly profile: 'strict' | 'auth0';
 }
 
-const KNOWN = new Set(['store', 'isFirstParty', 'allowSkippingConsent', 'denyList', 'limits', 'storeTimeout', 'cache', 'publicClients']);
+const KNOWN = new Set(['store', 'isFirstParty', 'allowSkippingConsent', 'denyList', 'limits', 'storeTimeout', 'cache', 'publicClients', 'profile']);
 
 function present<T>(options: object, name: string): T | undefined {
   const value = (options as Record<string, unknown>)[name];
@@ -148,6 +157,7 @@ export function resolveOptions(options: unknown): MrrtConfiguration {
     storeTimeout: timeout === undefined ? 2000 : positiveInteger(timeout, 'storeTimeout', 60_000),
     cache,
     publicClients: resolvePublicClients(present(options, 'publicClients')),
+    profile: resolveProfile(present(options, 'profile')),
   });
 }
 
@@ -156,5 +166,11 @@ function resolvePublicClients(value: unknown): MrrtConfiguration['publicClients'
   if (value !== 'rotated-or-sender-constrained' && value !== 'any') {
     throw new TypeError('"publicClients" option must be "rotated-or-sender-constrained" or "any"');
   }
+  return value;
+}
+
+function resolveProfile(value: unknown): MrrtConfiguration['profile'] {
+  if (value === undefined) return 'strict';
+  if (value !== 'strict' && value !== 'auth0') throw new TypeError('"profile" option must be "strict" or "auth0"');
   return value;
 }

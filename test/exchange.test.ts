@@ -518,6 +518,60 @@ describe('the rules hold for the answer issuance uses (a deployment answering pe
   });
 });
 
+describe('Auth0 wire profile (profile: \'auth0\')', () => {
+  // Login holds openid offline_access a:read for API.A; the policy gives b:read for API.B.
+  const servers: Record<string, TestServer> = {};
+  beforeAll(async () => {
+    for (const profile of ['strict', 'auth0'] as const) {
+      const memory = new MemoryPolicyStore();
+      await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+      servers[profile] = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, profile }, rotate: true });
+    }
+  });
+  afterAll(async () => { for (const s of Object.values(servers)) await s.close(); });
+
+  // request scope -> strict answer -> Auth0-profile answer (status, response scope, token scope, event reason)
+  test.each([
+    ['openid offline_access b:read', [200, 'b:read', 'b:read', 'policy'], [200, 'b:read openid offline_access', 'b:read', 'policy']],
+    ['openid profile email offline_access b:read', [400, 'invalid_scope', undefined, 'scope_not_allowed'], [200, 'b:read openid offline_access', 'b:read', 'policy']],
+    ['b:read b:write', [400, 'invalid_scope', undefined, 'scope_not_allowed'], [200, 'b:read', 'b:read', 'policy']],
+    ['profile b:write', [400, 'invalid_scope', undefined, 'scope_not_allowed'], [400, 'invalid_scope', undefined, 'empty_scope']],
+    ['openid offline_access', [400, 'invalid_scope', undefined, 'empty_scope'], [400, 'invalid_scope', undefined, 'empty_scope']],
+  ] as const)('scope=%s', async (scope, strict, auth0) => {
+    for (const [profile, [status, scopeOrError, tokenScope, reason]] of [['strict', strict], ['auth0', auth0]] as const) {
+      const server = servers[profile]!;
+      const tokens = await login(server);
+      const before = snapshot(server, tokens.refresh_token);
+      server.events.length = 0;
+      const res = await refresh(server, tokens.refresh_token, { audience: API.B, scope });
+      expect({ profile, status: res.status }).toEqual({ profile, status });
+      expect(server.events.map((event) => event.reason)).toEqual([reason]);
+      if (status === 200) {
+        expect(res.body.scope).toBe(scopeOrError);
+        expect(res.body.resource).toBe(API.B);
+        expect(claims(res.body.access_token)).toMatchObject({ aud: API.B, scope: tokenScope });
+      } else {
+        expect(res.body.error).toBe(scopeOrError);
+        expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+        const still = await refresh(server, tokens.refresh_token, { resource: API.A });
+        expect(still.status).toBe(200);
+      }
+    }
+  });
+
+  test('without a scope parameter, and for the granted API, both profiles answer alike', async () => {
+    for (const params of [{ audience: API.B }, { resource: API.A, scope: 'a:read' }] as Array<Record<string, string>>) {
+      const answers = [];
+      for (const server of Object.values(servers)) {
+        const tokens = await login(server);
+        const res = await refresh(server, tokens.refresh_token, params);
+        answers.push({ status: res.status, scope: res.body.scope, aud: claims(res.body.access_token).aud });
+      }
+      expect(answers[0]).toEqual(answers[1]);
+    }
+  });
+});
+
 describe('option functions that answer with a thenable', () => {
   // `isFirstParty` and `allowSkippingConsent` may answer asynchronously with any thenable, as `await`
   // accepts; a thenable that is a function (truthy in itself) must be awaited, not taken as "yes".
