@@ -5,11 +5,11 @@ import type { AddressInfo } from 'node:net';
 import express, { type Express, type NextFunction, type Request, type Response } from 'express';
 import { Redis } from 'ioredis';
 import * as jose from 'jose';
-import Provider, { errors, type ClientMetadata, type Configuration, type KoaContextWithOIDC, type ResourceServer } from 'oidc-provider';
+import Provider, { errors, type ClientMetadata, type Configuration, type ResourceServer } from 'oidc-provider';
 
 import {
   MemoryAdapter, MemoryPolicyStore, MemoryStorage, MrrtMetrics, PolicyConflictError, RedisAdapter, RedisPolicyStore,
-  createPolicyRouter, jwtAuthorizer, parsePolicies, withMrrt, type MrrtExchangeEvent, type PolicyStore,
+  createPolicyRouter, jwtAuthorizer, parsePolicies, withMrrt, type PolicyStore,
 } from '../lib/index.js';
 import { bffRoutes } from './bff.js';
 import { config as defaultConfig, type DemoClient, type ExampleConfig } from './config.js';
@@ -183,17 +183,15 @@ export async function createExampleApp(options: ExampleOptions): Promise<Example
     },
   };
   const provider = new MrrtProvider(issuer, configuration);
-  const emitter = provider as unknown as { on(event: string, listener: (...args: never[]) => void): void };
-  emitter.on('mrrt.exchange', (_ctx: unknown, event: MrrtExchangeEvent) => logger.info({ event: 'mrrt.exchange', ...event }));
-  emitter.on('mrrt.store_error', (_ctx: unknown, error: unknown) => logger.error({ event: 'mrrt.store_error', message: (error as Error).message }));
-  emitter.on('server_error', (_ctx: unknown, error: unknown) => logger.error({ event: 'oidc.server_error', message: (error as Error).message }));
-  emitter.on('grant.success', (ctx: unknown) => {
-    const oidc = (ctx as KoaContextWithOIDC).oidc;
-    logger.info({ event: 'oidc.grant', grant_type: oidc.params?.grant_type, client_id: oidc.client?.clientId });
+  provider.on('mrrt.exchange', (_ctx, event) => logger.info({ event: 'mrrt.exchange', ...event }));
+  provider.on('mrrt.store_error', (_ctx, error) => logger.error({ event: 'mrrt.store_error', message: (error as Error).message }));
+  provider.on('mrrt.check_error', (_ctx, error) => logger.error({ event: 'mrrt.check_error', message: (error as Error).message }));
+  provider.on('server_error', (_ctx, error) => logger.error({ event: 'oidc.server_error', message: error.message }));
+  provider.on('grant.success', (ctx) => {
+    logger.info({ event: 'oidc.grant', grant_type: ctx.oidc.params?.grant_type, client_id: ctx.oidc.client?.clientId });
   });
-  emitter.on('grant.error', (ctx: unknown, error: unknown) => {
-    const oidc = (ctx as KoaContextWithOIDC).oidc;
-    logger.info({ event: 'oidc.grant_error', grant_type: oidc.params?.grant_type, client_id: oidc.client?.clientId, error: (error as { error?: string }).error });
+  provider.on('grant.error', (ctx, error) => {
+    logger.info({ event: 'oidc.grant_error', grant_type: ctx.oidc.params?.grant_type, client_id: ctx.oidc.client?.clientId, error: (error as { error?: string }).error });
   });
 
   // seed policies: only where the client has none yet, so changes made through the admin API survive restarts on Redis

@@ -6,7 +6,7 @@ import { isResourceIndicator, parsePolicies, type Policy } from './policy.js';
 import type { MrrtClient } from './options.js';
 import { mrrtInstallation, type MrrtInstallation } from './provider.js';
 import {
-  OIDC_SCOPES, askResourceServer, audienceRefusal, clientRefusal, definedScopes, resourceServerRefusal,
+  askResourceServer, audienceRefusal, clientRefusal, definedScopes, resourceServerRefusal,
   type ResourceServerAnswer, type TargetRefusal,
 } from './rules.js';
 import type { PolicyRecord, PolicyStore } from './store.js';
@@ -322,6 +322,8 @@ function adminContext(provider: ProviderLike, req: Request, res: Response, clien
   const ctx = provider.createContext(req, res);
   const oidc = new provider.OIDCContext(ctx);
   Object.defineProperty(ctx, 'oidc', { value: oidc, configurable: true });
+  // no parameters were sent to oidc-provider: empty, so that reading them works as in any flow
+  Object.assign(oidc, { params: {} });
   oidc.entity('Client', client as never);
   return ctx;
 }
@@ -329,7 +331,7 @@ function adminContext(provider: ProviderLike, req: Request, res: Response, clien
 /** SPEC P3, with the rules the token endpoint applies: the client exists and is first-party; each audience is a known, consent-skippable, allowed API defining each scope. */
 async function checkAgainstProvider(
   provider: ProviderLike,
-  { config, getResourceServerInfo, isFirstParty }: MrrtInstallation,
+  { config, getResourceServerInfo, isFirstParty, oidcScopes }: MrrtInstallation,
   clientId: string,
   policies: Policy,
   req: Request,
@@ -366,7 +368,8 @@ async function checkAgainstProvider(
     }
     const defined = definedScopes(answer!);
     entry.scope.forEach((scope, j) => {
-      if (OIDC_SCOPES.has(scope) || !defined.has(scope)) issues.push({ path: `${at}.scope[${j}]`, message: `"${scope}" is not a scope defined by ${entry.audience}` });
+      if (oidcScopes.has(scope)) issues.push({ path: `${at}.scope[${j}]`, message: `"${scope}" is an OpenID scope of the provider, never part of an API token` });
+      else if (!defined.has(scope)) issues.push({ path: `${at}.scope[${j}]`, message: `"${scope}" is not a scope defined by ${entry.audience}` });
     });
   }
   return issues;

@@ -4,7 +4,7 @@ import { PolicyStoreError } from './errors.js';
 import type { MrrtClient, MrrtConfiguration } from './options.js';
 import { PolicyCache } from './policy-cache.js';
 import {
-  TARGET_REFUSALS, askResourceServer, audienceRefusal, clientRefusal, definedScopes, policyScopes,
+  TARGET_REFUSALS, askResourceServer, audienceRefusal, clientRefusal, definedScopes, isWellFormedAnswer, policyScopes,
   resourceServerRefusal, splitScope, union, type MrrtReason, type ResourceServerAnswer, type TargetRefusal,
 } from './rules.js';
 import type { PolicyRecord } from './store.js';
@@ -37,6 +37,8 @@ export interface ExchangeSetup {
   readonly config: MrrtConfiguration;
   readonly isFirstParty: (client: MrrtClient) => unknown;
   readonly getResourceServerInfo: ResourceServerInfo | undefined;
+  /** The provider's OpenID scopes: never given to an API token through a policy. */
+  readonly oidcScopes: ReadonlySet<string>;
 }
 
 type Handler = (ctx: KoaContextWithOIDC) => Promise<void>;
@@ -53,7 +55,7 @@ interface Refusal {
   readonly unlessGranted: boolean;
 }
 
-type RefusalReason = TargetRefusal | 'store_unavailable' | 'store_corrupt';
+type RefusalReason = TargetRefusal | 'store_unavailable' | 'store_corrupt' | 'check_unavailable';
 
 /** What this request's refresh token holds, as stored. */
 interface Held {
@@ -83,8 +85,9 @@ function refusalError(reason: RefusalReason): Error {
     const error = new errors.OIDCProviderError(500, 'server_error');
     return Object.assign(error, { error_description: 'the MRRT policy of this client could not be read', expose: true });
   }
-  if (reason === 'store_unavailable') {
-    const error = new errors.TemporarilyUnavailable('the MRRT policy store is unavailable, try again later');
+  if (reason === 'store_unavailable' || reason === 'check_unavailable') {
+    const what = reason === 'store_unavailable' ? 'the MRRT policy store is unavailable' : 'the MRRT client checks could not be completed';
+    const error = new errors.TemporarilyUnavailable(`${what}, try again later`);
     return Object.assign(error, { status: 503, statusCode: 503, expose: true });
   }
   return new errors.InvalidTarget(TARGET_REFUSALS[reason]);
@@ -254,6 +257,11 @@ export class Exchange {
       if (!getResourceServerInfo) throw new errors.InvalidTarget();
       return getResourceServerInfo(ctx, this.target, client);
     });
+    if (answer && !isWellFormedAnswer(answer)) {
+      // the deployment's bug, reported as oidc-provider would, but before the refresh token is consumed
+      const error = new errors.OIDCProviderError(500, 'server_error');
+      this.#raise('provider_check', Object.assign(error, { error_description: 'the resource server configuration of this API is invalid' }));
+    }
     const refused = resourceServerRefusal(config, answer);
     if (refused) return this.#refuseOrWithdraw(ctx, held, refused);
 
@@ -280,7 +288,7 @@ export class Exchange {
   }
 
   /** Refuses the exchange: an MRRT rule's reason, with the error built for it unless one is given. */
-  #raise(reason: RefusalReason | 'empty_scope', error: Error = refusalError(reason as RefusalReason)): never {
+  #raise(reason: RefusalReason | 'empty_scope' | 'provider_check', error: Error = refusalError(reason as RefusalReason)): never {
     this.#raised = { error, reason };
     throw error;
   }
@@ -301,10 +309,10 @@ function readValues(value: unknown): string[] {
   return Array.isArray(value) ? value.map(String) : [String(value)];
 }
 
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+function withTimeout<T>(promise: Promise<T>, ms: number, timedOut: () => Error): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new PolicyStoreError('ERR_MRRT_STORE_UNAVAILABLE', `policy store did not answer within ${ms}ms`)), ms);
+    timer = setTimeout(() => reject(timedOut()), ms);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
@@ -321,14 +329,33 @@ export function createExchangeHandler(setup: ExchangeSetup, install: (ctx: KoaCo
   const lookup = (clientId: string): Promise<PolicyRecord | undefined> => {
     const hit = cache?.peek(clientId);
     if (hit) return Promise.resolve(hit.record);
-    return cache ? cache.get(clientId) : withTimeout(config.store.get(clientId), config.storeTimeout);
+    return cache ? cache.get(clientId) : withTimeout(config.store.get(clientId), config.storeTimeout, () => (
+      new PolicyStoreError('ERR_MRRT_STORE_UNAVAILABLE', `policy store did not answer within ${config.storeTimeout}ms`)
+    ));
   };
+  // the operator's isFirstParty / allowSkippingConsent may ask a database: bounded like the store,
+  // and a failure refuses only what needs their answer (a granted target is still served)
+  const check = <T>(question: () => Promise<T>): Promise<T> => withTimeout(
+    Promise.resolve().then(question),
+    config.storeTimeout,
+    () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`),
+  );
 
   /** What the policy alone says about the target (SPEC E3), before any token is read. */
   async function decide(ctx: KoaContextWithOIDC, target: string): Promise<Plan> {
     const client = ctx.oidc.client!;
     const refuse = (reason: RefusalReason): Plan => ({ kind: 'refusal', reason, unlessGranted: true });
-    const ineligible = await clientRefusal(setup.isFirstParty, client) ?? (config.denyList.has(target) ? 'deny_listed' : undefined);
+    const failed = (err: unknown): Plan => {
+      ctx.oidc.provider.emit('mrrt.check_error', ctx, err);
+      return refuse('check_unavailable');
+    };
+    let ineligible: TargetRefusal | undefined;
+    try {
+      ineligible = await check(() => clientRefusal(setup.isFirstParty, client));
+    } catch (err) {
+      return failed(err);
+    }
+    ineligible ??= config.denyList.has(target) ? 'deny_listed' : undefined;
     if (ineligible) return refuse(ineligible);
 
     let record: PolicyRecord | undefined;
@@ -340,9 +367,14 @@ export function createExchangeHandler(setup: ExchangeSetup, install: (ctx: KoaCo
     }
     const entry = record?.policies.find((candidate) => candidate.audience === target);
     if (!entry) return refuse(record ? 'not_in_policy' : 'no_policy');
-    const refused = await audienceRefusal(config, target, client);
+    let refused: TargetRefusal | undefined;
+    try {
+      refused = await check(() => audienceRefusal(config, target, client));
+    } catch (err) {
+      return failed(err);
+    }
     if (refused) return refuse(refused);
-    return { kind: 'policy', policyScopes: policyScopes(entry.scope) };
+    return { kind: 'policy', policyScopes: policyScopes(entry.scope, setup.oidcScopes) };
   }
 
   return (builtin) => async function mrrtRefreshTokenHandler(ctx) {

@@ -3,6 +3,7 @@ import Provider, { type Configuration, type KoaContextWithOIDC, type TokenEndpoi
 import { createExchangeHandler, type Exchange, type ExchangeSetup, type MrrtExchangeEvent, type ResourceServerInfo } from './exchange.js';
 import { observeModels, observeResourceServerInfo } from './observers.js';
 import { resolveOptions, type MrrtClient, type MrrtConfiguration, type MrrtOptions } from './options.js';
+import { oidcScopesOf } from './rules.js';
 
 /** The MRRT settings a `withMrrt` provider runs with, for the admin API and for inspection. */
 export const mrrtConfiguration: unique symbol = Symbol.for('oidc-provider-mrrt.configuration');
@@ -26,14 +27,20 @@ type ProviderClass = typeof Provider;
 export interface MrrtEvents {
   on(event: 'mrrt.exchange', listener: (ctx: KoaContextWithOIDC, event: MrrtExchangeEvent) => void): this;
   on(event: 'mrrt.store_error', listener: (ctx: KoaContextWithOIDC, error: unknown) => void): this;
+  on(event: 'mrrt.check_error', listener: (ctx: KoaContextWithOIDC, error: unknown) => void): this;
   once(event: 'mrrt.exchange', listener: (ctx: KoaContextWithOIDC, event: MrrtExchangeEvent) => void): this;
   once(event: 'mrrt.store_error', listener: (ctx: KoaContextWithOIDC, error: unknown) => void): this;
+  once(event: 'mrrt.check_error', listener: (ctx: KoaContextWithOIDC, error: unknown) => void): this;
   off(event: 'mrrt.exchange', listener: (ctx: KoaContextWithOIDC, event: MrrtExchangeEvent) => void): this;
   off(event: 'mrrt.store_error', listener: (ctx: KoaContextWithOIDC, error: unknown) => void): this;
+  off(event: 'mrrt.check_error', listener: (ctx: KoaContextWithOIDC, error: unknown) => void): this;
 }
 
-/** The class {@link withMrrt} returns: the given Provider class whose instances also type the MRRT events. */
-export type MrrtProviderClass<P extends ProviderClass> = P & (new (...args: ConstructorParameters<P>) => InstanceType<P> & MrrtEvents);
+/**
+ * The class {@link withMrrt} returns: the given Provider class whose instances also type the MRRT
+ * events. Its own construct signature comes first, so `new` picks it (and the events) over the base's.
+ */
+export type MrrtProviderClass<P extends ProviderClass> = (new (...args: ConstructorParameters<P>) => MrrtEvents & InstanceType<P>) & P;
 type Handler = (ctx: KoaContextWithOIDC) => Promise<void>;
 type ParamList = string | readonly string[] | ReadonlySet<string>;
 
@@ -122,6 +129,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
         config,
         isFirstParty: config.isFirstParty ?? staticFirstParty(configuration),
         getResourceServerInfo: configuration.features?.resourceIndicators?.getResourceServerInfo as ResourceServerInfo | undefined,
+        oidcScopes: oidcScopesOf(configuration),
       };
       const state = active ? { setup, hooked: false } : undefined;
       constructing = state;

@@ -2,8 +2,24 @@ import { errors } from 'oidc-provider';
 
 import type { MrrtClient, MrrtConfiguration } from './options.js';
 
-/** Scopes of the OpenID layer: never part of an API access token for a policy-only target. */
+/** Scopes of the OpenID layer in every configuration; a provider's own add to them (see {@link oidcScopesOf}). */
 export const OIDC_SCOPES: ReadonlySet<string> = new Set(['openid', 'offline_access']);
+
+/**
+ * The OpenID scopes of a provider configuration, as oidc-provider resolves them: `scopes` (default
+ * `openid offline_access`) and every scope `claims` defines. None of them ever goes into an API
+ * access token through a policy (SPEC E4).
+ */
+export function oidcScopesOf(configuration: { readonly scopes?: unknown; readonly claims?: unknown }): ReadonlySet<string> {
+  const scopes = new Set(OIDC_SCOPES);
+  const configured: unknown = configuration.scopes;
+  if (Array.isArray(configured) || configured instanceof Set) for (const scope of configured) if (typeof scope === 'string') scopes.add(scope);
+  const claims: unknown = configuration.claims;
+  if (typeof claims === 'object' && claims !== null) {
+    for (const [scope, value] of Object.entries(claims)) if (typeof value === 'object' && value !== null) scopes.add(scope);
+  }
+  return scopes;
+}
 
 /** Why an MRRT exchange ended as it did (`MrrtExchangeEvent.reason`). */
 export type MrrtReason =
@@ -19,6 +35,7 @@ export type MrrtReason =
   | 'empty_scope'
   | 'store_unavailable'
   | 'store_corrupt'
+  | 'check_unavailable'
   | 'public_client_unprotected'
   | 'provider_check';
 
@@ -48,13 +65,26 @@ export interface ResourceServerAnswer {
  * is never mistaken for a truthy answer.
  */
 export async function clientRefusal(isFirstParty: (client: MrrtClient) => unknown, client: MrrtClient): Promise<TargetRefusal | undefined> {
-  return (await isFirstParty(client)) ? undefined : 'not_first_party';
+  // only `true` allows: a string such as "false" (what a cache or database may hand back) refuses
+  return (await isFirstParty(client)) === true ? undefined : 'not_first_party';
 }
 
 /** The target itself: never a deny-listed API, and only one whose user consent may be skipped. */
 export async function audienceRefusal(config: MrrtConfiguration, target: string, client: MrrtClient): Promise<TargetRefusal | undefined> {
   if (config.denyList.has(target)) return 'deny_listed';
-  return (await config.allowSkippingConsent(target, client)) ? undefined : 'consent_required';
+  return (await config.allowSkippingConsent(target, client)) === true ? undefined : 'consent_required';
+}
+
+/**
+ * Whether an answer has the shape oidc-provider accepts for issuance (`scope` string; `audience`,
+ * `accessTokenTTL`, `accessTokenFormat` as documented), so that a malformed answer is refused before
+ * anything is written rather than by oidc-provider after rotation.
+ */
+export function isWellFormedAnswer(answer: ResourceServerAnswer & { readonly accessTokenTTL?: unknown; readonly accessTokenFormat?: unknown }): boolean {
+  return typeof answer.scope === 'string'
+    && (answer.audience === undefined || typeof answer.audience === 'string')
+    && (answer.accessTokenTTL === undefined || (Number.isSafeInteger(answer.accessTokenTTL) && (answer.accessTokenTTL as number) > 0))
+    && (answer.accessTokenFormat === undefined || answer.accessTokenFormat === 'opaque' || answer.accessTokenFormat === 'jwt');
 }
 
 /** The deployment's answer for the target: a known API, whose token audience is not deny-listed. */
@@ -79,9 +109,9 @@ export function definedScopes(answer: ResourceServerAnswer): Set<string> {
   return new Set(splitScope(answer.scope));
 }
 
-/** The scopes of a policy entry that may go into an API access token. */
-export function policyScopes(scope: readonly string[]): string[] {
-  return scope.filter((value) => !OIDC_SCOPES.has(value));
+/** The scopes of a policy entry that may go into an API access token: never an OpenID scope of the provider. */
+export function policyScopes(scope: readonly string[], oidcScopes: ReadonlySet<string>): string[] {
+  return scope.filter((value) => !oidcScopes.has(value));
 }
 
 /** The values of a space-separated parameter such as `scope`; anything but a string has none. */

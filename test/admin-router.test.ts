@@ -201,7 +201,7 @@ describe('authorization', () => {
 
 describe('the deployment\'s getResourceServerInfo at the admin API', () => {
   test('gets a real oidc-provider context with the policy\'s client loaded, and a valid write succeeds', async () => {
-    const seen: Array<{ client: string | undefined; account: unknown; params: unknown }> = [];
+    const seen: Array<{ client: string | undefined; account: unknown; params: unknown; scopes: string[] }> = [];
     const local = new MemoryPolicyStore();
     const provider = await startServer({
       mrrt: { store: local, allowSkippingConsent: SKIP_CONSENT, denyList: [API.ADMIN] },
@@ -209,7 +209,7 @@ describe('the deployment\'s getResourceServerInfo at the admin API', () => {
         const original = configuration.features!.resourceIndicators!.getResourceServerInfo!;
         configuration.features!.resourceIndicators!.getResourceServerInfo = (ctx, resource, client) => {
           // what deployments commonly read: the context's client, account and parameters
-          seen.push({ client: ctx.oidc.client?.clientId, account: ctx.oidc.entities.Account, params: ctx.oidc.params });
+          seen.push({ client: ctx.oidc.client?.clientId, account: ctx.oidc.entities.Account, params: ctx.oidc.params, scopes: [...ctx.oidc.requestParamScopes] });
           return original(ctx, resource, client);
         };
       },
@@ -219,7 +219,7 @@ describe('the deployment\'s getResourceServerInfo at the admin API', () => {
       app.use('/admin', createPolicyRouter({ provider: provider.provider, authorize: () => true, audience: API.ADMIN }));
       const res = await request(app).put('/admin/clients/app/policy').send(VALID);
       expect(res.status).toBe(201);
-      expect(seen).toEqual([{ client: 'app', account: undefined, params: undefined }]);
+      expect(seen).toEqual([{ client: 'app', account: undefined, params: {}, scopes: [] }]);
       expect((await local.get('app'))?.policies).toEqual(VALID.policies);
     } finally {
       await provider.close();

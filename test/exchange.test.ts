@@ -599,6 +599,126 @@ describe('option functions that answer with a thenable', () => {
       await server.close();
     }
   });
+
+  test.each([
+    ['isFirstParty', 'not_first_party', 'false'],
+    ['allowSkippingConsent', 'consent_required', '0'],
+  ] as const)('%s answering a truthy non-boolean (%s, %j) refuses: only true allows', async (option, reason, answer) => {
+    const memory = new MemoryPolicyStore();
+    await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    const server = await startServer({
+      mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, isFirstParty: () => true, [option]: async () => answer as unknown as boolean },
+      rotate: true,
+    });
+    try {
+      const tokens = await login(server);
+      const before = snapshot(server, tokens.refresh_token);
+      const res = await refresh(server, tokens.refresh_token, { audience: API.B });
+      expect({ status: res.status, error: res.body.error }).toEqual({ status: 400, error: 'invalid_target' });
+      expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason });
+      expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+      expect((await refresh(server, tokens.refresh_token, { resource: API.A })).status).toBe(200);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+describe('option functions that fail or never answer', () => {
+  // isFirstParty / allowSkippingConsent may ask a database: their failure refuses only what needs their
+  // answer, within storeTimeout; a granted target is served as without MRRT, oidc-provider's own errors win
+  const never = (): Promise<boolean> => new Promise<boolean>(() => {});
+  const throws = (): boolean => { throw new Error('the client database is down'); };
+  test.each([
+    ['isFirstParty', 'throws', throws],
+    ['isFirstParty', 'never answers', never],
+    ['allowSkippingConsent', 'throws', throws],
+    ['allowSkippingConsent', 'never answers', never],
+  ] as const)('%s that %s', async (option, _how, answer) => {
+    const memory = new MemoryPolicyStore();
+    await memory.set('app', [{ audience: API.A, scope: ['a:write'] }, { audience: API.B, scope: ['b:read'] }]);
+    const errorsSeen: unknown[] = [];
+    const server = await startServer({
+      mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, isFirstParty: () => true, storeTimeout: 50, [option]: answer },
+      rotate: true,
+    });
+    (server.provider as unknown as import('node:events').EventEmitter).on('mrrt.check_error', (_ctx: unknown, err: unknown) => errorsSeen.push(err));
+    try {
+      const tokens = await login(server);
+      const before = snapshot(server, tokens.refresh_token);
+      const refused = await refresh(server, tokens.refresh_token, { audience: API.B });
+      expect({ status: refused.status, error: refused.body.error }).toEqual({ status: 503, error: 'temporarily_unavailable' });
+      expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason: 'check_unavailable' });
+      expect(errorsSeen).toHaveLength(1);
+      expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+      // oidc-provider's own check wins for a token that does not exist
+      const bogus = await refresh(server, 'not-a-refresh-token', { resource: API.A });
+      expect({ status: bogus.status, error: bogus.body.error }).toEqual({ status: 400, error: 'invalid_grant' });
+      // the granted API is served as without MRRT (its policy scope a:write is not added)
+      const granted = await refresh(server, tokens.refresh_token, { resource: API.A });
+      expect(granted.status).toBe(200);
+      expect(claims(granted.body.access_token)).toMatchObject({ aud: API.A, scope: 'a:read' });
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+describe('a malformed getResourceServerInfo answer', () => {
+  test.each([false, true])('is a server_error before anything is written (rotation %s): the refresh token still works', async (rotate) => {
+    const memory = new MemoryPolicyStore();
+    await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    const server = await startServer({
+      mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT },
+      rotate,
+      configure(configuration) {
+        const original = configuration.features!.resourceIndicators!.getResourceServerInfo!;
+        configuration.features!.resourceIndicators!.getResourceServerInfo = (ctx, resource, client) => (
+          resource === API.B ? { scope: 'b:read', audience: 5 as unknown as string } : original(ctx, resource, client)
+        );
+      },
+    });
+    try {
+      const tokens = await login(server);
+      const before = snapshot(server, tokens.refresh_token);
+      server.providerEvents.length = 0;
+      const res = await refresh(server, tokens.refresh_token, { audience: API.B });
+      expect({ status: res.status, error: res.body.error }).toEqual({ status: 500, error: 'server_error' });
+      expect(server.providerEvents.filter((name) => name.startsWith('refresh_token.'))).toEqual([]);
+      expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+      expect((await refresh(server, tokens.refresh_token, { resource: API.A })).status).toBe(200);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+describe('the provider\'s OpenID scopes', () => {
+  test('never reach an API token through a policy, whatever the API defines', async () => {
+    const memory = new MemoryPolicyStore();
+    // written behind the admin API's back (it refuses OpenID scopes), as a tampered store could
+    await memory.set('app', [{ audience: API.B, scope: ['b:read', 'email'] }]);
+    const server = await startServer({
+      mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT },
+      configure(configuration) {
+        configuration.scopes = ['openid', 'offline_access', 'email'];
+        const original = configuration.features!.resourceIndicators!.getResourceServerInfo!;
+        configuration.features!.resourceIndicators!.getResourceServerInfo = (ctx, resource, client) => (
+          resource === API.B ? { scope: 'b:read email', accessTokenFormat: 'jwt' } : original(ctx, resource, client)
+        );
+      },
+    });
+    try {
+      const tokens = await login(server);
+      const all = await refresh(server, tokens.refresh_token, { audience: API.B });
+      expect(all.status).toBe(200);
+      expect(claims(all.body.access_token).scope).toBe('b:read');
+      const asked = await refresh(server, tokens.refresh_token, { audience: API.B, scope: 'email b:read' });
+      expect({ status: asked.status, error: asked.body.error }).toEqual({ status: 400, error: 'invalid_scope' });
+    } finally {
+      await server.close();
+    }
+  });
 });
 
 test('the request\'s MRRT state is not an enumerable part of the Koa context that listeners receive', async () => {
