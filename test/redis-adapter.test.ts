@@ -14,6 +14,9 @@ const redis = new Redis(url);
 const prefix = `mrrt-test:adapter-${randomBytes(6).toString('hex')}:`;
 const extraClients: Redis[] = [];
 const factory = RedisAdapter.factory(redis, { prefix });
+/** Short, so that the flows below can wait it out. */
+const REUSE_INTERVAL = 0.5;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function keysUnder(pattern: string): Promise<string[]> {
   const keys: string[] = [];
@@ -40,6 +43,11 @@ describe('RedisAdapter arguments', () => {
     expect(() => RedisAdapter.factory(redis, { prefix: '' })).toThrow(/"prefix" option/);
     expect(() => RedisAdapter.factory(redis, { prefix: 42 } as unknown as RedisAdapterOptions)).toThrow(/"prefix" option/);
     expect(() => RedisAdapter.factory(redis, { keyPrefix: 'x' } as unknown as RedisAdapterOptions)).toThrow(new TypeError('"keyPrefix" is not a RedisAdapter option'));
+    for (const reuseInterval of [-1, 61, Number.NaN, Number.POSITIVE_INFINITY, '2', null]) {
+      expect(() => RedisAdapter.factory(redis, { reuseInterval } as unknown as RedisAdapterOptions)).toThrow(new TypeError('"reuseInterval" option must be a number of seconds from 0 to 60'));
+    }
+    expect(() => RedisAdapter.factory(redis, { reuseInterval: 0 })).not.toThrow();
+    expect(() => RedisAdapter.factory(redis, { reuseInterval: 60 })).not.toThrow();
     expect(() => new RedisAdapter('', redis)).toThrow(/"name"/);
     expect(() => new (RedisAdapter as unknown as new (name: string) => RedisAdapter)('Session')).toThrow(/RedisAdapter\.factory/);
   });
@@ -69,7 +77,7 @@ describe.each([
   beforeAll(async () => {
     await store.set('app', [{ audience: API.B, scope: ['b:read'] }]);
     const options: ServerOptions = {
-      adapter: RedisAdapter.factory(redis, { prefix }),
+      adapter: RedisAdapter.factory(redis, { prefix, reuseInterval: REUSE_INTERVAL }),
       mrrt: mrrt ? { store, allowSkippingConsent: [API.A, API.B] } : false,
       rotate: true,
       configure: (configuration: Configuration) => {
@@ -159,14 +167,21 @@ describe.each([
     expect(after.body.error).toBe('invalid_grant');
   });
 
-  test('reuse of a rotated refresh token -> invalid_grant and the whole grant revoked', async () => {
+  test('reuse of a rotated refresh token: inside reuseInterval invalid_grant and nothing else; after it invalid_grant and the whole grant revoked', async () => {
     const tokens = await login(server);
     const { grantId } = await storedRefreshToken(tokens.refresh_token);
     const first = await refresh(server, tokens.refresh_token);
     expect(first.status).toBe(200);
     const rotated: string = first.body.refresh_token;
-    expect((await keysOfGrant(grantId!)).length).toBeGreaterThanOrEqual(4);
+    const keysBefore = (await keysOfGrant(grantId!)).sort();
+    expect(keysBefore.length).toBeGreaterThanOrEqual(4);
 
+    const early = await refresh(server, tokens.refresh_token);
+    expect(early.status).toBe(400);
+    expect(early.body.error).toBe('invalid_grant');
+    expect((await keysOfGrant(grantId!)).sort()).toEqual(keysBefore);
+
+    await sleep(REUSE_INTERVAL * 1000 + 100);
     const reuse = await refresh(server, tokens.refresh_token);
     expect(reuse.status).toBe(400);
     expect(reuse.body.error).toBe('invalid_grant');

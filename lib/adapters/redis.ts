@@ -1,4 +1,4 @@
-import type { Adapter, AdapterFactory, AdapterPayload } from 'oidc-provider';
+import { errors, type Adapter, type AdapterFactory, type AdapterPayload } from 'oidc-provider';
 import type { Cluster, Redis } from 'ioredis';
 
 /** Options for {@link RedisAdapter}. */
@@ -9,6 +9,15 @@ export interface RedisAdapterOptions {
    * to one Cluster slot; the adapter does not need that, see {@link RedisAdapter}.
    */
   prefix?: string;
+  /**
+   * Seconds after its rotation during which a rotated refresh token reads as absent instead of
+   * consumed. Default `2`; `0` to `60`. A refresh token presented again inside this interval (a
+   * browser refreshing twice, a client retrying) is refused with `invalid_grant` and nothing else
+   * happens, so the request that won keeps its session; presented later, it reads as consumed and
+   * oidc-provider's reuse detection revokes the whole grant. `0` keeps reuse detection for every
+   * request that reads the token after the rotation. Only refresh tokens are affected.
+   */
+  reuseInterval?: number;
 }
 
 /** Models indexed by `grantId` for `revokeByGrantId`, as in oidc-provider's own memory adapter. */
@@ -16,6 +25,8 @@ const GRANTABLE = new Set(['AccessToken', 'AuthorizationCode', 'RefreshToken', '
 /** Models whose oidc-provider class calls `adapter.consume` (9.13: the grantable codes plus PAR). */
 const CONSUMABLE = new Set(['AuthorizationCode', 'RefreshToken', 'DeviceCode', 'BackchannelAuthenticationRequest', 'PreAuthorizedCode', 'PushedAuthorizationRequest']);
 const DEFAULT_PREFIX = 'oidc:';
+const DEFAULT_REUSE_INTERVAL = 2;
+const MAX_REUSE_INTERVAL = 60;
 const DELETE_BATCH = 500;
 
 // KEYS[1] consumable hash; ARGV: payload JSON, TTL in seconds or '' for none. A `consumed` field is kept.
@@ -25,10 +36,27 @@ if ARGV[2] == '' then redis.call('PERSIST', KEYS[1]) else redis.call('EXPIRE', K
 return 1
 `;
 
-// KEYS[1] consumable hash; ARGV: epoch seconds. Never creates the key; the first consumption wins.
+// KEYS[1] consumable hash. 1: consumed by this call; 0: consumed before; -1: no such entry (never created).
+// Stamped with Redis's clock, so that every instance measures the reuse interval on the same clock.
 const CONSUME_SCRIPT = `
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-return redis.call('HSETNX', KEYS[1], 'consumed', ARGV[1])
+if redis.call('HEXISTS', KEYS[1], 'payload') == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[1], 'consumed') == 1 then return 0 end
+local now = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'consumed', now[1], 'consumedMs', now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000)))
+return 1
+`;
+
+// KEYS[1] consumable hash; ARGV: reuse interval in ms. {payload, consumed}; {} when absent; {0} when
+// consumed less than the interval ago (reads as absent).
+const FIND_SCRIPT = `
+local entry = redis.call('HMGET', KEYS[1], 'payload', 'consumed', 'consumedMs')
+if not entry[1] then return {} end
+if entry[3] then
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  if ms - tonumber(entry[3]) < tonumber(ARGV[1]) then return {0} end
+end
+return {entry[1], entry[2]}
 `;
 
 // KEYS[1] grant index; ARGV: member key, member TTL in seconds or '' for none.
@@ -55,7 +83,8 @@ return members
 
 interface ScriptClient {
   mrrtAdapterUpsert(key: string, payload: string, ttl: string): Promise<number>;
-  mrrtAdapterConsume(key: string, now: string): Promise<number>;
+  mrrtAdapterConsume(key: string): Promise<number>;
+  mrrtAdapterFind(key: string, reuseMs: string): Promise<[] | [0] | [string, string | null]>;
   mrrtAdapterIndex(key: string, member: string, ttl: string): Promise<number>;
   mrrtAdapterDrain(key: string): Promise<string[]>;
 }
@@ -65,24 +94,49 @@ function prepareClient(redis: Redis | Cluster): Client {
   if (typeof redis !== 'object' || redis === null || typeof (redis as Redis).hmget !== 'function' || typeof (redis as Redis).defineCommand !== 'function') {
     throw new TypeError('"redis" must be an ioredis Redis or Cluster instance');
   }
-  if (!('mrrtAdapterUpsert' in redis)) {
+  if (!('mrrtAdapterFind' in redis)) {
     redis.defineCommand('mrrtAdapterUpsert', { numberOfKeys: 1, lua: UPSERT_SCRIPT });
     redis.defineCommand('mrrtAdapterConsume', { numberOfKeys: 1, lua: CONSUME_SCRIPT });
+    redis.defineCommand('mrrtAdapterFind', { numberOfKeys: 1, lua: FIND_SCRIPT });
     redis.defineCommand('mrrtAdapterIndex', { numberOfKeys: 1, lua: INDEX_SCRIPT });
     redis.defineCommand('mrrtAdapterDrain', { numberOfKeys: 1, lua: DRAIN_SCRIPT });
   }
   return redis as Client;
 }
 
-function resolvePrefix(options: RedisAdapterOptions): string {
+interface Settings {
+  readonly prefix: string;
+  readonly reuseInterval: number;
+}
+
+function resolveSettings(options: RedisAdapterOptions): Settings {
   if (typeof options !== 'object' || options === null) throw new TypeError('"options" must be an object');
-  const { prefix = DEFAULT_PREFIX, ...unknown } = options;
+  const { prefix = DEFAULT_PREFIX, reuseInterval = DEFAULT_REUSE_INTERVAL, ...unknown } = options;
   const extra = Object.keys(unknown);
   if (extra.length) throw new TypeError(`"${extra[0]}" is not a RedisAdapter option`);
   if (typeof prefix !== 'string' || prefix.length === 0 || prefix.length > 256) {
     throw new TypeError('"prefix" option must be a non-empty string of at most 256 characters');
   }
-  return prefix;
+  if (typeof reuseInterval !== 'number' || !Number.isFinite(reuseInterval) || reuseInterval < 0 || reuseInterval > MAX_REUSE_INTERVAL) {
+    throw new TypeError(`"reuseInterval" option must be a number of seconds from 0 to ${MAX_REUSE_INTERVAL}`);
+  }
+  return { prefix, reuseInterval };
+}
+
+const LABELS: Record<string, string> = {
+  AuthorizationCode: 'authorization code',
+  RefreshToken: 'refresh token',
+  DeviceCode: 'device code',
+  BackchannelAuthenticationRequest: 'backchannel authentication request',
+  PreAuthorizedCode: 'pre-authorized code',
+};
+
+/** What a consumable model says when its entry was consumed before or is gone: the error oidc-provider itself throws for it. */
+function refusal(model: string, gone: boolean): Error {
+  if (model === 'PushedAuthorizationRequest') return new errors.InvalidRequestUri('request_uri is invalid, expired, or was already used');
+  const label = LABELS[model] ?? model;
+  if (gone) return new errors.InvalidGrant(`${label} not found`);
+  return new errors.InvalidGrant(model === 'RefreshToken' ? 'refresh token already used' : `${label} already consumed`);
 }
 
 /** `undefined` for no expiry, whole seconds (rounded up) otherwise; 0 or less means already expired. */
@@ -108,7 +162,7 @@ function parse(key: string, json: string): AdapterPayload {
  * | key | type | content | TTL |
  * | --- | --- | --- | --- |
  * | `<prefix><Model>:<id>` | string | the JSON payload | `expiresIn` |
- * | `<prefix><Model>:<id>` for consumable models (AuthorizationCode, RefreshToken, DeviceCode, BackchannelAuthenticationRequest, PreAuthorizedCode, PushedAuthorizationRequest) | hash | `payload` (JSON), `consumed` (epoch seconds, once consumed) | `expiresIn` |
+ * | `<prefix><Model>:<id>` for consumable models (AuthorizationCode, RefreshToken, DeviceCode, BackchannelAuthenticationRequest, PreAuthorizedCode, PushedAuthorizationRequest) | hash | `payload` (JSON), `consumed` (epoch seconds, once consumed), `consumedMs` (epoch ms, Redis's clock) | `expiresIn` |
  * | `<prefix>grant:<grantId>` | set | the keys of the grant's AccessToken, AuthorizationCode, RefreshToken, DeviceCode, BackchannelAuthenticationRequest and PreAuthorizedCode entries | its longest-lived member's |
  * | `<prefix>uid:<Model>:<uid>` | string | the id of the entry whose payload has that `uid` (the Session) | the entry's |
  * | `<prefix>userCode:<Model>:<userCode>` | string | the id of the entry with that `userCode` (the DeviceCode) | the entry's |
@@ -122,8 +176,14 @@ function parse(key: string, json: string): AdapterPayload {
  * that grant is being revoked can outlive the revocation (indexed again for a later revocation);
  * oidc-provider rejects it anyway once the Grant itself is destroyed.
  *
- * `consume` is one script that sets `consumed` on the existing hash (keeping its TTL; the first
- * consumption wins, and a later `upsert` of the same id keeps it), and `find` returns it. `expiresIn`
+ * `consume` is one script that sets `consumed` on the existing hash (keeping its TTL; a later
+ * `upsert` of the same id keeps it) and refuses an entry that is already consumed or gone, with the
+ * OAuth error oidc-provider uses for that model (`invalid_grant`; `invalid_request_uri` for PAR).
+ * oidc-provider reads, checks and consumes in separate steps, so of several requests presenting the
+ * same refresh token or code at once, several pass its `consumed` check: exactly one of them wins
+ * the consume, the others get `invalid_grant`. `find` returns `consumed`, except that a refresh
+ * token rotated less than `reuseInterval` seconds ago reads as absent (see
+ * {@link RedisAdapterOptions.reuseInterval}). `expiresIn`
  * is rounded up to whole seconds; an `upsert` with `expiresIn <= 0` deletes the entry. `destroy`
  * deletes the entry only: its grant-index membership and `uid`/`userCode` lookups expire with their
  * own TTL, and lookups are checked against the payload they resolve to, so a stale one finds nothing.
@@ -146,13 +206,14 @@ export class RedisAdapter implements Adapter {
   readonly #redis: Client;
   readonly #prefix: string;
   readonly #consumable: boolean;
+  readonly #reuseMs: string;
 
   /**
    * Returns an oidc-provider adapter factory bound to `redis` and `options`, for the `adapter`
    * configuration option. The arguments are validated here, once.
    *
    * @param redis - an ioredis `Redis` or `Cluster` client, owned (and closed) by the caller.
-   * @param options - `prefix`, default `oidc:`.
+   * @param options - `prefix`, default `oidc:`; `reuseInterval`, default 2 seconds.
    * @example
    * ```ts
    * const adapter = RedisAdapter.factory(new Redis(process.env.REDIS_URL!));
@@ -161,8 +222,8 @@ export class RedisAdapter implements Adapter {
    */
   static factory(redis: Redis | Cluster, options: RedisAdapterOptions = {}): AdapterFactory {
     const client = prepareClient(redis);
-    const prefix = resolvePrefix(options);
-    return (name: string) => new RedisAdapter(name, client, { prefix });
+    const settings = resolveSettings(options);
+    return (name: string) => new RedisAdapter(name, client, settings);
   }
 
   /**
@@ -171,7 +232,7 @@ export class RedisAdapter implements Adapter {
    *
    * @param name - the oidc-provider model name, such as `RefreshToken`.
    * @param redis - an ioredis `Redis` or `Cluster` client.
-   * @param options - `prefix`, default `oidc:`.
+   * @param options - `prefix`, default `oidc:`; `reuseInterval`, default 2 seconds.
    * @example
    * ```ts
    * const sessions = new RedisAdapter('Session', redis, { prefix: 'auth:' });
@@ -182,7 +243,9 @@ export class RedisAdapter implements Adapter {
     if (typeof name !== 'string' || name.length === 0) throw new TypeError('"name" must be a non-empty oidc-provider model name');
     if (redis === undefined) throw new TypeError('"redis" must be an ioredis Redis or Cluster instance; configure the adapter with RedisAdapter.factory(redis)');
     this.#redis = prepareClient(redis);
-    this.#prefix = resolvePrefix(options);
+    const { prefix, reuseInterval } = resolveSettings(options);
+    this.#prefix = prefix;
+    this.#reuseMs = name === 'RefreshToken' ? String(Math.round(reuseInterval * 1000)) : '0';
     this.#model = name;
     this.#consumable = CONSUMABLE.has(name);
   }
@@ -252,7 +315,7 @@ export class RedisAdapter implements Adapter {
 
   /**
    * The payload stored under `id`, with `consumed` (epoch seconds) once consumed; `undefined` when
-   * absent or expired.
+   * absent or expired, and for a refresh token consumed less than `reuseInterval` seconds ago.
    *
    * @example
    * ```ts
@@ -265,8 +328,10 @@ export class RedisAdapter implements Adapter {
       const json = await this.#redis.get(key);
       return json === null ? undefined : parse(key, json);
     }
-    const [json, consumed] = await this.#redis.hmget(key, 'payload', 'consumed');
-    if (json == null) return undefined;
+    const [json, consumed] = this.#reuseMs === '0'
+      ? await this.#redis.hmget(key, 'payload', 'consumed')
+      : await this.#redis.mrrtAdapterFind(key, this.#reuseMs);
+    if (json == null || json === 0) return undefined;
     const payload = parse(key, json);
     if (consumed != null) payload.consumed = Number(consumed);
     return payload;
@@ -304,7 +369,9 @@ export class RedisAdapter implements Adapter {
   }
 
   /**
-   * Marks the entry `id` consumed, atomically and keeping its TTL. A missing entry stays missing.
+   * Marks the entry `id` consumed, atomically and keeping its TTL; exactly one call wins. An entry
+   * that is already consumed or missing (never created) is refused with oidc-provider's
+   * `InvalidGrant` (`InvalidRequestUri` for a PushedAuthorizationRequest), which it answers as a 400.
    * Only the consumable models listed on {@link RedisAdapter} support it; others throw.
    *
    * @example
@@ -314,7 +381,8 @@ export class RedisAdapter implements Adapter {
    */
   async consume(id: string): Promise<void> {
     if (!this.#consumable) throw new Error(`oidc-provider-mrrt: RedisAdapter cannot consume a ${this.#model}`);
-    await this.#redis.mrrtAdapterConsume(this.keyFor(id), String(Math.floor(Date.now() / 1000)));
+    const outcome = await this.#redis.mrrtAdapterConsume(this.keyFor(id));
+    if (outcome !== 1) throw refusal(this.#model, outcome === -1);
   }
 
   /**

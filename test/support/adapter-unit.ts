@@ -2,9 +2,9 @@ import { randomBytes } from 'node:crypto';
 
 import { describe, expect, test } from '@jest/globals';
 import type { Cluster, Redis } from 'ioredis';
-import type { AdapterPayload } from 'oidc-provider';
+import { errors, type AdapterPayload } from 'oidc-provider';
 
-import { RedisAdapter } from '../../lib/index.js';
+import { RedisAdapter, type RedisAdapterOptions } from '../../lib/index.js';
 
 /** Where the unit suite runs: a client, a key prefix of its own, and a way to open more connections. */
 export interface AdapterTarget {
@@ -22,7 +22,8 @@ const newId = () => randomBytes(12).toString('base64url');
  * unchanged when the keys live on different shards.
  */
 export function describeAdapterUnit(name: string, target: () => AdapterTarget): void {
-  const adapterFor = (model: string) => RedisAdapter.factory(target().redis, { prefix: target().prefix })(model);
+  const adapterFor = (model: string, options: Omit<RedisAdapterOptions, 'prefix'> = {}) => RedisAdapter.factory(target().redis, { prefix: target().prefix, ...options })(model);
+  const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
   const exists = async (...keys: string[]): Promise<number> => {
     let count = 0;
     for (const key of keys) count += await target().redis.exists(key);
@@ -79,7 +80,7 @@ export function describeAdapterUnit(name: string, target: () => AdapterTarget): 
   });
 
   test('consume sets consumed (epoch seconds) atomically and keeps the TTL', async () => {
-    const adapter = adapterFor('RefreshToken');
+    const adapter = adapterFor('RefreshToken', { reuseInterval: 0 });
     const id = newId();
     const payload: AdapterPayload = { jti: id, kind: 'RefreshToken', grantId: newId(), scope: 'openid offline_access' };
     await adapter.upsert(id, payload, 3600);
@@ -98,24 +99,89 @@ export function describeAdapterUnit(name: string, target: () => AdapterTarget): 
     expect((await adapter.find(id))!.consumed).toBe(found!.consumed);
   });
 
-  test('consume of a missing entry creates nothing', async () => {
+  test('consume of a missing entry creates nothing and is refused with invalid_grant', async () => {
     const id = newId();
-    await adapterFor('RefreshToken').consume(id);
+    const refused = adapterFor('RefreshToken').consume(id);
+    await expect(refused).rejects.toBeInstanceOf(errors.InvalidGrant);
+    await expect(refused).rejects.toMatchObject({ error: 'invalid_grant', error_detail: 'refresh token not found' });
     expect(await exists(`${target().prefix}RefreshToken:${id}`)).toBe(0);
     expect(await adapterFor('RefreshToken').find(id)).toBeUndefined();
   });
 
-  test('concurrent consume calls from several connections all succeed and record one consumption', async () => {
+  test('a second consume is refused with the OAuth error oidc-provider uses for the model', async () => {
+    const cases = [
+      ['RefreshToken', errors.InvalidGrant, 'invalid_grant', 'refresh token already used'],
+      ['AuthorizationCode', errors.InvalidGrant, 'invalid_grant', 'authorization code already consumed'],
+      ['DeviceCode', errors.InvalidGrant, 'invalid_grant', 'device code already consumed'],
+      ['BackchannelAuthenticationRequest', errors.InvalidGrant, 'invalid_grant', 'backchannel authentication request already consumed'],
+      ['PreAuthorizedCode', errors.InvalidGrant, 'invalid_grant', 'pre-authorized code already consumed'],
+      ['PushedAuthorizationRequest', errors.InvalidRequestUri, 'invalid_request_uri', undefined],
+    ] as const;
+    for (const [model, ErrorClass, error, detail] of cases) {
+      const adapter = adapterFor(model, { reuseInterval: 0 });
+      const id = newId();
+      await adapter.upsert(id, { jti: id, kind: model, grantId: newId() }, 600);
+      await adapter.consume(id);
+      const first = (await adapter.find(id))!.consumed;
+      const refused = adapter.consume(id);
+      await expect(refused).rejects.toBeInstanceOf(ErrorClass);
+      await expect(refused).rejects.toMatchObject({ error, status: 400, ...(detail ? { error_detail: detail } : {}) });
+      expect((await adapter.find(id))!.consumed).toBe(first);
+    }
+  });
+
+  test('concurrent consume calls from several connections: exactly one wins, the others get invalid_grant', async () => {
     const clients = await Promise.all(Array.from({ length: 4 }, () => target().connect()));
     const adapters = clients.map((client) => RedisAdapter.factory(client, { prefix: target().prefix })('AuthorizationCode'));
     const id = newId();
     const payload: AdapterPayload = { jti: id, kind: 'AuthorizationCode', grantId: newId() };
     await adapters[0]!.upsert(id, payload, 600);
-    await Promise.all(adapters.flatMap((adapter) => Array.from({ length: 10 }, () => adapter.consume(id))));
+    const results = await Promise.allSettled(adapters.flatMap((adapter) => Array.from({ length: 10 }, () => adapter.consume(id))));
+    expect(results.filter((result) => result.status === 'fulfilled')).toHaveLength(1);
+    const refusals = results.filter((result): result is PromiseRejectedResult => result.status === 'rejected');
+    expect(refusals).toHaveLength(39);
+    for (const { reason } of refusals) expect(reason).toBeInstanceOf(errors.InvalidGrant);
     const key = `${target().prefix}AuthorizationCode:${id}`;
-    expect((await target().redis.hkeys(key)).sort()).toEqual(['consumed', 'payload']);
+    expect((await target().redis.hkeys(key)).sort()).toEqual(['consumed', 'consumedMs', 'payload']);
     expect(await adapters[1]!.find(id)).toEqual({ ...payload, consumed: expect.any(Number) });
     expect(await target().redis.pttl(key)).toBeGreaterThan(590_000);
+  });
+
+  test('a refresh token rotated less than reuseInterval ago reads as absent, then as consumed', async () => {
+    const id = newId();
+    const payload: AdapterPayload = { jti: id, kind: 'RefreshToken', grantId: newId() };
+    const tokens = adapterFor('RefreshToken', { reuseInterval: 0.3 });
+    await tokens.upsert(id, payload, 600);
+    await tokens.consume(id);
+    expect(await tokens.find(id)).toBeUndefined();
+    expect(await adapterFor('RefreshToken', { reuseInterval: 0 }).find(id)).toEqual({ ...payload, consumed: expect.any(Number) });
+    let found = await tokens.find(id);
+    for (let attempt = 0; attempt < 100 && found === undefined; attempt += 1) {
+      await sleep(50);
+      found = await tokens.find(id);
+    }
+    expect(found).toEqual({ ...payload, consumed: expect.any(Number) });
+    await expect(tokens.consume(id)).rejects.toBeInstanceOf(errors.InvalidGrant);
+
+    // the interval is for refresh tokens only: a consumed code reads as consumed at once
+    const code = newId();
+    const codes = adapterFor('AuthorizationCode', { reuseInterval: 60 });
+    await codes.upsert(code, { jti: code, kind: 'AuthorizationCode' }, 600);
+    await codes.consume(code);
+    expect((await codes.find(code))!.consumed).toEqual(expect.any(Number));
+  });
+
+  test('the default reuseInterval hides a just-rotated refresh token; an entry consumed before consumedMs existed reads as consumed', async () => {
+    const tokens = adapterFor('RefreshToken');
+    const id = newId();
+    await tokens.upsert(id, { jti: id, kind: 'RefreshToken' }, 600);
+    await tokens.consume(id);
+    expect(await tokens.find(id)).toBeUndefined();
+
+    const legacy = newId();
+    await tokens.upsert(legacy, { jti: legacy, kind: 'RefreshToken' }, 600);
+    await target().redis.hset(`${target().prefix}RefreshToken:${legacy}`, 'consumed', String(now()));
+    expect((await tokens.find(legacy))!.consumed).toEqual(expect.any(Number));
   });
 
   test('findByUid resolves a Session by uid, with the entry TTL, and ignores stale lookups', async () => {
