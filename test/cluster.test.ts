@@ -188,7 +188,7 @@ describe('RedisAdapter flows on Redis Cluster (no hash tag: keys spread over the
     const store = track(new RedisPolicyStore(client, { prefix: 'mrrt-test:{cluster-flows}:' }));
     await store.set('app', [{ audience: API.B, scope: ['b:read'] }]);
     server = await startServer({
-      adapter: RedisAdapter.factory(client, { prefix }),
+      adapter: RedisAdapter.factory(client, { prefix, reuseInterval: 0 }), // the reuse test below reuses at once
       mrrt: { store, allowSkippingConsent: SKIP_CONSENT, denyList: [API.ADMIN] },
       rotate: true,
     });

@@ -45,7 +45,7 @@ const store = new RedisPolicyStore(redis, { prefix: storePrefix });
 
 const MrrtProvider = withMrrt(Provider, { store, allowSkippingConsent: skipConsent, denyList, ...(storeTimeout === undefined ? {} : { storeTimeout }) });
 const provider = new MrrtProvider(issuer, {
-  adapter: RedisAdapter.factory(redis, { prefix: adapterPrefix }),
+  adapter: RedisAdapter.factory(redis, { prefix: adapterPrefix, reuseInterval: 0 }), // reuse right after a rotation is reuse here
   clients: clients.map((client) => ({ ...client, grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'] })),
   jwks,
   cookies: { keys: cookieKeys },
