@@ -8,9 +8,9 @@ import * as jose from 'jose';
 import Provider, { errors, type ClientMetadata, type Configuration, type ResourceServer } from 'oidc-provider';
 
 import {
-  MemoryAdapter, MemoryPolicyStore, MemoryStorage, MrrtMetrics, PolicyConflictError, RedisAdapter, RedisPolicyStore,
-  createPolicyRouter, jwtAuthorizer, parsePolicies, withMrrt, type PolicyStore,
+  MemoryAdapter, MemoryPolicyStore, MemoryStorage, MrrtMetrics, PolicyConflictError, RedisAdapter, RedisPolicyStore, parsePolicies, withMrrt, type PolicyStore,
 } from '../lib/index.js';
+import { createPolicyRouter, jwtAuthorizer } from '../lib/express.js';
 import { bffRoutes } from './bff.js';
 import { config as defaultConfig, type DemoClient, type ExampleConfig } from './config.js';
 import { html, sendPage } from './html.js';
@@ -216,6 +216,7 @@ export async function createExampleApp(options: ExampleOptions): Promise<Example
   app.use('/api', demoApis(config, keySet, issuer, { messages: config.demoApp.loginAudience, billing: config.demoApp.mrrtAudience }));
   app.use('/admin', createPolicyRouter({
     provider,
+    audience: config.admin.audience,
     authorize: jwtAuthorizer({ key: keySet, issuer, audience: config.admin.audience, scope: config.admin.scope, algorithms: ['RS256'] }),
     onAudit: (event) => logger.info({ event: 'mrrt.policy_changed', action: event.action, client_id: event.clientId, actor: event.actor, version: event.version }),
   }));

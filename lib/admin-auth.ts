@@ -2,6 +2,7 @@ import type { Request } from 'express';
 import { errors as joseErrors, jwtVerify, type CryptoKey, type JWTVerifyGetKey, type KeyObject } from 'jose';
 
 import type { AdminAuthorize, AdminDenial, AdminGrant } from './admin-router.js';
+import { MrrtTypeError } from './errors.js';
 
 /** Options of {@link jwtAuthorizer}. */
 export interface JwtAuthorizerOptions {
@@ -28,18 +29,18 @@ const deny = (status: 401 | 403, error: string, description: string): AdminDenia
  * authorize: jwtAuthorizer({ key: createLocalJWKSet(publicJwks), issuer, audience: 'https://admin.example.com', scope: 'mrrt:admin' })
  * ```
  */
-export function jwtAuthorizer(options: JwtAuthorizerOptions): AdminAuthorize & { readonly audience: string } {
-  if (typeof options !== 'object' || options === null) throw new TypeError('jwtAuthorizer options must be an object');
+export function jwtAuthorizer(options: JwtAuthorizerOptions): AdminAuthorize {
+  if (typeof options !== 'object' || options === null) throw new MrrtTypeError('jwtAuthorizer options must be an object');
   const { key, issuer, audience, scope, algorithms = ['RS256', 'PS256', 'ES256', 'EdDSA'] } = options;
-  if (key === undefined || key === null || (typeof key !== 'function' && typeof key !== 'object')) throw new TypeError('"key" option must be a jose key or key set');
+  if (key === undefined || key === null || (typeof key !== 'function' && typeof key !== 'object')) throw new MrrtTypeError('"key" option must be a jose key or key set');
   for (const [name, value] of [['issuer', issuer], ['audience', audience], ['scope', scope]] as const) {
-    if (typeof value !== 'string' || value.length === 0) throw new TypeError(`"${name}" option must be a non-empty string`);
+    if (typeof value !== 'string' || value.length === 0) throw new MrrtTypeError(`"${name}" option must be a non-empty string`);
   }
   if (!Array.isArray(algorithms) || algorithms.length === 0 || algorithms.some((alg) => typeof alg !== 'string' || alg.toLowerCase() === 'none')) {
-    throw new TypeError('"algorithms" option must be a non-empty list of algorithms, without "none"');
+    throw new MrrtTypeError('"algorithms" option must be a non-empty list of algorithms, without "none"');
   }
 
-  const authorizeRequest = async (req: Request): Promise<AdminGrant | AdminDenial> => {
+  return async function authorizeAdminToken(req: Request): Promise<AdminGrant | AdminDenial> {
     const header = req.get('authorization');
     const match = header === undefined ? null : /^Bearer ([A-Za-z0-9._~+/-]+=*)$/.exec(header);
     if (!match) return deny(401, 'invalid_token', 'a bearer access token is required');
@@ -54,6 +55,4 @@ export function jwtAuthorizer(options: JwtAuthorizerOptions): AdminAuthorize & {
       throw err;
     }
   };
-  // createPolicyRouter deny-lists this audience for MRRT
-  return Object.assign(authorizeRequest, { audience });
 }

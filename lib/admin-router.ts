@@ -1,15 +1,19 @@
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import type Provider from 'oidc-provider';
 import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 
-import { PolicyConflictError, PolicyStoreError, PolicyValidationError, type PolicyIssue } from './errors.js';
-import { isResourceIndicator, parsePolicies, type Policy } from './policy.js';
+import { ADMIN_DEFAULTS } from './defaults.js';
+import { MrrtTypeError, PolicyConflictError, PolicyStoreError, PolicyValidationError, type PolicyIssue } from './errors.js';
+import { isResourceIndicator, parseWithin, type Policy } from './policy.js';
 import type { MrrtClient } from './options.js';
 import { mrrtInstallation, type MrrtInstallation } from './provider.js';
 import {
   askResourceServer, audienceRefusal, clientRefusal, definedScopes, resourceServerRefusal,
   type ResourceServerAnswer, type TargetRefusal,
 } from './rules.js';
-import type { PolicyRecord, PolicyStore } from './store.js';
+import type { PolicyAuditEvent, PolicyRecord, PolicyStore } from './store.js';
+
+export type { PolicyAuditEvent } from './store.js';
 
 /** A refusal returned by an {@link AdminAuthorize} function. */
 export interface AdminDenial {
@@ -29,30 +33,19 @@ export interface AdminGrant {
  */
 export type AdminAuthorize = (req: Request) => boolean | AdminGrant | AdminDenial | Promise<boolean | AdminGrant | AdminDenial>;
 
-/** One change made through the admin API, given to `onAudit` and emitted as `mrrt.policy.changed` on the provider. */
-export interface PolicyAuditEvent {
-  readonly action: 'put' | 'delete';
-  readonly clientId: string;
-  readonly actor: string | undefined;
-  readonly previousVersion: string | undefined;
-  readonly version: string | undefined;
-  readonly policies: Policy | undefined;
-  readonly at: string;
-}
-
 /** Options of {@link createPolicyRouter}. */
 export interface PolicyRouterOptions {
   /** The provider built with `withMrrt`: clients, APIs and deny-list are checked against it. Required. */
-  provider: object;
+  provider: Provider;
   /** Who may use the API. Required: the router refuses to exist without it. */
   authorize: AdminAuthorize;
   /**
-   * The admin API's own audience (resource indicator). It is added to the provider's MRRT deny-list
-   * so that no refresh token can ever be exchanged for a token to this API (SPEC P5). Default: the
-   * `audience` of a {@link jwtAuthorizer}; required with any other `authorize`, `null` only when the
+   * The admin API's own audience (resource indicator), as its access tokens carry it. Required, and
+   * it must be on `withMrrt`'s `denyList` (the router refuses to be built otherwise), so that no
+   * refresh token can ever be exchanged for a token to this API (SPEC P5). `null` only when the
    * admin API accepts no OAuth access tokens at all.
    */
-  audience?: string | null;
+  audience: string | null;
   /** Where policies are written. Default: the store the provider's MRRT reads from. */
   store?: PolicyStore;
   /** Largest accepted request body, as for `express.json`. Default `'32kb'`. */
@@ -60,6 +53,9 @@ export interface PolicyRouterOptions {
   /** Called after every successful change. */
   onAudit?: (event: PolicyAuditEvent) => void;
 }
+
+/** Where the caller's `actor` travels from authorization to the route, for audit events. */
+const ACTOR = 'oidc-provider-mrrt.actor';
 
 class AdminError extends Error {
   constructor(
@@ -113,96 +109,106 @@ function recordBody(record: PolicyRecord): Record<string, unknown> {
  *
  * Writes are validated against the provider (the client exists and is first-party; every audience
  * is a known API that allows skipping consent and is not deny-listed; every scope is defined by it),
- * every problem reported with its JSON path; a refused request changes nothing.
+ * every problem reported with its JSON path; a refused request changes nothing. The router owns
+ * the two paths above (another method on them is a 405 with `Allow`); any other request falls
+ * through to the next route of the app, untouched.
  *
  * @example
  * ```ts
+ * const MrrtProvider = withMrrt(Provider, { store, denyList: ['https://admin.example.com'] });
  * app.use('/admin', createPolicyRouter({
  *   provider,
+ *   audience: 'https://admin.example.com',
  *   authorize: jwtAuthorizer({ key: createLocalJWKSet(jwks), issuer, audience: 'https://admin.example.com', scope: 'mrrt:admin' }),
  * }));
  * ```
  */
 export function createPolicyRouter(options: PolicyRouterOptions): Router {
-  if (typeof options !== 'object' || options === null) throw new TypeError('createPolicyRouter options must be an object');
-  const { provider, authorize, bodyLimit = '32kb', onAudit, audience: audienceOption, ...unknown } = options;
-  const extra = Object.keys(unknown).filter((key) => key !== 'store');
-  if (extra.length) throw new TypeError(`"${extra[0]}" is not a createPolicyRouter option`);
-  if (typeof authorize !== 'function') throw new TypeError('"authorize" option is required: the policy admin API must not run unprotected');
+  if (typeof options !== 'object' || options === null) throw new MrrtTypeError('createPolicyRouter options must be an object');
+  const { provider, authorize, bodyLimit = ADMIN_DEFAULTS.bodyLimit, onAudit, audience, store: storeOption, ...unknown } = options;
+  const extra = Object.keys(unknown);
+  if (extra.length) throw new MrrtTypeError(`"${extra[0]}" is not a createPolicyRouter option`);
+  if (typeof authorize !== 'function') throw new MrrtTypeError('"authorize" option is required: the policy admin API must not run unprotected');
   const installation = mrrtInstallation(provider);
-  if (!installation) throw new TypeError('"provider" option must be a provider built with withMrrt');
-  if (installation.inactive) throw new TypeError(`"provider" option: MRRT is inactive on this provider (${installation.inactive})`);
-  const audience = audienceOption === undefined ? (authorize as { audience?: unknown }).audience : audienceOption;
+  if (!installation) throw new MrrtTypeError('"provider" option must be a provider built with withMrrt');
+  if (installation.inactive) throw new MrrtTypeError(`"provider" option: MRRT is inactive on this provider (${installation.inactive})`);
   if (audience === undefined) {
-    throw new TypeError('"audience" option is required: the admin API\'s own audience is deny-listed for MRRT (pass null if it accepts no OAuth access tokens)');
+    throw new MrrtTypeError('"audience" option is required: the admin API\'s own audience, which must be on withMrrt\'s denyList (null if the admin API accepts no OAuth access tokens)');
   }
   if (audience !== null && (typeof audience !== 'string' || !isResourceIndicator(audience))) {
-    throw new TypeError('"audience" option must be an absolute URI or null');
+    throw new MrrtTypeError('"audience" option must be an absolute URI or null');
   }
-  if (audience !== null) (installation.config.denyList as Set<string>).add(audience);
-  const store = options.store ?? installation.config.store;
+  // SPEC P5: a refresh token must never become an admin token; the provider's own list says so
+  if (audience !== null && !installation.config.denyList.has(audience)) {
+    throw new MrrtTypeError(`"audience" option: ${audience} must be on withMrrt's denyList, so that no refresh token can be exchanged for an admin token`);
+  }
+  const store = storeOption ?? installation.config.store;
   if (typeof store !== 'object' || store === null || typeof store.set !== 'function' || typeof store.list !== 'function') {
-    throw new TypeError('"store" option must be a PolicyStore');
+    throw new MrrtTypeError('"store" option must be a PolicyStore');
   }
-  if (onAudit !== undefined && typeof onAudit !== 'function') throw new TypeError('"onAudit" option must be a function');
-  if (typeof bodyLimit !== 'string' && typeof bodyLimit !== 'number') throw new TypeError('"bodyLimit" option must be a string or a number');
+  if (onAudit !== undefined && typeof onAudit !== 'function') throw new MrrtTypeError('"onAudit" option must be a function');
+  if (typeof bodyLimit !== 'string' && typeof bodyLimit !== 'number') throw new MrrtTypeError('"bodyLimit" option must be a string or a number');
 
-  const emitter = provider as { emit?: (event: string, ...args: unknown[]) => boolean };
   const audit = (event: PolicyAuditEvent): void => {
     onAudit?.(event);
-    emitter.emit?.('mrrt.policy.changed', event);
+    (provider as unknown as { emit(event: string, ...args: unknown[]): boolean }).emit('mrrt.policy_changed', event);
+  };
+
+  /** Router-level, for this router's own paths only: no caching of answers, and the caller's authorization. */
+  const authorizeRequest = async (req: Request, res: Response): Promise<void> => {
+    res.set('Cache-Control', 'no-store');
+    const decision = await authorize(req);
+    if (decision === false) throw new AdminError(403, 'access_denied', 'not allowed to administer MRRT policies');
+    if (typeof decision === 'object' && decision !== null && 'status' in decision) {
+      throw new AdminError(decision.status === 401 ? 401 : 403, decision.error, decision.error_description ?? 'not allowed');
+    }
+    if (decision !== true && !(typeof decision === 'object' && decision !== null && 'actor' in decision)) {
+      throw new MrrtTypeError('authorize must return true, false, { actor } or { status, error }');
+    }
+    res.locals[ACTOR] = decision === true ? undefined : decision.actor;
+  };
+  const actorOf = (res: Response): string | undefined => res.locals[ACTOR] as string | undefined;
+
+  const guard = async (req: Request, res: Response, next: NextFunction): Promise<void> => {
+    await authorizeRequest(req, res);
+    next();
+  };
+  const methodNotAllowed = (allowed: string) => (_req: Request, res: Response): void => {
+    res.set('Allow', allowed);
+    throw new AdminError(405, 'invalid_request', `this path accepts ${allowed}`);
   };
 
   const router = express.Router();
-  const wrap = (handler: (req: Request, res: Response, actor: string | undefined) => Promise<void>) => (
-    async (req: Request, res: Response, next: NextFunction): Promise<void> => {
-      try {
-        const decision = await authorize(req);
-        if (decision === false) throw new AdminError(403, 'access_denied', 'not allowed to administer MRRT policies');
-        if (typeof decision === 'object' && decision !== null && 'status' in decision) {
-          throw new AdminError(decision.status === 401 ? 401 : 403, decision.error, decision.error_description ?? 'not allowed');
-        }
-        if (decision !== true && !(typeof decision === 'object' && decision !== null && 'actor' in decision)) {
-          throw new TypeError('authorize must return true, false, { actor } or { status, error }');
-        }
-        await handler(req, res, decision === true ? undefined : decision.actor);
-      } catch (err) {
-        next(err);
-      }
-    }
-  );
+  const list = router.route('/clients').all(guard);
+  const policy = router.route('/clients/:clientId/policy').all(guard);
 
-  router.use((_req, res, next) => {
-    res.set('Cache-Control', 'no-store');
-    next();
-  });
-
-  router.get('/clients', wrap(async (req, res) => {
+  list.get(async (req, res) => {
     const after = req.query.after;
     const limitText = req.query.limit;
     if (after !== undefined && (typeof after !== 'string' || after.length === 0)) throw new AdminError(400, 'invalid_request', '"after" must be a client id');
-    let limit = 100;
+    let limit: number = ADMIN_DEFAULTS.pageSize;
     if (limitText !== undefined) {
-      if (typeof limitText !== 'string' || !/^[1-9]\d{0,3}$/.test(limitText) || Number(limitText) > 1000) {
-        throw new AdminError(400, 'invalid_request', '"limit" must be an integer between 1 and 1000');
+      if (typeof limitText !== 'string' || !/^[1-9]\d{0,3}$/.test(limitText) || Number(limitText) > ADMIN_DEFAULTS.maxPageSize) {
+        throw new AdminError(400, 'invalid_request', `"limit" must be an integer between 1 and ${ADMIN_DEFAULTS.maxPageSize}`);
       }
       limit = Number(limitText);
     }
     const page = await store.list({ ...(after === undefined ? {} : { after }), limit });
     res.json({ clients: page.clientIds, ...(page.next === undefined ? {} : { next: page.next }) });
-  }));
+  });
 
-  router.get('/clients/:clientId/policy', wrap(async (req, res) => {
+  policy.get(async (req, res) => {
     const record = await store.get(clientIdOf(req));
     if (!record) throw new AdminError(404, 'not_found', 'this client has no MRRT policy');
     res.set('ETag', etag(record.version)).json(recordBody(record));
-  }));
+  });
 
-  const json = express.json({ limit: bodyLimit, strict: true, type: () => true });
-  router.put('/clients/:clientId/policy', wrap(async (req, res, actor) => {
-    const clientId = clientIdOf(req);
+  const requireJson = (req: Request, _res: Response, next: NextFunction): void => {
     if (!req.is('application/json')) throw new AdminError(415, 'invalid_request', 'the body must be application/json');
-    await new Promise<void>((resolve, reject) => { json(req, res, (err?: unknown) => (err ? reject(err) : resolve())); });
+    next();
+  };
+  policy.put(requireJson, express.json({ limit: bodyLimit, strict: true, type: () => true }), async (req, res) => {
+    const clientId = clientIdOf(req);
     const precondition = ifMatchOf(req);
     const policies = await validateWrite(provider as unknown as ProviderLike, installation, clientId, req.body, req, res);
 
@@ -214,11 +220,11 @@ export function createPolicyRouter(options: PolicyRouterOptions): Router {
     if (precondition === '*' && !current) throw new AdminError(412, 'precondition_failed', 'the client has no policy to replace');
     if (precondition === undefined) ifMatch = undefined;
     const record = await store.set(clientId, policies, { ifMatch });
-    audit({ action: 'put', clientId, actor, previousVersion: current?.version, version: record.version, policies: record.policies, at: new Date().toISOString() });
+    audit({ action: 'put', clientId, actor: actorOf(res), previousVersion: current?.version, version: record.version, policies: record.policies, at: new Date().toISOString() });
     res.status(current ? 200 : 201).set('ETag', etag(record.version)).json(recordBody(record));
-  }));
+  });
 
-  router.delete('/clients/:clientId/policy', wrap(async (req, res, actor) => {
+  policy.delete(async (req, res) => {
     const clientId = clientIdOf(req);
     const precondition = ifMatchOf(req);
     if (precondition === null) throw new AdminError(400, 'invalid_request', 'If-None-Match is not supported on DELETE');
@@ -229,13 +235,15 @@ export function createPolicyRouter(options: PolicyRouterOptions): Router {
     if (precondition !== undefined && !current) throw new AdminError(412, 'precondition_failed', 'the client has no policy');
     const deleted = await store.delete(clientId, precondition === undefined ? {} : { ifMatch: precondition === '*' ? current!.version : precondition });
     if (!deleted) throw new AdminError(404, 'not_found', 'this client has no MRRT policy');
-    audit({ action: 'delete', clientId, actor, previousVersion: current?.version, version: undefined, policies: undefined, at: new Date().toISOString() });
+    audit({ action: 'delete', clientId, actor: actorOf(res), previousVersion: current?.version, version: undefined, policies: undefined, at: new Date().toISOString() });
     res.status(204).end();
-  }));
+  });
 
-  router.use((_req, _res, next) => next(new AdminError(404, 'not_found', 'no such admin API route')));
+  list.all(methodNotAllowed('GET, HEAD'));
+  policy.all(methodNotAllowed('GET, HEAD, PUT, DELETE'));
 
-  router.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+  // errors of this router's own paths only (an error from elsewhere in the app never reaches it)
+  router.use('/clients', (err: unknown, _req: Request, res: Response, _next: NextFunction) => {
     const failure = toAdminError(err);
     if (failure.status === 401) res.set('WWW-Authenticate', `Bearer error="${failure.error}"`);
     res.status(failure.status).set('Cache-Control', 'no-store').json({
@@ -282,7 +290,7 @@ async function validateWrite(provider: ProviderLike, installation: MrrtInstallat
   }
   let policies: Policy | undefined;
   try {
-    policies = parsePolicies((body as { policies?: unknown }).policies, config.limits);
+    policies = parseWithin((body as { policies?: unknown }).policies, config.limits);
   } catch (err) {
     if (!(err instanceof PolicyValidationError)) throw err;
     issues.push(...err.issues.map((issue) => ({ path: `$.policies${issue.path.slice(1)}`, message: issue.message })));

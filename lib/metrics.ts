@@ -1,4 +1,5 @@
 import type { MrrtExchangeEvent } from './exchange.js';
+import { MrrtTypeError } from './errors.js';
 
 /** Options of {@link MrrtMetrics}. */
 export interface MrrtMetricsOptions {
@@ -33,7 +34,7 @@ export class MrrtMetrics {
 
   constructor({ buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5] }: MrrtMetricsOptions = {}) {
     if (!Array.isArray(buckets) || buckets.length === 0 || buckets.some((b, i) => !(Number.isFinite(b) && b > 0) || (i > 0 && b <= buckets[i - 1]!))) {
-      throw new TypeError('"buckets" option must be a non-empty increasing list of positive numbers');
+      throw new MrrtTypeError('"buckets" option must be a non-empty increasing list of positive numbers');
     }
     this.#buckets = [...buckets];
   }

@@ -2,6 +2,7 @@ import type Provider from 'oidc-provider';
 import type { Configuration, KoaContextWithOIDC } from 'oidc-provider';
 
 import type { Exchange } from './exchange.js';
+import { MrrtTypeError } from './errors.js';
 
 /**
  * Where the extension watches oidc-provider from inside. Each observer forwards what it sees to the
@@ -18,12 +19,12 @@ function getterOf(proto: object, name: string): Getter {
     const descriptor = Object.getOwnPropertyDescriptor(at, name);
     if (descriptor?.get) return descriptor.get as Getter;
   }
-  throw new TypeError(`oidc-provider-mrrt: RefreshToken.prototype.${name} is not a getter; this oidc-provider version is not supported`);
+  throw new MrrtTypeError(`oidc-provider-mrrt: RefreshToken.prototype.${name} is not a getter; this oidc-provider version is not supported`);
 }
 
 function methodOf<T extends (...args: never[]) => unknown>(target: object, name: string, owner: string): T {
   const method = (target as Record<string, unknown>)[name];
-  if (typeof method !== 'function') throw new TypeError(`oidc-provider-mrrt: ${owner}.${name} is not a function; this oidc-provider version is not supported`);
+  if (typeof method !== 'function') throw new MrrtTypeError(`oidc-provider-mrrt: ${owner}.${name} is not a function; this oidc-provider version is not supported`);
   return method as T;
 }
 

@@ -1,8 +1,10 @@
 import type { KoaContextWithOIDC } from 'oidc-provider';
 
-import { DEFAULT_LIMITS, isResourceIndicator, type PolicyLimits } from './policy.js';
+import { DEFAULTS } from './defaults.js';
+import { isResourceIndicator, resolveLimits, type PolicyLimits } from './policy.js';
 import type { PolicyCacheOptions } from './policy-cache.js';
 import type { PolicyStore } from './store.js';
+import { MrrtTypeError } from './errors.js';
 
 /** The client as oidc-provider hands it to the extension (`ctx.oidc.client`). */
 export type MrrtClient = NonNullable<KoaContextWithOIDC['oidc']['client']>;
@@ -71,22 +73,22 @@ const KNOWN = new Set(['store', 'isFirstParty', 'allowSkippingConsent', 'denyLis
 
 function present<T>(options: object, name: string): T | undefined {
   const value = (options as Record<string, unknown>)[name];
-  if (value === null) throw new TypeError(`"${name}" option must not be null (leave it undefined for the default)`);
+  if (value === null) throw new MrrtTypeError(`"${name}" option must not be null (leave it undefined for the default)`);
   return value as T | undefined;
 }
 
 function positiveInteger(value: unknown, name: string, max: number): number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1 || value > max) {
-    throw new TypeError(`"${name}" option must be an integer between 1 and ${max}`);
+    throw new MrrtTypeError(`"${name}" option must be an integer between 1 and ${max}`);
   }
   return value;
 }
 
 function resourceList(value: unknown, name: string): string[] {
-  if (!Array.isArray(value)) throw new TypeError(`"${name}" option must be an array of absolute URIs`);
+  if (!Array.isArray(value)) throw new MrrtTypeError(`"${name}" option must be an array of absolute URIs`);
   value.forEach((entry: unknown, i) => {
     if (typeof entry !== 'string' || !isResourceIndicator(entry)) {
-      throw new TypeError(`"${name}[${i}]" option must be an absolute URI without a fragment`);
+      throw new MrrtTypeError(`"${name}[${i}]" option must be an absolute URI without a fragment`);
     }
   });
   return value as string[];
@@ -95,20 +97,20 @@ function resourceList(value: unknown, name: string): string[] {
 /** Validates {@link MrrtOptions} once, at construction; every message names the offending option. */
 export function resolveOptions(options: unknown): MrrtConfiguration {
   if (typeof options !== 'object' || options === null || Array.isArray(options)) {
-    throw new TypeError('MRRT options must be an object with at least a "store"');
+    throw new MrrtTypeError('MRRT options must be an object with at least a "store"');
   }
   for (const key of Object.keys(options)) {
-    if (!KNOWN.has(key)) throw new TypeError(`"${key}" is not a recognized MRRT option`);
+    if (!KNOWN.has(key)) throw new MrrtTypeError(`"${key}" is not a recognized MRRT option`);
   }
 
   const store = present<PolicyStore>(options, 'store');
-  if (store === undefined) throw new TypeError('"store" option is required (a MemoryPolicyStore or RedisPolicyStore)');
+  if (store === undefined) throw new MrrtTypeError('"store" option is required (a MemoryPolicyStore or RedisPolicyStore)');
   if (typeof store !== 'object' || typeof store.get !== 'function') {
-    throw new TypeError('"store" option must be a PolicyStore (an object with a get(clientId) method)');
+    throw new MrrtTypeError('"store" option must be a PolicyStore (an object with a get(clientId) method)');
   }
 
   const isFirstParty = present<MrrtOptions['isFirstParty']>(options, 'isFirstParty');
-  if (isFirstParty !== undefined && typeof isFirstParty !== 'function') throw new TypeError('"isFirstParty" option must be a function');
+  if (isFirstParty !== undefined && typeof isFirstParty !== 'function') throw new MrrtTypeError('"isFirstParty" option must be a function');
 
   const skip = present<MrrtOptions['allowSkippingConsent']>(options, 'allowSkippingConsent');
   let allowSkippingConsent: MrrtConfiguration['allowSkippingConsent'];
@@ -121,16 +123,7 @@ export function resolveOptions(options: unknown): MrrtConfiguration {
 
   const denyList = present<readonly string[]>(options, 'denyList');
 
-  const limits = present<PolicyLimits>(options, 'limits') ?? {};
-  if (typeof limits !== 'object' || Array.isArray(limits)) throw new TypeError('"limits" option must be an object');
-  for (const key of Object.keys(limits)) {
-    // own keys only: `in` would also accept inherited names such as "constructor" or "toString"
-    if (!Object.hasOwn(DEFAULT_LIMITS, key)) throw new TypeError(`"limits.${key}" is not a recognized MRRT option`);
-  }
-  const maxEntries = limits.maxEntries === undefined ? DEFAULT_LIMITS.maxEntries : positiveInteger(limits.maxEntries, 'limits.maxEntries', 1000);
-  const maxScopesPerEntry = limits.maxScopesPerEntry === undefined
-    ? DEFAULT_LIMITS.maxScopesPerEntry
-    : positiveInteger(limits.maxScopesPerEntry, 'limits.maxScopesPerEntry', 1000);
+  const limits = resolveLimits(present<PolicyLimits>(options, 'limits'));
 
   const timeout = present<number>(options, 'storeTimeout');
 
@@ -138,13 +131,13 @@ export function resolveOptions(options: unknown): MrrtConfiguration {
   let cache: MrrtConfiguration['cache'] = false;
   if (cacheOption !== false) {
     const given = cacheOption ?? {};
-    if (typeof given !== 'object' || Array.isArray(given)) throw new TypeError('"cache" option must be an object or false');
+    if (typeof given !== 'object' || Array.isArray(given)) throw new MrrtTypeError('"cache" option must be an object or false');
     for (const key of Object.keys(given)) {
-      if (key !== 'maxAge' && key !== 'maxEntries') throw new TypeError(`"cache.${key}" is not a recognized MRRT option`);
+      if (key !== 'maxAge' && key !== 'maxEntries') throw new MrrtTypeError(`"cache.${key}" is not a recognized MRRT option`);
     }
     cache = Object.freeze({
-      maxAge: given.maxAge === undefined ? 30_000 : positiveInteger(given.maxAge, 'cache.maxAge', 86_400_000),
-      maxEntries: given.maxEntries === undefined ? 10_000 : positiveInteger(given.maxEntries, 'cache.maxEntries', 10_000_000),
+      maxAge: given.maxAge === undefined ? DEFAULTS.cache.maxAge : positiveInteger(given.maxAge, 'cache.maxAge', 86_400_000),
+      maxEntries: given.maxEntries === undefined ? DEFAULTS.cache.maxEntries : positiveInteger(given.maxEntries, 'cache.maxEntries', 10_000_000),
     });
   }
 
@@ -153,8 +146,8 @@ export function resolveOptions(options: unknown): MrrtConfiguration {
     isFirstParty,
     allowSkippingConsent,
     denyList: new Set(denyList === undefined ? [] : resourceList(denyList, 'denyList')),
-    limits: Object.freeze({ maxEntries, maxScopesPerEntry }),
-    storeTimeout: timeout === undefined ? 2000 : positiveInteger(timeout, 'storeTimeout', 60_000),
+    limits,
+    storeTimeout: timeout === undefined ? DEFAULTS.storeTimeout : positiveInteger(timeout, 'storeTimeout', 60_000),
     cache,
     publicClients: resolvePublicClients(present(options, 'publicClients')),
     profile: resolveProfile(present(options, 'profile')),
@@ -162,15 +155,15 @@ export function resolveOptions(options: unknown): MrrtConfiguration {
 }
 
 function resolvePublicClients(value: unknown): MrrtConfiguration['publicClients'] {
-  if (value === undefined) return 'rotated-or-sender-constrained';
+  if (value === undefined) return DEFAULTS.publicClients;
   if (value !== 'rotated-or-sender-constrained' && value !== 'any') {
-    throw new TypeError('"publicClients" option must be "rotated-or-sender-constrained" or "any"');
+    throw new MrrtTypeError('"publicClients" option must be "rotated-or-sender-constrained" or "any"');
   }
   return value;
 }
 
 function resolveProfile(value: unknown): MrrtConfiguration['profile'] {
-  if (value === undefined) return 'strict';
-  if (value !== 'strict' && value !== 'auth0') throw new TypeError('"profile" option must be "strict" or "auth0"');
+  if (value === undefined) return DEFAULTS.profile;
+  if (value !== 'strict' && value !== 'auth0') throw new MrrtTypeError('"profile" option must be "strict" or "auth0"');
   return value;
 }

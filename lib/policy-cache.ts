@@ -1,3 +1,4 @@
+import { DEFAULTS } from './defaults.js';
 import { PolicyStoreError } from './errors.js';
 import type { PolicyRecord, PolicyStore } from './store.js';
 
@@ -43,7 +44,9 @@ export class PolicyCache {
   /** The key inserted last into `#entries` (stale once deleted), so that repeated hits on one client move nothing. */
   #newest: string | undefined;
 
-  constructor(store: PolicyStore, { maxAge = 30_000, maxEntries = 10_000, readTimeout = 2000 }: PolicyCacheSettings = {}) {
+  constructor(store: PolicyStore, {
+    maxAge = DEFAULTS.cache.maxAge, maxEntries = DEFAULTS.cache.maxEntries, readTimeout = DEFAULTS.storeTimeout,
+  }: PolicyCacheSettings = {}) {
     this.#store = store;
     this.#maxAge = maxAge;
     this.#maxEntries = maxEntries;

@@ -1,4 +1,5 @@
-import { PolicyValidationError, type PolicyIssue } from './errors.js';
+import { DEFAULTS } from './defaults.js';
+import { MrrtTypeError, PolicyValidationError, type PolicyIssue } from './errors.js';
 
 /** One entry of a client's MRRT policy: an API (resource server) and the scopes the client may get for it. */
 export interface PolicyEntry {
@@ -17,7 +18,35 @@ export interface PolicyLimits {
   maxScopesPerEntry?: number;
 }
 
-export const DEFAULT_LIMITS: Required<PolicyLimits> = Object.freeze({ maxEntries: 50, maxScopesPerEntry: 100 });
+/** The limits used when none are given (`withMrrt` option `limits`). */
+export const DEFAULT_LIMITS: Readonly<Required<PolicyLimits>> = DEFAULTS.limits;
+
+/** No limit: for data read back from a store, whose size was checked when it was written. */
+export const NO_LIMITS: Readonly<Required<PolicyLimits>> = Object.freeze({ maxEntries: Infinity, maxScopesPerEntry: Infinity });
+
+const MAX_LIMIT = 1000;
+
+/**
+ * Validates {@link PolicyLimits} (the `withMrrt` option and `parsePolicies`' argument alike): an
+ * object with only the known keys, each an integer from 1 to 1000 or undefined for its default.
+ */
+export function resolveLimits(limits: unknown): Readonly<Required<PolicyLimits>> {
+  if (limits === undefined) return DEFAULT_LIMITS;
+  if (typeof limits !== 'object' || limits === null || Array.isArray(limits)) throw new MrrtTypeError('"limits" option must be an object');
+  for (const key of Object.keys(limits)) {
+    // own keys only: `in` would also accept inherited names such as "constructor" or "toString"
+    if (!Object.hasOwn(DEFAULT_LIMITS, key)) throw new MrrtTypeError(`"limits.${key}" is not a recognized MRRT option`);
+  }
+  const resolve = (name: keyof PolicyLimits): number => {
+    const value = (limits as PolicyLimits)[name];
+    if (value === undefined) return DEFAULT_LIMITS[name];
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1 || value > MAX_LIMIT) {
+      throw new MrrtTypeError(`"limits.${name}" option must be an integer between 1 and ${MAX_LIMIT}`);
+    }
+    return value;
+  };
+  return Object.freeze({ maxEntries: resolve('maxEntries'), maxScopesPerEntry: resolve('maxScopesPerEntry') });
+}
 
 const MAX_AUDIENCE_LENGTH = 600;
 const MAX_SCOPE_LENGTH = 280;
@@ -59,9 +88,12 @@ const describe = (value: unknown): string => (value === null ? 'null' : Array.is
  * const policy = parsePolicies([{ audience: 'https://billing.example.com', scope: ['read:invoices'] }]);
  * ```
  */
-export function parsePolicies(input: unknown, limits: PolicyLimits = {}): Policy {
-  const maxEntries = limit(limits, 'maxEntries');
-  const maxScopesPerEntry = limit(limits, 'maxScopesPerEntry');
+export function parsePolicies(input: unknown, limits?: PolicyLimits): Policy {
+  return parseWithin(input, resolveLimits(limits));
+}
+
+/** {@link parsePolicies} with limits already resolved (stores re-read their data with {@link NO_LIMITS}). */
+export function parseWithin(input: unknown, { maxEntries, maxScopesPerEntry }: Readonly<Required<PolicyLimits>>): Policy {
   const issues: PolicyIssue[] = [];
   const fail = (path: string, message: string): void => {
     issues.push({ path, message });
@@ -134,11 +166,3 @@ function pathKey(key: string): string {
   return key !== '__proto__' && /^[A-Za-z_$][\w$]*$/.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`;
 }
 
-// an absent (or undefined) limit takes its default; anything but a positive number (or Infinity) is a programming error
-function limit(limits: PolicyLimits, name: keyof PolicyLimits): number {
-  if (typeof limits !== 'object' || limits === null) throw new TypeError('"limits" must be an object');
-  const value = limits[name];
-  if (value === undefined) return DEFAULT_LIMITS[name];
-  if (typeof value !== 'number' || Number.isNaN(value) || value < 1) throw new TypeError(`"limits.${name}" must be a positive number`);
-  return value;
-}

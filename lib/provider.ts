@@ -4,6 +4,8 @@ import { createExchangeHandler, type Exchange, type ExchangeSetup, type MrrtExch
 import { observeModels, observeResourceServerInfo } from './observers.js';
 import { resolveOptions, type MrrtClient, type MrrtConfiguration, type MrrtOptions } from './options.js';
 import { oidcScopesOf } from './rules.js';
+import type { PolicyAuditEvent } from './store.js';
+import { MrrtTypeError } from './errors.js';
 
 /** The MRRT settings a `withMrrt` provider runs with, for the admin API and for inspection. */
 export const mrrtConfiguration: unique symbol = Symbol.for('oidc-provider-mrrt.configuration');
@@ -28,12 +30,15 @@ export interface MrrtEvents {
   on(event: 'mrrt.exchange', listener: (ctx: KoaContextWithOIDC, event: MrrtExchangeEvent) => void): this;
   on(event: 'mrrt.store_error', listener: (ctx: KoaContextWithOIDC, error: unknown) => void): this;
   on(event: 'mrrt.check_error', listener: (ctx: KoaContextWithOIDC, error: unknown) => void): this;
+  on(event: 'mrrt.policy_changed', listener: (event: PolicyAuditEvent) => void): this;
   once(event: 'mrrt.exchange', listener: (ctx: KoaContextWithOIDC, event: MrrtExchangeEvent) => void): this;
   once(event: 'mrrt.store_error', listener: (ctx: KoaContextWithOIDC, error: unknown) => void): this;
   once(event: 'mrrt.check_error', listener: (ctx: KoaContextWithOIDC, error: unknown) => void): this;
+  once(event: 'mrrt.policy_changed', listener: (event: PolicyAuditEvent) => void): this;
   off(event: 'mrrt.exchange', listener: (ctx: KoaContextWithOIDC, event: MrrtExchangeEvent) => void): this;
   off(event: 'mrrt.store_error', listener: (ctx: KoaContextWithOIDC, error: unknown) => void): this;
   off(event: 'mrrt.check_error', listener: (ctx: KoaContextWithOIDC, error: unknown) => void): this;
+  off(event: 'mrrt.policy_changed', listener: (event: PolicyAuditEvent) => void): this;
 }
 
 /**
@@ -103,10 +108,10 @@ function toSet(value: ParamList | undefined): Set<string> {
  */
 export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions): MrrtProviderClass<P> {
   if (typeof Base !== 'function' || !(Base === Provider || Base.prototype instanceof Provider)) {
-    throw new TypeError('withMrrt: the first argument must be the oidc-provider Provider class (or a subclass of it)');
+    throw new MrrtTypeError('withMrrt: the first argument must be the oidc-provider Provider class (or a subclass of it)');
   }
   if (typeof Base.prototype.registerGrantType !== 'function' || !Object.getOwnPropertyDescriptor(Provider, 'ctx')?.get) {
-    throw new TypeError('withMrrt: this oidc-provider version is not supported (registerGrantType and Provider.ctx are required)');
+    throw new MrrtTypeError('withMrrt: this oidc-provider version is not supported (registerGrantType and Provider.ctx are required)');
   }
   const config = resolveOptions(options);
   // this class's exchange of a request lives on its Koa context, under a key of its own
@@ -123,7 +128,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
     readonly [mrrtConfiguration]: MrrtConfiguration = config;
 
     constructor(issuer: string, configuration: Configuration = {}) {
-      if (typeof configuration !== 'object' || configuration === null) throw new TypeError('configuration must be an object');
+      if (typeof configuration !== 'object' || configuration === null) throw new MrrtTypeError('configuration must be an object');
       const active = configuration.features?.resourceIndicators?.enabled !== false;
       const setup: ExchangeSetup = {
         config,

@@ -1,4 +1,6 @@
+import { ADMIN_DEFAULTS } from './defaults.js';
 import type { Policy } from './policy.js';
+import { MrrtTypeError } from './errors.js';
 
 /** A client's stored policy and its version (an opaque string that changes on every write). */
 export interface PolicyRecord {
@@ -66,7 +68,7 @@ export class ChangeNotifier {
   }
 
   add(listener: ChangeListener): () => void {
-    if (typeof listener !== 'function') throw new TypeError('"listener" must be a function');
+    if (typeof listener !== 'function') throw new MrrtTypeError('"listener" must be a function');
     const entry: ChangeListener = (clientId) => listener(clientId);
     this.#listeners.add(entry);
     return () => { this.#listeners.delete(entry); };
@@ -93,7 +95,7 @@ const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
  */
 export function assertClientId(clientId: unknown): asserts clientId is string {
   if (typeof clientId !== 'string' || clientId.length === 0 || clientId.length > 1024 || LONE_SURROGATE.test(clientId)) {
-    throw new TypeError('"clientId" must be a non-empty, well-formed string of at most 1024 characters');
+    throw new MrrtTypeError('"clientId" must be a non-empty, well-formed string of at most 1024 characters');
   }
 }
 
@@ -106,15 +108,28 @@ export function compareClientIds(a: string, b: string): number {
 }
 
 export function resolveListOptions(options: ListOptions = {}): { after: string | undefined; limit: number } {
-  const { after, limit = 100 } = options;
-  if (after !== undefined && typeof after !== 'string') throw new TypeError('"after" option must be a string');
-  if (!Number.isSafeInteger(limit) || limit < 1 || limit > 1000) throw new TypeError('"limit" option must be an integer between 1 and 1000');
+  const { after, limit = ADMIN_DEFAULTS.pageSize } = options;
+  if (after !== undefined && typeof after !== 'string') throw new MrrtTypeError('"after" option must be a string');
+  if (!Number.isSafeInteger(limit) || limit < 1 || limit > ADMIN_DEFAULTS.maxPageSize) {
+    throw new MrrtTypeError(`"limit" option must be an integer between 1 and ${ADMIN_DEFAULTS.maxPageSize}`);
+  }
   return { after, limit };
 }
 
 export function assertWriteOptions(options: WriteOptions): void {
   const { ifMatch } = options;
   if (ifMatch !== undefined && ifMatch !== null && typeof ifMatch !== 'string') {
-    throw new TypeError('"ifMatch" option must be a string, null or undefined');
+    throw new MrrtTypeError('"ifMatch" option must be a string, null or undefined');
   }
+}
+
+/** One change made through the admin API, given to `onAudit` and emitted as `mrrt.policy_changed` on the provider. */
+export interface PolicyAuditEvent {
+  readonly action: 'put' | 'delete';
+  readonly clientId: string;
+  readonly actor: string | undefined;
+  readonly previousVersion: string | undefined;
+  readonly version: string | undefined;
+  readonly policies: Policy | undefined;
+  readonly at: string;
 }

@@ -8,7 +8,8 @@ import * as jose from 'jose';
 import Provider from 'oidc-provider';
 import request from 'supertest';
 
-import { MemoryPolicyStore, createPolicyRouter, jwtAuthorizer, type PolicyAuditEvent } from '../lib/index.js';
+import { MemoryPolicyStore } from '../lib/index.js';
+import { createPolicyRouter, jwtAuthorizer, type PolicyAuditEvent } from '../lib/express.js';
 import { API, SKIP_CONSENT, startServer, type TestServer } from './helpers/fixture.js';
 
 const ISSUER = 'https://issuer.example.com';
@@ -34,6 +35,7 @@ beforeAll(async () => {
   const app = express();
   app.use('/admin', createPolicyRouter({
     provider: server.provider,
+    audience: API.ADMIN,
     authorize: jwtAuthorizer({ key: key.publicKey, issuer: ISSUER, audience: API.ADMIN, scope: ADMIN_SCOPE }),
     bodyLimit: '4kb',
     onAudit: (event) => audits.push(event),
@@ -193,7 +195,7 @@ describe('authorization', () => {
   test('the router refuses to exist without an authorize function, or without an MRRT provider', () => {
     expect(() => createPolicyRouter({ provider: server.provider } as never)).toThrow(/"authorize" option is required/);
     const plain = new Provider('http://127.0.0.1:1', {});
-    expect(() => createPolicyRouter({ provider: plain, authorize: () => true })).toThrow(/built with withMrrt/);
+    expect(() => createPolicyRouter({ provider: plain, authorize: () => true, audience: null })).toThrow(/built with withMrrt/);
     expect(() => jwtAuthorizer({ key: key.publicKey, issuer: ISSUER, audience: API.ADMIN, scope: '' })).toThrow(/"scope" option/);
     expect(() => jwtAuthorizer({ key: key.publicKey, issuer: ISSUER, audience: API.ADMIN, scope: 's', algorithms: ['none'] })).toThrow(/"algorithms" option/);
   });
@@ -248,5 +250,62 @@ describe('the deployment\'s getResourceServerInfo at the admin API', () => {
     } finally {
       await provider.close();
     }
+  });
+});
+
+describe('an Express router that fits Express', () => {
+  const mountedAtRoot = () => {
+    const app = express();
+    app.use(createPolicyRouter({ provider: server.provider, authorize: (req) => req.get('authorization') === 'Bearer ok', audience: API.ADMIN }));
+    app.get('/hello', (_req, res) => { res.json({ hello: 'world' }); });
+    app.get('/broken', () => { throw new Error('not the admin API\'s error'); });
+    return app;
+  };
+
+  test('mounted at the root, it answers its own paths only: other routes run untouched, without its headers', async () => {
+    const app = mountedAtRoot();
+    const hello = await request(app).get('/hello');
+    expect(hello.status).toBe(200);
+    expect(hello.body).toEqual({ hello: 'world' });
+    expect(hello.headers['cache-control']).toBeUndefined();
+    const unknown = await request(app).get('/nothing-here');
+    expect(unknown.status).toBe(404);
+    expect(unknown.headers['content-type']).not.toMatch(/json/);
+    expect(unknown.headers['cache-control']).toBeUndefined();
+    const own = await request(app).get('/clients').set('Authorization', 'Bearer ok');
+    expect(own.status).toBe(200);
+    expect(own.headers['cache-control']).toBe('no-store');
+    const denied = await request(app).get('/clients');
+    expect({ status: denied.status, error: denied.body.error }).toEqual({ status: 403, error: 'access_denied' });
+  });
+
+  test('an error raised by another route never turns into an admin API answer', async () => {
+    const res = await request(mountedAtRoot()).get('/broken');
+    expect(res.status).toBe(500);
+    expect(res.headers['content-type']).not.toMatch(/json/);
+  });
+
+  test('the package\'s main entry loads no express (it lives in oidc-provider-mrrt/express)', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const dist = new URL('../dist/', import.meta.url);
+    const seen = new Set<string>();
+    const bare = new Set<string>();
+    const walk = async (file: string): Promise<void> => {
+      if (seen.has(file)) return;
+      seen.add(file);
+      const source = await readFile(new URL(file, dist), 'utf8');
+      for (const [, specifier] of source.matchAll(/(?:^|\n)\s*(?:import|export)[^'"\n]*?from\s*'([^']+)'/g)) {
+        if (specifier!.startsWith('.')) await walk(new URL(specifier!, new URL(file, dist)).href.slice(dist.href.length));
+        else bare.add(specifier!);
+      }
+    };
+    await walk('index.js');
+    expect(seen.size).toBeGreaterThan(5);
+    expect([...bare].sort()).not.toContain('express');
+    expect(bare).toContain('oidc-provider');
+    seen.clear();
+    bare.clear();
+    await walk('express.js');
+    expect(bare).toContain('express');
   });
 });

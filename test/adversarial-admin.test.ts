@@ -21,7 +21,8 @@ import { Redis } from 'ioredis';
 import * as jose from 'jose';
 import request from 'supertest';
 
-import { MemoryPolicyStore, RedisPolicyStore, createPolicyRouter, jwtAuthorizer, type PolicyAuditEvent } from '../lib/index.js';
+import { MemoryPolicyStore, RedisPolicyStore, mrrtConfiguration } from '../lib/index.js';
+import { createPolicyRouter, jwtAuthorizer, type PolicyAuditEvent } from '../lib/express.js';
 import { API, SKIP_CONSENT, claims, login, refresh, snapshot, startServer, type TestServer } from './helpers/fixture.js';
 
 const ISSUER = 'https://issuer.example.com';
@@ -55,6 +56,7 @@ beforeAll(async () => {
   const app = express();
   app.use('/admin', createPolicyRouter({
     provider: server.provider,
+    audience: API.ADMIN,
     authorize: jwtAuthorizer({ key: key.publicKey, issuer: ISSUER, audience: API.ADMIN, scope: ADMIN_SCOPE }),
     bodyLimit: '4kb',
     onAudit: (event) => audits.push(event),
@@ -251,14 +253,15 @@ const ROWS: AdminRow[] = [
   // --- methods and routes
   { name: 'HEAD of a policy', method: 'head', path: P, status: 200, error: undefined },
   { name: 'HEAD without a token', method: 'head', path: P, auth: 'none', status: 401, error: undefined },
-  { name: 'PATCH of a policy', method: 'patch', path: P, json: VALID, status: 404, error: 'not_found' },
-  { name: 'POST of a policy', method: 'post', path: P, json: VALID, status: 404, error: 'not_found' },
-  { name: 'OPTIONS of a policy', method: 'options', path: P, status: 404, error: 'not_found' },
-  { name: 'POST to the client list', method: 'post', path: '/admin/clients', json: VALID, status: 404, error: 'not_found' },
-  { name: 'PUT to the client list', method: 'put', path: '/admin/clients', json: VALID, status: 404, error: 'not_found' },
-  { name: 'DELETE of the client list', method: 'delete', path: '/admin/clients', status: 404, error: 'not_found' },
-  { name: 'PUT below the policy', method: 'put', path: `${P}/extra`, json: VALID, status: 404, error: 'not_found' },
-  { name: 'DELETE of the client', method: 'delete', path: '/admin/clients/app', status: 404, error: 'not_found' },
+  { name: 'PATCH of a policy', method: 'patch', path: P, json: VALID, status: 405, error: 'invalid_request' },
+  { name: 'POST of a policy', method: 'post', path: P, json: VALID, status: 405, error: 'invalid_request' },
+  { name: 'OPTIONS of a policy', method: 'options', path: P, status: 405, error: 'invalid_request' },
+  { name: 'POST to the client list', method: 'post', path: '/admin/clients', json: VALID, status: 405, error: 'invalid_request' },
+  { name: 'PUT to the client list', method: 'put', path: '/admin/clients', json: VALID, status: 405, error: 'invalid_request' },
+  { name: 'DELETE of the client list', method: 'delete', path: '/admin/clients', status: 405, error: 'invalid_request' },
+  // paths the router does not own fall through to the app (here: express' own 404)
+  { name: 'PUT below the policy', method: 'put', path: `${P}/extra`, json: VALID, status: 404, error: undefined },
+  { name: 'DELETE of the client', method: 'delete', path: '/admin/clients/app', status: 404, error: undefined },
 
   // --- list parameters
   { name: 'limit=0', method: 'get', path: '/admin/clients?limit=0', status: 400, error: 'invalid_request' },
@@ -491,10 +494,10 @@ describe('tampered policy store: fail closed, report, never crash', () => {
 // SPEC P5: the admin API is never reachable through MRRT
 // ---------------------------------------------------------------------------------------------
 
-describe('the admin API deny-lists its own audience (SPEC P5)', () => {
-  // A provider whose operator left the admin API off denyList, with the admin API a known resource
-  // server that allows skipping consent: mounting the router must deny-list it, or a first-party app
-  // could mint itself an admin token from its refresh token and rewrite every policy.
+describe('the admin API\'s own audience is deny-listed (SPEC P5)', () => {
+  // The admin API is a known resource server that allows skipping consent: unless it is deny-listed,
+  // a first-party app could mint itself an admin token from its refresh token and rewrite every
+  // policy. The router refuses to exist unless withMrrt's denyList holds its audience.
   let plain: TestServer;
   let plainAdmin: http.Server;
   let plainUrl: string;
@@ -502,7 +505,7 @@ describe('the admin API deny-lists its own audience (SPEC P5)', () => {
   const memory = new MemoryPolicyStore();
 
   beforeAll(async () => {
-    plain = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT } });
+    plain = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, denyList: [API.ADMIN] } });
     operator = await jose.generateKeyPair('ES256');
     // the provider's own keys (tokens it issues) and an operator key (tokens this test signs)
     const providerKeys = ((await request(plain.url).get('/jwks')).body as jose.JSONWebKeySet).keys;
@@ -510,6 +513,7 @@ describe('the admin API deny-lists its own audience (SPEC P5)', () => {
     const app = express();
     app.use('/admin', createPolicyRouter({
       provider: plain.provider,
+      audience: API.ADMIN,
       authorize: jwtAuthorizer({ key: jose.createLocalJWKSet({ keys: [...providerKeys, operatorKey] }), issuer: plain.url, audience: API.ADMIN, scope: 'admin:write' }),
     }));
     plainAdmin = http.createServer(app);
@@ -555,7 +559,17 @@ describe('the admin API deny-lists its own audience (SPEC P5)', () => {
     expect((await request(plainUrl).put(P).set(headers).send(VALID)).status).toBe(201);
   });
 
-  test('a router whose authorize function does not name its audience is refused', () => {
-    expect(() => createPolicyRouter({ provider: plain.provider, authorize: () => true })).toThrow(TypeError);
+  test('a router without its audience, or whose audience withMrrt does not deny-list, is refused at start-up', async () => {
+    expect(() => createPolicyRouter({ provider: plain.provider, authorize: () => true } as never)).toThrow(/"audience" option is required/);
+    const open = await startServer({ mrrt: { store: new MemoryPolicyStore(), allowSkippingConsent: SKIP_CONSENT } });
+    try {
+      expect(() => createPolicyRouter({ provider: open.provider, authorize: () => true, audience: API.ADMIN })).toThrow(TypeError);
+      expect(() => createPolicyRouter({ provider: open.provider, authorize: () => true, audience: API.ADMIN })).toThrow(/must be on withMrrt's denyList/);
+      // the provider is left as it was: its deny-list is the operator's
+      const { denyList } = (open.provider as unknown as { [mrrtConfiguration]: { denyList: ReadonlySet<string> } })[mrrtConfiguration];
+      expect([...denyList]).toEqual([]);
+    } finally {
+      await open.close();
+    }
   });
 });

@@ -9,9 +9,8 @@ import express from 'express';
 import { Redis } from 'ioredis';
 import request from 'supertest';
 
-import {
-  RedisAdapter, RedisPolicyStore, createPolicyRouter, type PolicyAuditEvent, type PolicyRecord, type Policy,
-} from '../lib/index.js';
+import { RedisAdapter, RedisPolicyStore, type PolicyRecord, type Policy } from '../lib/index.js';
+import { createPolicyRouter, type PolicyAuditEvent } from '../lib/express.js';
 import { API, SKIP_CONSENT, claims, login, refresh, startServer, type TestServer } from './helpers/fixture.js';
 
 const BURST = 20;

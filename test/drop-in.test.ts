@@ -4,7 +4,8 @@ import express from 'express';
 import Provider, { type Configuration } from 'oidc-provider';
 import request from 'supertest';
 
-import { MemoryPolicyStore, createPolicyRouter, withMrrt } from '../lib/index.js';
+import { MemoryPolicyStore, withMrrt } from '../lib/index.js';
+import { createPolicyRouter } from '../lib/express.js';
 import {
   API, CLIENTS, SKIP_CONSENT, claims, login, refresh, snapshot, startServer, type TestServer,
 } from './helpers/fixture.js';

@@ -19,6 +19,7 @@ function expectOptionError(options: unknown, name: string): void {
   }
   expect(thrown).toBeInstanceOf(TypeError);
   expect((thrown as TypeError).message).toContain(`"${name}`);
+  expect((thrown as { code?: unknown }).code).toBe('ERR_MRRT_INVALID_ARGUMENT');
 }
 
 const configurationOf = (options: MrrtOptions): MrrtConfiguration => {
@@ -80,6 +81,7 @@ describe('withMrrt options', () => {
     ['cache.maxEntries 1.5', { store, cache: { maxEntries: 1.5 } }, 'cache.maxEntries'],
     ['publicClients unknown value', { store, publicClients: 'never' }, 'publicClients'],
     ['publicClients null', { store, publicClients: null }, 'publicClients'],
+    ['profile unknown value', { store, profile: 'okta' }, 'profile'],
     ['storeTimeout Infinity', { store, storeTimeout: Infinity }, 'storeTimeout'],
     ['storeTimeout a string', { store, storeTimeout: '2000' }, 'storeTimeout'],
   ];

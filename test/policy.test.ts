@@ -223,3 +223,20 @@ describe('isResourceIndicator', () => {
     expect(isResourceIndicator(value)).toBe(false);
   });
 });
+
+describe('errors', () => {
+  test('every error class has a stable code and the MrrtError base', async () => {
+    const { MrrtError, PolicyConflictError, PolicyStoreError, PolicyValidationError, MemoryPolicyStore: Store } = await import('../lib/index.js');
+    const invalid = (() => { try { parsePolicies([]); } catch (err) { return err; } return undefined; })();
+    expect(invalid).toBeInstanceOf(PolicyValidationError);
+    expect(invalid).toBeInstanceOf(MrrtError);
+    expect(invalid).toMatchObject({ code: 'ERR_MRRT_POLICY_INVALID', name: 'PolicyValidationError' });
+    const memory = new Store();
+    await memory.set('app', [{ audience: 'https://api.example.com', scope: ['read'] }]);
+    const conflict = await memory.set('app', [{ audience: 'https://api.example.com', scope: ['read'] }], { ifMatch: 'stale' }).catch((err: unknown) => err);
+    expect(conflict).toBeInstanceOf(PolicyConflictError);
+    expect(conflict).toMatchObject({ code: 'ERR_MRRT_POLICY_CONFLICT', name: 'PolicyConflictError' });
+    expect(new PolicyStoreError('ERR_MRRT_STORE_CORRUPT', 'x')).toMatchObject({ code: 'ERR_MRRT_STORE_CORRUPT', name: 'PolicyStoreError' });
+    expect(() => parsePolicies([], { maxEntries: 0 })).toThrow(expect.objectContaining({ code: 'ERR_MRRT_INVALID_ARGUMENT' }));
+  });
+});

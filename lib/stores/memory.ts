@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 
 import { PolicyConflictError } from '../errors.js';
-import { parsePolicies, type Policy } from '../policy.js';
+import { NO_LIMITS, parseWithin, type Policy } from '../policy.js';
 import {
   ChangeNotifier, assertClientId, assertWriteOptions, compareClientIds, resolveListOptions,
   type ChangeListener, type ListOptions, type PolicyPage, type PolicyRecord, type PolicyStore, type WriteOptions,
@@ -31,7 +31,7 @@ export class MemoryPolicyStore implements PolicyStore {
   async set(clientId: string, policies: Policy, options: WriteOptions = {}): Promise<PolicyRecord> {
     assertClientId(clientId);
     assertWriteOptions(options);
-    const parsed = parsePolicies(policies, { maxEntries: Infinity, maxScopesPerEntry: Infinity });
+    const parsed = parseWithin(policies, NO_LIMITS);
     this.#check(clientId, options);
     const record = Object.freeze({ clientId, policies: parsed, version: newVersion() });
     this.#records.set(clientId, record);

@@ -1,7 +1,7 @@
 import type { Cluster, Redis } from 'ioredis';
 
-import { PolicyConflictError, PolicyStoreError, PolicyValidationError } from '../errors.js';
-import { parsePolicies, type Policy } from '../policy.js';
+import { MrrtTypeError, PolicyConflictError, PolicyStoreError, PolicyValidationError } from '../errors.js';
+import { NO_LIMITS, parseWithin, type Policy } from '../policy.js';
 import {
   ChangeNotifier, assertClientId, assertWriteOptions, resolveListOptions,
   type ChangeListener, type ListOptions, type PolicyPage, type PolicyRecord, type PolicyStore, type WriteOptions,
@@ -100,14 +100,14 @@ export class RedisPolicyStore implements PolicyStore {
 
   constructor(redis: Redis | Cluster, options: RedisPolicyStoreOptions = {}) {
     if (typeof redis !== 'object' || redis === null || typeof (redis as Redis).hmget !== 'function' || typeof (redis as Redis).defineCommand !== 'function') {
-      throw new TypeError('"redis" must be an ioredis Redis or Cluster instance');
+      throw new MrrtTypeError('"redis" must be an ioredis Redis or Cluster instance');
     }
-    if (typeof options !== 'object' || options === null) throw new TypeError('"options" must be an object');
+    if (typeof options !== 'object' || options === null) throw new MrrtTypeError('"options" must be an object');
     const { prefix = 'mrrt:{policies}:', ...unknown } = options;
     const extra = Object.keys(unknown);
-    if (extra.length) throw new TypeError(`"${extra[0]}" is not a RedisPolicyStore option`);
-    if (typeof prefix !== 'string' || prefix.length === 0 || prefix.length > 256) throw new TypeError('"prefix" option must be a non-empty string of at most 256 characters');
-    if (redis.isCluster && !hasHashTag(prefix)) throw new TypeError('"prefix" option must contain a hash tag such as "{policies}" on Redis Cluster');
+    if (extra.length) throw new MrrtTypeError(`"${extra[0]}" is not a RedisPolicyStore option`);
+    if (typeof prefix !== 'string' || prefix.length === 0 || prefix.length > 256) throw new MrrtTypeError('"prefix" option must be a non-empty string of at most 256 characters');
+    if (redis.isCluster && !hasHashTag(prefix)) throw new MrrtTypeError('"prefix" option must contain a hash tag such as "{policies}" on Redis Cluster');
 
     if (!('mrrtPolicySet' in redis)) {
       redis.defineCommand('mrrtPolicySet', { numberOfKeys: 2, lua: SET_SCRIPT });
@@ -175,7 +175,7 @@ export class RedisPolicyStore implements PolicyStore {
       throw new PolicyStoreError('ERR_MRRT_STORE_CORRUPT', `policy of client "${clientId}" is incomplete`);
     }
     try {
-      const policies = parsePolicies(JSON.parse(json) as unknown, { maxEntries: Infinity, maxScopesPerEntry: Infinity });
+      const policies = parseWithin(JSON.parse(json) as unknown, NO_LIMITS);
       return Object.freeze({ clientId, policies, version });
     } catch (cause) {
       const detail = cause instanceof PolicyValidationError ? cause.message : 'not JSON';
@@ -186,7 +186,7 @@ export class RedisPolicyStore implements PolicyStore {
   async set(clientId: string, policies: Policy, options: WriteOptions = {}): Promise<PolicyRecord> {
     assertClientId(clientId);
     assertWriteOptions(options);
-    const parsed = parsePolicies(policies, { maxEntries: Infinity, maxScopesPerEntry: Infinity });
+    const parsed = parseWithin(policies, NO_LIMITS);
     const version = newVersion();
     let reply: ScriptReply;
     try {
