@@ -16,3 +16,4 @@ export { MrrtError, MrrtTypeError, PolicyValidationError, PolicyConflictError, P
 export type { PolicyIssue } from './errors.js';
 export { MrrtMetrics } from './metrics.js';
 export type { MrrtMetricsOptions } from './metrics.js';
+export { AUTH0_ROUTES, auth0Configuration, auth0LogoutParameters, type Auth0Client, type Auth0ConfigurationOptions, type ProviderMiddleware } from './auth0.js';
