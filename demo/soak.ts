@@ -1,6 +1,6 @@
 /**
- * `npm run soak`: a bounded soak of mixed refresh-token exchanges against the example server on Redis
- * (issue 4). Starts the example server as a child process (RedisAdapter + RedisPolicyStore under a
+ * `npm run soak`: a bounded soak of mixed refresh-token exchanges against the example server on Redis.
+ * Starts the example server as a child process (RedisAdapter + RedisPolicyStore under a
  * fresh key prefix), signs in a few sessions through the real login form, then drives, for a fixed
  * time and a capped number of requests, on loopback only:
  *   40 % refreshes for the granted messages API, 40 % MRRT exchanges for the billing API,

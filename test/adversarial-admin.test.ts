@@ -1,4 +1,4 @@
-// Adversarial input matrix at the policy admin API, and a tampered policy store (issue 6).
+// Adversarial input matrix at the policy admin API, and a tampered policy store.
 //
 // The admin router is built as in test/admin-router.test.ts (jwtAuthorizer with ES256 RFC 9068
 // tokens, a 4kb body limit) over a real provider whose policies live in a real Redis

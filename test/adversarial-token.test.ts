@@ -1,4 +1,4 @@
-// Adversarial input matrix at the token endpoint (issue 6): hostile `audience` / `resource` / `scope`
+// Adversarial input matrix at the token endpoint: hostile `audience` / `resource` / `scope`
 // values, wrong parameter types, prototype names and oversized bodies, sent by the confidential
 // first-party client `app` whose refresh token was granted API.A. Every row states the status and
 // `error` it must get (and the mrrt.exchange reason when MRRT refused it); after every row the stored

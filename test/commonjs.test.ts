@@ -1,4 +1,4 @@
-// CommonJS consumers: require('oidc-provider-mrrt') resolves to the ESM build (require(esm), Node 22+).
+// CommonJS consumers: require('oidc-provider-mrrt') and '/express' resolve to the ESM build (require(esm), Node 22+).
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -11,8 +11,9 @@ const entry = fileURLToPath(new URL('./support/require-entry.cjs', import.meta.u
 describe('require()', () => {
   test('loads the package from a .cjs file and builds a withMrrt provider', async () => {
     const { stdout } = await run(process.execPath, ['--no-warnings', entry], { cwd: fileURLToPath(new URL('..', import.meta.url)) });
-    const result = JSON.parse(stdout) as { exports: string[]; isProvider: boolean };
+    const result = JSON.parse(stdout) as { exports: string[]; express: string[]; isProvider: boolean };
     expect(result.isProvider).toBe(true);
-    expect(result.exports).toEqual(expect.arrayContaining(['withMrrt', 'MemoryPolicyStore', 'RedisPolicyStore', 'createPolicyRouter']));
+    expect(result.exports).toEqual(expect.arrayContaining(['withMrrt', 'MemoryPolicyStore', 'RedisPolicyStore']));
+    expect(result.express).toEqual(['createPolicyRouter', 'jwtAuthorizer']);
   });
 });

@@ -1,20 +1,17 @@
-// Regression tests for security findings of issue 6 that were fixed in lib/. F1–F5 live in the
-// suites they belong to (property.test.ts, adversarial-admin.test.ts); F1b is here: a granted target
-// served "as without MRRT" (an unprotected public client) must get oidc-provider's own scope check.
+// A granted target served "as without MRRT" (an unprotected public client's own API) gets
+// oidc-provider's own check of the scope parameter against the refresh token alone.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 
 import { MemoryPolicyStore } from '../lib/index.js';
 import { API, SKIP_CONSENT, login, refresh, snapshot, startServer, type TestServer } from './helpers/fixture.js';
 
-describe('F1b: a granted target served "as without MRRT" gets oidc-provider\'s own scope check', () => {
+describe('a granted target served "as without MRRT" gets oidc-provider\'s own scope check', () => {
   // README "Errors": for a granted target the invalid_target rows (public_client_unprotected among
   // them) do not apply, "the request is served by oidc-provider as without MRRT (without policy
   // scopes)". Without MRRT, oidc-provider refuses a requested scope the refresh token lacks
-  // (invalid_scope naming it). Since d21a470 an unprotected public client is served for its granted
-  // API by withdrawing the overlay inside getResourceServerInfo, after the scope parameter was already
-  // checked against the overlaid refresh token (granted ∪ policy): the request gets a 200 whose token
-  // silently lacks the requested policy scope. No scope is widened, but the answer is neither the
-  // plain one nor the MRRT one, and the client is told nothing.
+  // (invalid_scope naming it). The overlay is withdrawn only after oidc-provider checked the scope
+  // parameter against the overlaid refresh token (granted ∪ policy), so the exchange repeats the
+  // check against the refresh token alone: never a 200 whose token silently lacks a requested scope.
   const store = new MemoryPolicyStore();
   const plainStore = new MemoryPolicyStore();
   let server: TestServer;

@@ -1,31 +1,14 @@
-// Regression tests for defects found by the scale and resilience tests (issue 4), now fixed in
-// lib/stores/redis.ts: S1 (the subscriber re-issues SUBSCRIBE on every connection) and S2 (the write
-// scripts check the client index's type before writing anything). The finding texts below describe
-// the defects as they were found.
+// RedisPolicyStore under connection trouble and a tampered client index:
 //
-// FINDING S1 — RedisPolicyStore's change subscription is silently lost when its first SUBSCRIBE
-// fails. `subscribe()` opens `redis.duplicate()` and calls `subscriber.subscribe(channel)` once,
-// swallowing any error (`.catch(() => {})`); nothing subscribes again later, and ioredis only
-// re-subscribes channels that were subscribed successfully. The SUBSCRIBE is sent while the
-// duplicate is still connecting, so it fails whenever the client's options do not let it wait:
-//   (a) `enableOfflineQueue: false` (the usual fail-fast setting): fails at once, always;
-//   (b) Redis unreachable when the provider starts (the cache subscribes at construction) with
-//       `maxRetriesPerRequest: 1` or a `commandTimeout` (or the defaults, if Redis stays away for
-//       more than ~10 s): the queued SUBSCRIBE is rejected and never retried once Redis is back.
-// Then no change written by another instance reaches this instance's policy cache: a narrowed or
-// deleted policy keeps being honoured for up to `cache.maxAge` (30 s by default) instead of "within
-// the announcement latency" (README, Policies and stores), for the whole life of the process.
-// Fix: (re)issue SUBSCRIBE on every 'ready' of the subscriber connection (it is idempotent), or open
-// the duplicate with its own options (offline queue on, no retry limit, no command timeout).
-//
-// FINDING S2 — a write that RedisPolicyStore reports as failed can have changed the policy. When
-// the client index `<prefix>clients` holds another Redis type, the write script fails at ZADD (set)
-// or ZREM (delete) *after* HSET / DEL already ran; Redis does not roll a script back on a runtime
-// error. set()/delete() reject with ERR_MRRT_STORE_CORRUPT (the admin API answers 500), yet the new
-// policy is live (or the policy is gone), and since PUBLISH comes after the failing command no
-// instance is told: caches keep the previous answer for up to cache.maxAge. This breaks "version
-// check, write, index and the change announcement are one atomic step" and "a refused request
-// changes nothing" (README). Fix: check `TYPE KEYS[2]` (zset or none) before the first write.
+// - Its change subscription survives a first SUBSCRIBE that fails. The subscriber connection is a
+//   duplicate of the store's client; with `enableOfflineQueue: false` (the usual fail-fast setting),
+//   or with Redis down at start-up and a bounded retry policy, a SUBSCRIBE sent while it connects is
+//   rejected, and ioredis only re-subscribes channels that succeeded. The store therefore subscribes
+//   again on every 'ready'; otherwise no change written elsewhere would reach this instance's cache
+//   before `cache.maxAge`.
+// - A write it reports as failed changes nothing. Redis does not roll a script back on a runtime
+//   error, so the write scripts check the client index's type before the first write: a wrong-type
+//   index fails the write with ERR_MRRT_STORE_CORRUPT before HSET / DEL can run.
 import { randomBytes } from 'node:crypto';
 
 import { afterAll, describe, expect, test } from '@jest/globals';
@@ -96,10 +79,10 @@ async function expectNarrowingApplies(readerRedis: Redis, url: string, prefix: s
   expect(res.body.error).toBe('invalid_target');
 }
 
-describe('S1: a policy change by another instance reaches this instance\'s cache', () => {
+describe('a policy change by another instance reaches this instance\'s cache', () => {
   test('control: with the offline queue on (ioredis default) the narrowed policy applies within 2 s, and the subscriber is subscribed', async () => {
     const url = process.env.MRRT_TEST_REDIS_URL!;
-    const prefix = `mrrt-test:{findings-${randomBytes(6).toString('hex')}}:`;
+    const prefix = `mrrt-test:{resilience-${randomBytes(6).toString('hex')}}:`;
     const admin = connect(url);
     cleanups.push(async () => {
       const keys = await admin.keys(`${prefix}*`);
@@ -111,9 +94,9 @@ describe('S1: a policy change by another instance reaches this instance\'s cache
     expect(await admin.pubsub('NUMSUB', `${prefix}changed`)).toEqual([`${prefix}changed`, 1]);
   }, 20_000);
 
-  test('S1a: with enableOfflineQueue: false on the store\'s client, the narrowed policy applies within 2 s', async () => {
+  test('with enableOfflineQueue: false on the store\'s client, the narrowed policy applies within 2 s', async () => {
     const url = process.env.MRRT_TEST_REDIS_URL!;
-    const prefix = `mrrt-test:{findings-${randomBytes(6).toString('hex')}}:`;
+    const prefix = `mrrt-test:{resilience-${randomBytes(6).toString('hex')}}:`;
     const admin = connect(url);
     cleanups.push(async () => {
       const keys = await admin.keys(`${prefix}*`);
@@ -124,23 +107,23 @@ describe('S1: a policy change by another instance reaches this instance\'s cache
     await expectNarrowingApplies(readerRedis, url, prefix);
   }, 20_000);
 
-  test('S1b: provider started while Redis is down (maxRetriesPerRequest: 1): after Redis comes up the narrowed policy applies within 2 s', async () => {
+  test('provider started while Redis is down (maxRetriesPerRequest: 1): after Redis comes up the narrowed policy applies within 2 s', async () => {
     const redisServer = await RedisServer.start();
     redisServers.push(redisServer);
     await redisServer.stop();
     const readerRedis = connect(redisServer.url, { maxRetriesPerRequest: 1 });
-    const started = expectNarrowingApplies(readerRedis, redisServer.url, 'mrrt-test:{findings}:');
+    const started = expectNarrowingApplies(readerRedis, redisServer.url, 'mrrt-test:{resilience}:');
     await sleep(1000); // the queued SUBSCRIBE is rejected after two failed reconnection attempts
     await redisServer.start();
     await started;
   }, 20_000);
 });
 
-describe('S2: a write the store reports as failed changes nothing', () => {
+describe('a write the store reports as failed changes nothing', () => {
   const url = process.env.MRRT_TEST_REDIS_URL!;
 
   async function corruptIndex(): Promise<{ admin: Redis; store: RedisPolicyStore; version: string }> {
-    const prefix = `mrrt-test:{findings-${randomBytes(6).toString('hex')}}:`;
+    const prefix = `mrrt-test:{resilience-${randomBytes(6).toString('hex')}}:`;
     const admin = connect(url);
     cleanups.push(async () => {
       const keys = await admin.keys(`${prefix}*`);
@@ -155,13 +138,13 @@ describe('S2: a write the store reports as failed changes nothing', () => {
     return { admin, store, version };
   }
 
-  test('S2a: set() rejected with ERR_MRRT_STORE_CORRUPT has not replaced the policy', async () => {
+  test('set() rejected with ERR_MRRT_STORE_CORRUPT has not replaced the policy', async () => {
     const { admin, store, version } = await corruptIndex();
     await expect(store.set('app', NARROW, { ifMatch: version })).rejects.toMatchObject({ name: 'PolicyStoreError', code: 'ERR_MRRT_STORE_CORRUPT' });
     expect(await admin.hgetall(store.keyFor('app'))).toEqual({ v: version, p: JSON.stringify(FULL) });
   });
 
-  test('S2b: delete() rejected with ERR_MRRT_STORE_CORRUPT has not deleted the policy', async () => {
+  test('delete() rejected with ERR_MRRT_STORE_CORRUPT has not deleted the policy', async () => {
     const { admin, store, version } = await corruptIndex();
     await expect(store.delete('app', { ifMatch: version })).rejects.toMatchObject({ name: 'PolicyStoreError', code: 'ERR_MRRT_STORE_CORRUPT' });
     expect(await admin.hgetall(store.keyFor('app'))).toEqual({ v: version, p: JSON.stringify(FULL) });

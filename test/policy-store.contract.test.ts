@@ -130,8 +130,8 @@ describe('RedisPolicyStore', () => {
       await corrupt(store, 'c5');
     });
 
-    // since d21a470 ("wrong-type policy keys repairable"): such a key matches no version, and an
-    // unconditional write or delete replaces it
+    // such a key matches no version, and an unconditional write or delete replaces it (an operator can
+    // repair it through the admin API)
     test('writes and list over keys of the wrong Redis type', async () => {
       const other = newRedisStore();
       await redis.set(other.keyFor('c7'), 'x');

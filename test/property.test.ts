@@ -1,4 +1,4 @@
-// Property-based tests of the MRRT exchange against a real provider (issue 6).
+// Property-based tests of the MRRT exchange against a real provider.
 //
 // Every run builds a random world (provider options, store, client, login, policy), logs in once
 // through the real authorization endpoint, sends 1–3 random refresh requests and compares each
@@ -172,7 +172,7 @@ function describeCase(w: World, req: TokenRequest): string {
   return JSON.stringify({ world: w, request: req });
 }
 
-/** The invariants of issue 6, checked independently of the model's exact answer. */
+/** The invariants of the exchange (never wider than granted ∪ policy), checked independently of the model's exact answer. */
 function expectWithinBounds(w: World, aud: unknown, scope: string, body: Record<string, unknown>): void {
   if (typeof aud !== 'string') return; // a userinfo token of a plain refresh, not an API token
   const granted = aud === API.A;
