@@ -167,3 +167,13 @@ function resolveProfile(value: unknown): MrrtConfiguration['profile'] {
   if (value !== 'strict' && value !== 'auth0') throw new MrrtTypeError('"profile" option must be "strict" or "auth0"');
   return value;
 }
+
+declare module 'oidc-provider' {
+  interface Configuration {
+    /**
+     * MRRT options for a provider built with `withMrrt`, in its configuration (per instance); they
+     * override the options given to `withMrrt`, if any. oidc-provider never sees this key.
+     */
+    mrrt?: MrrtOptions;
+  }
+}

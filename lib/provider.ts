@@ -80,6 +80,21 @@ function staticFirstParty(configuration: Configuration): (client: MrrtClient) =>
   return (client) => ids.has(client.clientId);
 }
 
+/**
+ * The MRRT settings of one provider: `withMrrt`'s options, or the configuration's `mrrt` key, or both
+ * (the configuration's keys win over the class's).
+ */
+function configurationFor(classConfig: MrrtConfiguration | undefined, classOptions: MrrtOptions | undefined, instanceOptions: unknown, given: object): MrrtConfiguration {
+  if (!Object.hasOwn(given, 'mrrt')) {
+    if (classConfig) return classConfig;
+    throw new MrrtTypeError('MRRT options are required: give them to withMrrt(Provider, options) or as the "mrrt" key of the provider configuration');
+  }
+  if (typeof instanceOptions !== 'object' || instanceOptions === null || Array.isArray(instanceOptions)) {
+    throw new MrrtTypeError('"mrrt" configuration must be an object of MRRT options');
+  }
+  return resolveOptions(classOptions ? { ...classOptions, ...instanceOptions } : instanceOptions);
+}
+
 function toSet(value: ParamList | undefined): Set<string> {
   if (value === undefined) return new Set();
   return new Set(typeof value === 'string' ? [value] : [...value]);
@@ -106,14 +121,15 @@ function toSet(value: ParamList | undefined): Set<string> {
  * const provider = new MrrtProvider('https://auth.example.com', configuration);
  * ```
  */
-export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions): MrrtProviderClass<P> {
+export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions): MrrtProviderClass<P> {
   if (typeof Base !== 'function' || !(Base === Provider || Base.prototype instanceof Provider)) {
     throw new MrrtTypeError('withMrrt: the first argument must be the oidc-provider Provider class (or a subclass of it)');
   }
   if (typeof Base.prototype.registerGrantType !== 'function' || !Object.getOwnPropertyDescriptor(Provider, 'ctx')?.get) {
     throw new MrrtTypeError('withMrrt: this oidc-provider version is not supported (registerGrantType and Provider.ctx are required)');
   }
-  const config = resolveOptions(options);
+  // validated here, once, so that a bad option fails where the class is made
+  const classConfig = options === undefined ? undefined : resolveOptions(options);
   // this class's exchange of a request lives on its Koa context, under a key of its own
   const slot: unique symbol = Symbol('oidc-provider-mrrt.exchange');
   const exchangeOf = (): Exchange | undefined => (Base.ctx as { [slot]?: Exchange } | undefined)?.[slot];
@@ -125,10 +141,13 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
   let constructing: { readonly setup: ExchangeSetup; hooked: boolean } | undefined;
 
   const Mrrt = class MrrtProvider extends (Base as ProviderClass) {
-    readonly [mrrtConfiguration]: MrrtConfiguration = config;
+    declare readonly [mrrtConfiguration]: MrrtConfiguration;
 
-    constructor(issuer: string, configuration: Configuration = {}) {
-      if (typeof configuration !== 'object' || configuration === null) throw new MrrtTypeError('configuration must be an object');
+    constructor(issuer: string, given: Configuration = {}) {
+      if (typeof given !== 'object' || given === null) throw new MrrtTypeError('configuration must be an object');
+      // the MRRT options may live in the provider configuration itself, per instance; oidc-provider never sees them
+      const { mrrt: instanceOptions, ...configuration } = given as Configuration & { mrrt?: unknown };
+      const config = configurationFor(classConfig, options, instanceOptions, given);
       const active = configuration.features?.resourceIndicators?.enabled !== false;
       const setup: ExchangeSetup = {
         config,
@@ -150,6 +169,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options: MrrtOptions)
       if (inactive) warnOnce(inactive);
       else observeModels(this, exchangeOf);
       installations.set(this, { ...setup, inactive });
+      Object.defineProperty(this, mrrtConfiguration, { value: config, enumerable: false });
     }
 
     override registerGrantType<Params extends object>(

@@ -198,3 +198,23 @@ describe('oidc-provider\'s default adapter stays in place', () => {
     expect({ resource: rotated!.resource, scope: rotated!.scope }).toEqual({ resource: API.A, scope: 'openid offline_access a:read' });
   });
 });
+
+describe('MRRT options in the provider configuration', () => {
+  test('an instance configured through its "mrrt" key serves exchanges from that store', async () => {
+    const empty = new MemoryPolicyStore();
+    const configured = new MemoryPolicyStore();
+    await configured.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    const server = await startServer({
+      mrrt: { store: empty, allowSkippingConsent: SKIP_CONSENT },
+      configure(configuration) { configuration.mrrt = { store: configured }; },
+    });
+    try {
+      const tokens = await login(server);
+      const res = await refresh(server, tokens.refresh_token, { audience: API.B });
+      expect(res.status).toBe(200);
+      expect(claims(res.body.access_token)).toMatchObject({ aud: API.B, scope: 'b:read' });
+    } finally {
+      await server.close();
+    }
+  });
+});

@@ -90,8 +90,12 @@ describe('withMrrt options', () => {
     expectOptionError(options, name);
   });
 
-  test.each([undefined, null, 'store', [store], 42])('options %p -> TypeError', (options) => {
+  test.each([null, 'store', [store], 42])('options %p -> TypeError', (options) => {
     expect(() => withMrrt(Provider, options as unknown as MrrtOptions)).toThrow(TypeError);
+  });
+
+  test('no options at withMrrt: the provider configuration must hold them (see below)', () => {
+    expect(() => new (withMrrt(Provider))(ISSUER, {})).toThrow(TypeError);
   });
 
   test('the first argument must be the Provider class or a subclass', () => {
@@ -172,5 +176,37 @@ describe('resolved configuration', () => {
     deny.length = 0;
     expect(await config.allowSkippingConsent('https://other.example.com', client)).toBe(false);
     expect([...config.denyList]).toEqual(['https://admin.example.com']);
+  });
+});
+
+describe('options in the provider configuration', () => {
+  const other = new MemoryPolicyStore();
+
+  test('the "mrrt" key configures each instance; oidc-provider never sees it', () => {
+    const MrrtProvider = withMrrt(Provider);
+    const first = new MrrtProvider(ISSUER, { mrrt: { store, denyList: ['https://admin.example.com'] } });
+    const second = new MrrtProvider(ISSUER, { mrrt: { store: other, storeTimeout: 500 } });
+    const configOf = (provider: Provider): MrrtConfiguration => (provider as Provider & { [mrrtConfiguration]: MrrtConfiguration })[mrrtConfiguration];
+    expect(configOf(first).store).toBe(store);
+    expect([...configOf(first).denyList]).toEqual(['https://admin.example.com']);
+    expect(configOf(second).store).toBe(other);
+    expect(configOf(second).storeTimeout).toBe(500);
+  });
+
+  test('the configuration\'s keys win over withMrrt\'s options, which stay the defaults of the class', () => {
+    const MrrtProvider = withMrrt(Provider, { store, storeTimeout: 700 });
+    const configOf = (provider: Provider): MrrtConfiguration => (provider as Provider & { [mrrtConfiguration]: MrrtConfiguration })[mrrtConfiguration];
+    expect(configOf(new MrrtProvider(ISSUER, {})).storeTimeout).toBe(700);
+    const overridden = configOf(new MrrtProvider(ISSUER, { mrrt: { store: other } }));
+    expect(overridden.store).toBe(other);
+    expect(overridden.storeTimeout).toBe(700);
+  });
+
+  test('missing or invalid options are a TypeError naming what is wrong', () => {
+    const MrrtProvider = withMrrt(Provider);
+    expect(() => new MrrtProvider(ISSUER, {})).toThrow(/MRRT options are required/);
+    expect(() => new MrrtProvider(ISSUER, { mrrt: null as never })).toThrow(/"mrrt" configuration must be an object/);
+    expect(() => new MrrtProvider(ISSUER, { mrrt: { store, storeTimeout: -1 } })).toThrow(/"storeTimeout" option/);
+    expect(() => new MrrtProvider(ISSUER, { mrrt: { store, extra: 1 } as never })).toThrow(/"extra" is not a recognized MRRT option/);
   });
 });
