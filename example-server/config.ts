@@ -174,3 +174,24 @@ export const config: ExampleConfig = {
     },
   },
 };
+
+/**
+ * The SPA page (`/spa`, example-server/spa.ts): a single-page app built on Auth0's own browser SDK
+ * (`@auth0/auth0-spa-js`), signing in against an Auth0-style tenant that the example serves at the
+ * root of the same origin (issuer `<PUBLIC_URL>/`, `/authorize`, `/oauth/token`, `/v2/logout`).
+ */
+export const spaApp = {
+  /** A public, first-party client (code + PKCE, rotated refresh tokens). */
+  clientId: 'spa-app',
+  clientName: 'MRRT SPA (auth0-spa-js)',
+  /** The page itself: redirect URI and logout `returnTo`. */
+  path: '/spa',
+  /** The API asked for at sign-in, and its scope (the SDK adds `openid profile email offline_access`). */
+  loginAudience: MESSAGES_API,
+  loginScope: 'messages:read',
+  /** The API reached through MRRT with the same refresh token. */
+  mrrtAudience: BILLING_API,
+  mrrtScope: 'billing:read',
+  /** The client's MRRT policy in the tenant. */
+  policies: [{ audience: BILLING_API, scope: ['billing:read'] }],
+} as const;

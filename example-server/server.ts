@@ -17,6 +17,7 @@ import { html, sendPage } from './html.js';
 import { interactionRoutes } from './interactions.js';
 import { createLogger, requestLogger, type LogLevel, type LogSink, type Logger } from './log.js';
 import { demoApis } from './resource-api.js';
+import { createSpaTenant } from './spa.js';
 
 /** Options of {@link createExampleApp}. */
 export interface ExampleOptions {
@@ -225,6 +226,12 @@ export async function createExampleApp(options: ExampleOptions): Promise<Example
   if (!demoClient) throw new Error(`example config: no client ${config.demoApp.clientId}`);
   app.use(bffRoutes({ config, client: demoClient, issuer, baseUrl, internalUrl, keys: keySet, logger }));
   app.use('/oidc', provider.callback());
+  // the SPA page on Auth0's own SDK, with its Auth0-style tenant at the root of this origin (spa.ts)
+  const spa = await createSpaTenant({
+    baseUrl, config, jwks: privateJwks, keys: keySet, cookieKeys, logger,
+    ...(redis ? { redis: { client: redis, prefix: `${options.redisPrefix ?? 'mrrt-example:'}spa:` } } : {}),
+  });
+  app.use(spa.router);
 
   app.use((err: unknown, req: Request, res: Response, next: NextFunction) => {
     if (res.headersSent) {
@@ -241,6 +248,7 @@ export async function createExampleApp(options: ExampleOptions): Promise<Example
   return {
     app, provider, issuer, store, publicJwks, logger, mode: redis ? 'redis' : 'memory',
     close: async () => {
+      await spa.close();
       // a store may hold connections of its own (RedisPolicyStore's change subscriber)
       await (store as { close?: () => Promise<void> }).close?.();
       if (redis) await redis.quit().catch(() => redis?.disconnect());

@@ -1,5 +1,7 @@
 import Provider, { errors, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
 
+import { MrrtTypeError } from './errors.js';
+
 /** Koa middleware as `provider.use()` takes it. */
 export type ProviderMiddleware = Parameters<Provider['use']>[0];
 
@@ -59,13 +61,13 @@ function staticFirstParty(configuration: Configuration): (client: Auth0Client) =
 }
 
 function resolveOptions(options: Auth0ConfigurationOptions | undefined, configuration: Configuration) {
-  if (options === null || (options !== undefined && typeof options !== 'object')) throw new TypeError('auth0Configuration: options must be an object');
+  if (options === null || (options !== undefined && typeof options !== 'object')) throw new MrrtTypeError('auth0Configuration: options must be an object');
   const given = options ?? {};
   for (const key of Object.keys(given)) {
-    if (!KNOWN.has(key)) throw new TypeError(`auth0Configuration: unknown option "${key}"`);
+    if (!KNOWN.has(key)) throw new MrrtTypeError(`auth0Configuration: unknown option "${key}"`);
   }
   const { isFirstParty, allowSkippingConsent } = given;
-  if (isFirstParty !== undefined && typeof isFirstParty !== 'function') throw new TypeError('"isFirstParty" option must be a function');
+  if (isFirstParty !== undefined && typeof isFirstParty !== 'function') throw new MrrtTypeError('"isFirstParty" option must be a function');
   let skipConsent: (resource: string, client: Auth0Client) => boolean | Promise<boolean>;
   if (allowSkippingConsent === undefined) {
     skipConsent = () => false;
@@ -75,7 +77,7 @@ function resolveOptions(options: Auth0ConfigurationOptions | undefined, configur
     const allowed = new Set<string>(allowSkippingConsent);
     skipConsent = (resource) => allowed.has(resource);
   } else {
-    throw new TypeError('"allowSkippingConsent" option must be an array of resource indicators or a function');
+    throw new MrrtTypeError('"allowSkippingConsent" option must be an array of resource indicators or a function');
   }
   return { isFirstParty: isFirstParty ?? staticFirstParty(configuration), skipConsent };
 }
@@ -129,7 +131,7 @@ const autoSubmitLogout: NonNullable<RpInitiatedLogout['logoutSource']> = (ctx, f
  * ```
  */
 export function auth0Configuration(configuration: Configuration, options?: Auth0ConfigurationOptions): Configuration {
-  if (typeof configuration !== 'object' || configuration === null) throw new TypeError('auth0Configuration: configuration must be an object');
+  if (typeof configuration !== 'object' || configuration === null) throw new MrrtTypeError('auth0Configuration: configuration must be an object');
   const { isFirstParty, skipConsent } = resolveOptions(options, configuration);
   const features = configuration.features ?? {};
   const resourceIndicators: ResourceIndicators = features.resourceIndicators ?? {};
@@ -223,7 +225,7 @@ function offlineAccessDropped(ctx: KoaContextWithOIDC, client: Auth0Client): boo
  * ```
  */
 export function auth0LogoutParameters(path: string = AUTH0_ROUTES.end_session): ProviderMiddleware {
-  if (typeof path !== 'string' || !path.startsWith('/')) throw new TypeError('auth0LogoutParameters: path must be a path starting with "/"');
+  if (typeof path !== 'string' || !path.startsWith('/')) throw new MrrtTypeError('auth0LogoutParameters: path must be a path starting with "/"');
   return async (ctx, next) => {
     if (ctx.path === path && (ctx.method === 'GET' || ctx.method === 'HEAD')) {
       const { returnTo, ...rest } = ctx.query;
