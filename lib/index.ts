@@ -2,6 +2,7 @@ export { withMrrt, mrrtConfiguration } from './provider.js';
 export type { MrrtEvents, MrrtProviderClass } from './provider.js';
 export type { MrrtOptions, MrrtConfiguration, MrrtClient } from './options.js';
 export type { MrrtExchangeEvent } from './exchange.js';
+export { MRRT_REASONS } from './rules.js';
 export type { MrrtReason } from './rules.js';
 export { parsePolicies, isResourceIndicator, DEFAULT_LIMITS } from './policy.js';
 export type { Policy, PolicyEntry, PolicyLimits } from './policy.js';

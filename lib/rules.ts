@@ -21,23 +21,27 @@ export function oidcScopesOf(configuration: { readonly scopes?: unknown; readonl
   return scopes;
 }
 
+/** Every reason an MRRT exchange can end with (`MrrtExchangeEvent.reason`); README's error table lists each. */
+export const MRRT_REASONS = Object.freeze([
+  'policy',
+  'multiple_targets',
+  'not_first_party',
+  'deny_listed',
+  'no_policy',
+  'not_in_policy',
+  'unknown_resource',
+  'consent_required',
+  'scope_not_allowed',
+  'empty_scope',
+  'store_unavailable',
+  'store_corrupt',
+  'check_unavailable',
+  'public_client_unprotected',
+  'provider_check',
+] as const);
+
 /** Why an MRRT exchange ended as it did (`MrrtExchangeEvent.reason`). */
-export type MrrtReason =
-  | 'policy'
-  | 'multiple_targets'
-  | 'not_first_party'
-  | 'deny_listed'
-  | 'no_policy'
-  | 'not_in_policy'
-  | 'unknown_resource'
-  | 'consent_required'
-  | 'scope_not_allowed'
-  | 'empty_scope'
-  | 'store_unavailable'
-  | 'store_corrupt'
-  | 'check_unavailable'
-  | 'public_client_unprotected'
-  | 'provider_check';
+export type MrrtReason = typeof MRRT_REASONS[number];
 
 /** The reasons for which a target is not reachable through MRRT, each with the description a client sees. */
 export const TARGET_REFUSALS = {
