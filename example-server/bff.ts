@@ -326,6 +326,8 @@ extension, two APIs (<code>${urls.messagesUrl}</code> for <code>${demo.loginAudi
 <code>${demo.mrrtAudience}</code>), the MRRT admin API at <code>/admin</code>, and this page, a server-side app (client
 <code>${demo.clientId}</code>) that keeps the tokens on the server. The story: sign in for the messages API, call it, then exchange
 <em>the same refresh token</em> for a billing API token, which the sign-in never asked for: the app's MRRT policy allows it.</p>
+<p>The same story in the browser with Auth0's own SDK (<code>@auth0/auth0-spa-js</code>, <code>useMrrt: true</code>), unmodified:
+<a href="/spa">the SPA page</a>.</p>
 ${session?.error ? html`<p class="error" role="alert">${session.error}</p>` : ''}
 
 <div class="step"><h2>1. Sign in for the messages API</h2>

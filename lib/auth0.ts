@@ -46,7 +46,7 @@ type ResourceIndicators = NonNullable<NonNullable<Configuration['features']>['re
 type RpInitiatedLogout = NonNullable<NonNullable<Configuration['features']>['rpInitiatedLogout']>;
 
 const AUTHORIZATION_ROUTES = new Set(['authorization', 'resume', 'pushed_authorization_request', 'device_authorization', 'backchannel_authentication']);
-const OFFLINE_ROUTES = new Set(['authorization', 'pushed_authorization_request']);
+const OFFLINE_ROUTES = new Set(['authorization']);
 const KNOWN = new Set(['isFirstParty', 'allowSkippingConsent']);
 
 function staticFirstParty(configuration: Configuration): (client: Auth0Client) => boolean {
@@ -109,8 +109,9 @@ const autoSubmitLogout: NonNullable<RpInitiatedLogout['logoutSource']> = (ctx, f
  *   different values is `invalid_request`.
  * - The granted API is used at the token endpoint when the request names none (the SDKs send no
  *   `audience` with the code, nor with a plain refresh): `useGrantedResource` answers `true`.
- * - First-party clients get `offline_access` without `prompt=consent` (oidc-provider otherwise drops
- *   it, and no refresh token is issued), and skip consent for the APIs in `allowSkippingConsent`
+ * - First-party clients get `offline_access` without `prompt=consent` at the authorization endpoint
+ *   (oidc-provider otherwise drops it, and no refresh token is issued; a request object or a pushed
+ *   request keeps oidc-provider's rule), and skip consent for the APIs in `allowSkippingConsent`
  *   (through `loadExistingGrant`, after the operator's own).
  * - ID tokens are signed with RS256 (the only algorithm Auth0's SDKs accept); the provider's `jwks`
  *   needs an RSA key.
