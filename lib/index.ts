@@ -16,5 +16,5 @@ export type { RedisAdapterOptions } from './adapters/redis.js';
 export { MrrtError, MrrtTypeError, PolicyValidationError, PolicyConflictError, PolicyStoreError } from './errors.js';
 export type { PolicyIssue } from './errors.js';
 export { MrrtMetrics } from './metrics.js';
-export type { MrrtMetricsOptions } from './metrics.js';
+export type { MrrtMetricsOptions, MetricsRegistry } from './metrics.js';
 export { AUTH0_ROUTES, auth0Configuration, auth0LogoutParameters, type Auth0Client, type Auth0ConfigurationOptions, type ProviderMiddleware } from './auth0.js';
