@@ -294,6 +294,32 @@ describe('auth0Configuration: the tenant as Auth0 SDKs find it', () => {
     expect(refused.status).toBe(400);
   });
 
+  test('the operator\'s own hooks win: routes, logoutSource, clientBasedCORS; extraParams kept; defaultResource asked when no audience is given', async () => {
+    const logoutSource = () => undefined;
+    const clientBasedCORS = () => true;
+    const asked: unknown[] = [];
+    const merged = auth0Configuration({
+      routes: { token: '/token' },
+      extraParams: ['ui_hint'],
+      clientBasedCORS,
+      features: {
+        rpInitiatedLogout: { logoutSource },
+        resourceIndicators: { defaultResource: (_ctx, _client, oneOf) => { asked.push(oneOf); return 'https://default.example.com'; } },
+      },
+    });
+    expect(merged.routes).toMatchObject({ token: '/token', authorization: '/authorize', end_session: '/v2/logout' });
+    expect(merged.features?.rpInitiatedLogout?.logoutSource).toBe(logoutSource);
+    expect(merged.clientBasedCORS).toBe(clientBasedCORS);
+    expect(Object.keys(merged.extraParams as object).sort()).toEqual(['audience', 'ui_hint']);
+    const ctx = (route: string, audience?: string) => ({ oidc: { route, params: { audience } } }) as never;
+    const defaultResource = merged.features!.resourceIndicators!.defaultResource!;
+    expect(await defaultResource(ctx('authorization', MESSAGES), {} as never)).toBe(MESSAGES);
+    expect(await defaultResource(ctx('authorization'), {} as never)).toBe('https://default.example.com');
+    expect(await defaultResource(ctx('token', MESSAGES), {} as never)).toBe('https://default.example.com');
+    expect(asked).toEqual([undefined, undefined]);
+    expect(() => auth0LogoutParameters('v2/logout')).toThrow('path must be a path starting with "/"');
+  });
+
   test('option errors name the option', () => {
     expect(() => auth0Configuration({}, { allowSkippingConsent: 'x' as never })).toThrow('"allowSkippingConsent" option must be');
     expect(() => auth0Configuration({}, { isFirstParty: true as never })).toThrow('"isFirstParty" option must be a function');
