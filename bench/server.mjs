@@ -11,7 +11,7 @@ import path from 'node:path';
 import http from 'node:http';
 
 import { Redis } from 'ioredis';
-import Provider, { errors } from 'oidc-provider';
+import Provider from 'oidc-provider';
 
 import {
   MemoryAdapter, MemoryPolicyStore, MemoryStorage, RedisAdapter, RedisPolicyStore, withMrrt,
@@ -19,6 +19,7 @@ import {
 import {
   CLIENT, LOGIN_RESOURCE, LOGIN_SCOPE, POLICY, RESOURCE_SERVERS, SKIP_CONSENT, DENY_LIST, scanKeys, unlinkAll,
 } from './shared.mjs';
+import { TTL, interactionHandler, providerConfiguration } from '../test/support/provider-fixture.mjs';
 
 const MINT_BATCH = 500;
 
@@ -31,72 +32,29 @@ function signingKey(alg) {
   return { ...pair.privateKey.export({ format: 'jwk' }), kid: `bench-${alg}`, alg, use: 'sig' };
 }
 
-function configuration({ adapter, rotate, mrrt, jwk }) {
+/** The shared provider setup (test/support/provider-fixture.mjs) with the bench's APIs, client and key. */
+function configuration({ adapter, rotate, jwk }) {
   const resourceServers = Object.fromEntries(Object.entries(RESOURCE_SERVERS).map(([uri, info]) => (
     [uri, { ...info, jwt: { sign: { alg: jwk.alg } } }]
   )));
-  return {
+  return providerConfiguration({
     adapter,
-    clients: [{
-      ...CLIENT,
-      id_token_signed_response_alg: jwk.alg,
-      grant_types: ['authorization_code', 'refresh_token'],
-      response_types: ['code'],
-    }],
     jwks: { keys: [jwk] },
-    cookies: { keys: ['a-bench-cookie-signing-key'] },
-    findAccount: (_ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
-    interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
-    ttl: {
-      AccessToken: 3600,
-      AuthorizationCode: 60,
-      Grant: 14 * 24 * 3600,
-      IdToken: 3600,
-      Interaction: 3600,
-      RefreshToken: 14 * 24 * 3600,
-      Session: 14 * 24 * 3600,
-    },
-    features: {
-      devInteractions: { enabled: false },
-      resourceIndicators: {
-        enabled: true,
-        defaultResource: () => undefined,
-        getResourceServerInfo: (_ctx, resource) => {
-          const info = resourceServers[resource];
-          if (!info) throw new errors.InvalidTarget();
-          return info;
-        },
-      },
-    },
-    rotateRefreshToken: rotate,
-    // the withMrrt provider registers first_party itself; the plain one must accept the same client
-    ...(mrrt ? {} : { extraClientMetadata: { properties: ['first_party'] } }),
-  };
+    clients: [{ ...CLIENT, id_token_signed_response_alg: jwk.alg }],
+    resourceServers,
+    cookieKeys: ['a-bench-cookie-signing-key'],
+    rotate,
+    ttl: { ...TTL, AccessToken: 3600 },
+    dpop: false,
+    introspection: false,
+  });
 }
 
-/** Interaction routes as in test/helpers/fixture.ts, on plain node:http; everything else goes to the provider. */
+/** The interaction routes on plain node:http; everything else goes to the provider. */
 function handler(provider) {
   const callback = provider.callback();
-  return async (req, res) => {
-    if (req.method !== 'POST' || !req.url.startsWith('/interaction/')) return callback(req, res);
-    try {
-      const { pathname, searchParams } = new URL(req.url, 'http://bench.invalid');
-      if (pathname.endsWith('/login')) {
-        await provider.interactionFinished(req, res, { login: { accountId: searchParams.get('sub') ?? 'alice' } }, { mergeWithLastSubmission: false });
-        return undefined;
-      }
-      const { prompt, params, session, grantId } = await provider.interactionDetails(req, res);
-      const grant = grantId ? await provider.Grant.find(grantId) : new provider.Grant({ accountId: session.accountId, clientId: String(params.client_id) });
-      const { missingOIDCScope, missingResourceScopes } = prompt.details;
-      if (missingOIDCScope) grant.addOIDCScope(missingOIDCScope.join(' '));
-      for (const [indicator, scopes] of Object.entries(missingResourceScopes ?? {})) grant.addResourceScope(indicator, scopes.join(' '));
-      await provider.interactionFinished(req, res, { consent: { grantId: await grant.save() } }, { mergeWithLastSubmission: true });
-    } catch (err) {
-      res.statusCode = 500;
-      res.end(String(err?.stack ?? err));
-    }
-    return undefined;
-  };
+  const interactions = interactionHandler(provider);
+  return (req, res) => interactions(req, res, () => callback(req, res));
 }
 
 /** One real login: authorization endpoint, login and consent interactions, code exchange (PKCE). */
@@ -187,7 +145,7 @@ async function createTarget({ adapterKind, rotate, kind, redisUrl, prefix }) {
   const ProviderClass = mrrt
     ? withMrrt(Provider, { store, allowSkippingConsent: SKIP_CONSENT, denyList: DENY_LIST, ...(kind === 'mrrt-nocache' ? { cache: false } : {}) })
     : Provider;
-  const provider = new ProviderClass(url, configuration({ adapter, rotate, mrrt, jwk: signing }));
+  const provider = new ProviderClass(url, configuration({ adapter, rotate, jwk: signing }));
   server.on('request', handler(provider));
   server.keepAliveTimeout = 60_000;
 

@@ -5,38 +5,15 @@ import type { AddressInfo } from 'node:net';
 
 import express from 'express';
 import * as jose from 'jose';
-import Provider, { errors, type Configuration, type ResourceServer } from 'oidc-provider';
+import Provider, { type Configuration } from 'oidc-provider';
 import request from 'supertest';
 
+import { API, CLIENTS, interactionHandler, providerConfiguration } from '../support/provider-fixture.mjs';
 import {
   MemoryAdapter, MemoryStorage, withMrrt, type MrrtExchangeEvent, type MrrtOptions, type PolicyStore,
 } from '../../lib/index.js';
 
-export const API = {
-  A: 'https://api-a.example.com',
-  B: 'https://api-b.example.com',
-  C: 'https://api-c.example.com',
-  ADMIN: 'https://admin.example.com',
-  CONSENT: 'https://consent.example.com',
-  GONE: 'https://gone.example.com',
-} as const;
-
-export const RESOURCE_SERVERS: Record<string, ResourceServer> = {
-  [API.A]: { scope: 'a:read a:write', accessTokenFormat: 'jwt' },
-  [API.B]: { scope: 'b:read b:write', accessTokenFormat: 'jwt', accessTokenTTL: 300 },
-  [API.C]: { scope: 'c:read c:write', accessTokenFormat: 'opaque' },
-  [API.ADMIN]: { scope: 'admin:write', accessTokenFormat: 'jwt' },
-  [API.CONSENT]: { scope: 'x:read', accessTokenFormat: 'jwt' },
-};
-
-export const SKIP_CONSENT = [API.A, API.B, API.C, API.ADMIN, API.GONE];
-
-export const CLIENTS = {
-  app: { client_id: 'app', client_secret: 'app-secret-app-secret-app-secret', first_party: true, redirect_uris: ['https://app.example.com/cb'], token_endpoint_auth_method: 'client_secret_post' },
-  spa: { client_id: 'spa', first_party: true, redirect_uris: ['https://spa.example.com/cb'], token_endpoint_auth_method: 'none' },
-  partner: { client_id: 'partner', client_secret: 'partner-secret-partner-secret-ps', redirect_uris: ['https://partner.example.com/cb'], token_endpoint_auth_method: 'client_secret_post' },
-  other: { client_id: 'other', client_secret: 'other-secret-other-secret-other-s', first_party: true, redirect_uris: ['https://other.example.com/cb'], token_endpoint_auth_method: 'client_secret_post' },
-} as const;
+export { API, CLIENTS, RESOURCE_SERVERS, SKIP_CONSENT } from '../support/provider-fixture.mjs';
 export type ClientName = keyof typeof CLIENTS;
 /** A client by its fixture name, or the metadata of one registered some other way (dynamic registration). */
 export type ClientRef = ClientName | { readonly client_id: string; readonly client_secret?: string; readonly redirect_uris: readonly string[] };
@@ -77,38 +54,11 @@ export async function startServer(options: ServerOptions): Promise<TestServer> {
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   const storage = new MemoryStorage();
 
-  const configuration: Configuration = {
+  const configuration: Configuration = providerConfiguration({
     adapter: options.adapter ?? ((name: string) => new MemoryAdapter(name, storage)),
-    clients: Object.values(CLIENTS).map((client) => ({ ...client, grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'] })),
     jwks: await jwks(),
-    cookies: { keys: ['a-test-cookie-signing-key'] },
-    findAccount: (_ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
-    interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
-    ttl: {
-      AccessToken: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? 3600,
-      AuthorizationCode: 60,
-      Grant: 14 * 24 * 3600,
-      IdToken: 3600,
-      Interaction: 3600,
-      RefreshToken: 14 * 24 * 3600,
-      Session: 14 * 24 * 3600,
-    },
-    features: {
-      devInteractions: { enabled: false },
-      dPoP: { enabled: true },
-      introspection: { enabled: true },
-      resourceIndicators: {
-        enabled: true,
-        defaultResource: () => undefined as unknown as string,
-        getResourceServerInfo: (_ctx, resource) => {
-          const info = RESOURCE_SERVERS[resource];
-          if (!info) throw new errors.InvalidTarget();
-          return info;
-        },
-      },
-    },
-    ...(options.rotate === undefined ? {} : { rotateRefreshToken: options.rotate }),
-  };
+    rotate: options.rotate,
+  });
   if (options.mrrt === false) configuration.extraClientMetadata = { properties: ['first_party'] };
   options.configure?.(configuration);
 
@@ -122,21 +72,7 @@ export async function startServer(options: ServerOptions): Promise<TestServer> {
     emitter.on(name, () => providerEvents.push(name));
   }
 
-  app.post('/interaction/:uid/login', async (req, res, next) => {
-    try {
-      await provider.interactionFinished(req, res, { login: { accountId: String(req.query.sub ?? 'alice') } }, { mergeWithLastSubmission: false });
-    } catch (err) { next(err); }
-  });
-  app.post('/interaction/:uid/consent', async (req, res, next) => {
-    try {
-      const { prompt, params, session, grantId } = await provider.interactionDetails(req, res);
-      const grant = grantId ? (await provider.Grant.find(grantId))! : new provider.Grant({ accountId: session!.accountId, clientId: String(params.client_id) });
-      const details = prompt.details as { missingOIDCScope?: string[]; missingResourceScopes?: Record<string, string[]> };
-      if (details.missingOIDCScope) grant.addOIDCScope(details.missingOIDCScope.join(' '));
-      for (const [indicator, scopes] of Object.entries(details.missingResourceScopes ?? {})) grant.addResourceScope(indicator, scopes.join(' '));
-      await provider.interactionFinished(req, res, { consent: { grantId: await grant.save() } }, { mergeWithLastSubmission: true });
-    } catch (err) { next(err); }
-  });
+  app.use(interactionHandler(provider));
   app.use(provider.callback());
 
   return {

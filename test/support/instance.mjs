@@ -1,10 +1,10 @@
 // One provider instance in its own OS process, for test/multi-instance.test.ts.
 //
-// Runs the compiled package (dist/, built by `npm test`'s pretest) with the provider configuration
-// of test/helpers/fixture.ts: same clients, APIs, TTLs, features and interaction routes. Everything
-// that must be identical across instances (issuer, signing key, cookie keys, clients, APIs) comes
-// from the parent as JSON in the MRRT_INSTANCE environment variable; the instance shares nothing
-// with the others but Redis (RedisAdapter + RedisPolicyStore under the given prefixes).
+// Runs the compiled package (dist/, built by `npm test`'s pretest) with the provider setup of
+// provider-fixture.mjs, as every test server. What must be identical across instances and differs
+// per test (issuer, signing key, cookie keys, prefixes) comes from the parent as JSON in the
+// MRRT_INSTANCE environment variable; the instance shares nothing with the others but Redis
+// (RedisAdapter + RedisPolicyStore under the given prefixes).
 //
 // Prints one JSON line on stdout once it listens: {"port":<port>,"pid":<pid>}. Exits on SIGTERM,
 // SIGINT, or when its stdin closes (the parent went away).
@@ -13,9 +13,10 @@ import process from 'node:process';
 
 import express from 'express';
 import { Redis } from 'ioredis';
-import Provider, { errors } from 'oidc-provider';
+import Provider from 'oidc-provider';
 
 import { RedisAdapter, RedisPolicyStore, withMrrt } from '../../dist/index.js';
+import { SKIP_CONSENT, interactionHandler, providerConfiguration } from './provider-fixture.mjs';
 
 const config = JSON.parse(process.env.MRRT_INSTANCE ?? 'null');
 if (!config) {
@@ -23,7 +24,7 @@ if (!config) {
   process.exit(2);
 }
 const {
-  name, issuer, jwks, cookieKeys, redisUrl, adapterPrefix, storePrefix, rotate, clients, resourceServers, skipConsent, denyList,
+  name, issuer, jwks, cookieKeys, redisUrl, adapterPrefix, storePrefix, rotate, denyList,
   quickFailure = false, storeTimeout,
 } = config;
 
@@ -43,39 +44,13 @@ let redisErrors = 0;
 redis.on('error', () => { redisErrors += 1; });
 const store = new RedisPolicyStore(redis, { prefix: storePrefix });
 
-const MrrtProvider = withMrrt(Provider, { store, allowSkippingConsent: skipConsent, denyList, ...(storeTimeout === undefined ? {} : { storeTimeout }) });
-const provider = new MrrtProvider(issuer, {
+const MrrtProvider = withMrrt(Provider, { store, allowSkippingConsent: SKIP_CONSENT, denyList, ...(storeTimeout === undefined ? {} : { storeTimeout }) });
+const provider = new MrrtProvider(issuer, providerConfiguration({
   adapter: RedisAdapter.factory(redis, { prefix: adapterPrefix, reuseInterval: 0 }), // reuse right after a rotation is reuse here
-  clients: clients.map((client) => ({ ...client, grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'] })),
   jwks,
-  cookies: { keys: cookieKeys },
-  findAccount: (_ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
-  interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
-  ttl: {
-    AccessToken: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? 3600,
-    AuthorizationCode: 60,
-    Grant: 14 * 24 * 3600,
-    IdToken: 3600,
-    Interaction: 3600,
-    RefreshToken: 14 * 24 * 3600,
-    Session: 14 * 24 * 3600,
-  },
-  features: {
-    devInteractions: { enabled: false },
-    dPoP: { enabled: true },
-    introspection: { enabled: true },
-    resourceIndicators: {
-      enabled: true,
-      defaultResource: () => undefined,
-      getResourceServerInfo: (_ctx, resource) => {
-        const info = resourceServers[resource];
-        if (!info) throw new errors.InvalidTarget();
-        return info;
-      },
-    },
-  },
-  rotateRefreshToken: rotate,
-});
+  cookieKeys,
+  rotate,
+}));
 
 // what happened on this instance, for the test to read back (never token values)
 const events = [];
@@ -93,21 +68,7 @@ const app = express();
 app.get('/__test/events', (_req, res) => {
   res.json({ name, pid: process.pid, events, storeErrors, redisErrors, unhandledRejections });
 });
-app.post('/interaction/:uid/login', async (req, res, next) => {
-  try {
-    await provider.interactionFinished(req, res, { login: { accountId: String(req.query.sub ?? 'alice') } }, { mergeWithLastSubmission: false });
-  } catch (err) { next(err); }
-});
-app.post('/interaction/:uid/consent', async (req, res, next) => {
-  try {
-    const { prompt, params, session, grantId } = await provider.interactionDetails(req, res);
-    const grant = grantId ? await provider.Grant.find(grantId) : new provider.Grant({ accountId: session.accountId, clientId: String(params.client_id) });
-    const details = prompt.details;
-    if (details.missingOIDCScope) grant.addOIDCScope(details.missingOIDCScope.join(' '));
-    for (const [indicator, scopes] of Object.entries(details.missingResourceScopes ?? {})) grant.addResourceScope(indicator, scopes.join(' '));
-    await provider.interactionFinished(req, res, { consent: { grantId: await grant.save() } }, { mergeWithLastSubmission: true });
-  } catch (err) { next(err); }
-});
+app.use(interactionHandler(provider));
 app.use(provider.callback());
 
 const server = http.createServer(app);

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import * as jose from 'jose';
 import request from 'supertest';
 
-import { API, CLIENTS, RESOURCE_SERVERS, SKIP_CONSENT, type TestServer } from '../helpers/fixture.js';
+import { API, type TestServer } from '../helpers/fixture.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const ENTRY = path.join(ROOT, 'test', 'support', 'instance.mjs');
@@ -22,16 +22,13 @@ export interface InstanceConfig {
   adapterPrefix: string;
   storePrefix: string;
   rotate: boolean;
-  clients: unknown[];
-  resourceServers: unknown;
-  skipConsent: string[];
   denyList: string[];
   /** ioredis with test/support/redis-server.ts QUICK_FAILURE settings instead of `{ maxRetriesPerRequest: 1 }`. */
   quickFailure?: boolean;
   storeTimeout?: number;
 }
 
-/** The fixture's clients and APIs, a fresh RS256 signing key, shared cookie keys, rotation on. */
+/** A fresh RS256 signing key, shared cookie keys, rotation on (the clients and APIs are provider-fixture.mjs's). */
 export async function instanceConfig(
   settings: Pick<InstanceConfig, 'issuer' | 'redisUrl' | 'adapterPrefix' | 'storePrefix'> & Partial<InstanceConfig>,
 ): Promise<{ config: InstanceConfig; publicKey: jose.CryptoKey }> {
@@ -43,9 +40,6 @@ export async function instanceConfig(
       jwks: { keys: [jwk] },
       cookieKeys: ['a-shared-cookie-signing-key'],
       rotate: true,
-      clients: Object.values(CLIENTS),
-      resourceServers: RESOURCE_SERVERS,
-      skipConsent: SKIP_CONSENT,
       denyList: [API.ADMIN],
       ...settings,
     },
