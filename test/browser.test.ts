@@ -1,7 +1,7 @@
-// The home page story in a real browser: headless Debian Chromium (/usr/bin/chromium) driven by
-// playwright-core against the example server on an ephemeral 127.0.0.1 port. Sign-in through the
-// real login and consent pages, then every step of the story by clicking the page's own buttons.
-// No skipping: without Chromium this test fails (.ci/run installs it).
+// The home page story in a real browser: headless Chromium (the one jest's global setup found or
+// installed, in CHROMIUM_PATH) driven by playwright-core against the example server on an ephemeral
+// 127.0.0.1 port. Sign-in through the real login and consent pages, then every step of the story by
+// clicking the page's own buttons. No skipping: without Chromium this test fails.
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -30,7 +30,7 @@ describe('example home page in headless Chromium', () => {
 
   beforeAll(async () => {
     if (!existsSync(CHROMIUM)) {
-      throw new Error(`${CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium (.ci/run installs it)`);
+      throw new Error(`${CHROMIUM} is missing: run the tests through jest's global setup (npm test), which finds or installs Chromium (scripts/test-deps.mjs)`);
     }
     server = await startExampleServer({ port: 0, host: '127.0.0.1', logLevel: 'silent' });
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS, timeout: 30_000 });

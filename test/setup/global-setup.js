@@ -1,7 +1,11 @@
-// Makes sure a Redis answers for the tests: the one in MRRT_TEST_REDIS_URL or on 127.0.0.1:6379 when
-// it responds, otherwise a redis-server started here on a free loopback port (stopped in teardown).
+// Makes sure the programs the tests run are there (scripts/test-deps.mjs: found, or installed with
+// apt-get once, or a clear failure naming what to install), then that a Redis answers for the tests:
+// the one in MRRT_TEST_REDIS_URL or on 127.0.0.1:6379 when it responds, otherwise a redis-server
+// started here on a free loopback port (stopped in teardown).
 import { spawn } from 'node:child_process';
 import net from 'node:net';
+
+import { ensureTestDependencies } from '../../scripts/test-deps.mjs';
 
 const ping = (port, host = '127.0.0.1') => new Promise((resolve) => {
   const socket = net.connect({ port, host });
@@ -22,6 +26,7 @@ const freePort = () => new Promise((resolve, reject) => {
 });
 
 export default async function globalSetup() {
+  ensureTestDependencies();
   if (process.env.MRRT_TEST_REDIS_URL) return;
   if (await ping(6379)) {
     process.env.MRRT_TEST_REDIS_URL = 'redis://127.0.0.1:6379';
