@@ -45,6 +45,8 @@ describe('auth0-spa-js (useMrrt) on the example SPA page in headless Chromium', 
   const tenant = () => `${server!.url}/`;
   /** The tenant's successful token requests of one grant type since `from`. */
   const grants = (grantType: string, from: number) => log.slice(from).filter((entry) => entry.event === 'oidc.grant' && entry.issuer === tenant() && entry.grant_type === grantType);
+  /** Every POST to the tenant's token endpoint since `from`, whatever its answer (the server's request log). */
+  const tokenRequests = (from: number) => log.slice(from).filter((entry) => entry.event === 'http.request' && entry.method === 'POST' && entry.path === '/oauth/token').length;
   const decoded = async (page: Page, id: string): Promise<Decoded> => JSON.parse(await page.locator(`#${id}`).textContent() ?? '') as Decoded;
   /** getTokenSilently in the page, through the SDK; a rejection comes back as { name, message }. */
   const getToken = (page: Page, options: Record<string, unknown>) => page.evaluate(async (opts) => {
@@ -108,6 +110,7 @@ describe('auth0-spa-js (useMrrt) on the example SPA page in headless Chromium', 
       expect(await decoded(page, 'billing-token')).toMatchObject({ alg: 'RS256', aud: BILLING_API, scope: 'billing:read', client_id: spaApp.clientId, sub: 'alice', iss: tenant() });
       expect(JSON.parse(await page.locator('#billing-answer').textContent() ?? '')).toMatchObject({ status: 200, body: { audience: BILLING_API, subject: 'alice', invoices: config.data.invoices.alice } });
       expect(grants('refresh_token', from)).toEqual([expect.objectContaining({ client_id: spaApp.clientId })]);
+      expect(tokenRequests(from)).toBe(1);
       const exchanges = log.slice(from).filter((entry) => entry.event === 'mrrt.exchange');
       expect(exchanges).toEqual([expect.objectContaining({ outcome: 'issued', reason: 'policy', clientId: spaApp.clientId, resolvedAudience: BILLING_API, requestedScope: 'openid profile email offline_access billing:read' })]);
       expect(await page.locator('#error').isHidden()).toBe(true);
@@ -160,6 +163,7 @@ describe('auth0-spa-js (useMrrt) on the example SPA page in headless Chromium', 
       expect(jkt).toMatch(/^[\w-]{43}$/);
       expect((billing.claims!.cnf as { jkt?: string }).jkt).toBe(jkt);
       expect(grants('refresh_token', from)).toHaveLength(1);
+      expect(tokenRequests(from)).toBe(1);
     } finally {
       await context.close();
     }
