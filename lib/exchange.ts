@@ -4,7 +4,7 @@ import { PolicyStoreError } from './errors.js';
 import type { MrrtClient, MrrtConfiguration } from './options.js';
 import { PolicyCache } from './policy-cache.js';
 import {
-  TARGET_REFUSALS, askResourceServer, audienceRefusal, clientRefusal, definedScopes, isWellFormedAnswer, policyScopes,
+  TARGET_REFUSALS, askResourceServer, consentRefusal, definedScopes, denyListRefusal, firstPartyRefusal, isWellFormedAnswer, policyScopes,
   resourceServerRefusal, splitScope, union, type MrrtReason, type ResourceServerAnswer, type TargetRefusal,
 } from './rules.js';
 import type { PolicyRecord } from './store.js';
@@ -335,11 +335,13 @@ export function createExchangeHandler(setup: ExchangeSetup, install: (ctx: KoaCo
   };
   // the operator's isFirstParty / allowSkippingConsent may ask a database: bounded like the store,
   // and a failure refuses only what needs their answer (a granted target is still served)
-  const check = <T>(question: () => Promise<T>): Promise<T> => withTimeout(
-    Promise.resolve().then(question),
-    config.storeTimeout,
-    () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`),
-  );
+  // a synchronous answer is used as it is (no timer); a thenable is awaited for at most storeTimeout
+  const check = (question: () => unknown): unknown => {
+    const answer = question();
+    const thenable = (typeof answer === 'object' || typeof answer === 'function') && answer !== null && typeof (answer as PromiseLike<unknown>).then === 'function';
+    if (!thenable) return answer;
+    return withTimeout(Promise.resolve(answer), config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
+  };
 
   /** What the policy alone says about the target (SPEC E3), before any token is read. */
   async function decide(ctx: KoaContextWithOIDC, target: string): Promise<Plan> {
@@ -351,11 +353,10 @@ export function createExchangeHandler(setup: ExchangeSetup, install: (ctx: KoaCo
     };
     let ineligible: TargetRefusal | undefined;
     try {
-      ineligible = await check(() => clientRefusal(setup.isFirstParty, client));
+      ineligible = firstPartyRefusal(await check(() => setup.isFirstParty(client))) ?? denyListRefusal(config, target);
     } catch (err) {
       return failed(err);
     }
-    ineligible ??= config.denyList.has(target) ? 'deny_listed' : undefined;
     if (ineligible) return refuse(ineligible);
 
     let record: PolicyRecord | undefined;
@@ -369,7 +370,7 @@ export function createExchangeHandler(setup: ExchangeSetup, install: (ctx: KoaCo
     if (!entry) return refuse(record ? 'not_in_policy' : 'no_policy');
     let refused: TargetRefusal | undefined;
     try {
-      refused = await check(() => audienceRefusal(config, target, client));
+      refused = consentRefusal(await check(() => config.allowSkippingConsent(target, client)));
     } catch (err) {
       return failed(err);
     }

@@ -69,15 +69,21 @@ export interface ResourceServerAnswer {
  * is never mistaken for a truthy answer.
  */
 export async function clientRefusal(isFirstParty: (client: MrrtClient) => unknown, client: MrrtClient): Promise<TargetRefusal | undefined> {
-  // only `true` allows: a string such as "false" (what a cache or database may hand back) refuses
-  return (await isFirstParty(client)) === true ? undefined : 'not_first_party';
+  return firstPartyRefusal(await isFirstParty(client));
 }
 
 /** The target itself: never a deny-listed API, and only one whose user consent may be skipped. */
 export async function audienceRefusal(config: MrrtConfiguration, target: string, client: MrrtClient): Promise<TargetRefusal | undefined> {
-  if (config.denyList.has(target)) return 'deny_listed';
-  return (await config.allowSkippingConsent(target, client)) === true ? undefined : 'consent_required';
+  return denyListRefusal(config, target) ?? consentRefusal(await config.allowSkippingConsent(target, client));
 }
+
+// only `true` allows: a string such as "false" (what a cache or database may hand back) refuses
+/** The operator's `isFirstParty` answer, settled. */
+export const firstPartyRefusal = (answer: unknown): TargetRefusal | undefined => (answer === true ? undefined : 'not_first_party');
+/** The operator's `allowSkippingConsent` answer, settled. */
+export const consentRefusal = (answer: unknown): TargetRefusal | undefined => (answer === true ? undefined : 'consent_required');
+/** A target on the deny-list. */
+export const denyListRefusal = (config: MrrtConfiguration, target: string): TargetRefusal | undefined => (config.denyList.has(target) ? 'deny_listed' : undefined);
 
 /**
  * Whether an answer has the shape oidc-provider accepts for issuance (`scope` string; `audience`,
