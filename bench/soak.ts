@@ -19,7 +19,7 @@ import { Redis } from 'ioredis';
 import * as oidc from 'openid-client';
 
 import { ADMIN_API, BILLING_API, MESSAGES_API, config } from '../example-server/config.js';
-import { signInThroughTheForms } from './sign-in.js';
+import { signInThroughTheForms } from '../demo/sign-in.js';
 
 const args = process.argv.slice(2);
 const option = (name: string, fallback: number): number => {
