@@ -24,6 +24,7 @@ import request from 'supertest';
 import { MemoryPolicyStore, RedisPolicyStore, mrrtConfiguration } from '../lib/index.js';
 import { createPolicyRouter, jwtAuthorizer, type PolicyAuditEvent } from '../lib/express.js';
 import { API, SKIP_CONSENT, claims, login, refresh, snapshot, startServer, type TestServer } from './helpers/fixture.js';
+import { deleteKeys } from './support/redis-keys.js';
 
 const ISSUER = 'https://issuer.example.com';
 const ADMIN_SCOPE = 'mrrt:admin';
@@ -71,8 +72,7 @@ afterAll(async () => {
   admin.closeAllConnections();
   await new Promise((resolve) => admin.close(resolve));
   await store.close();
-  const keys = await redis.keys(`${prefix}*`);
-  if (keys.length) await redis.del(...keys);
+  await deleteKeys(redis, prefix);
   await redis.quit();
 });
 

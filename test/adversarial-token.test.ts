@@ -16,6 +16,7 @@ import {
   API, CLIENTS, RESOURCE_SERVERS, SKIP_CONSENT, claims, login, refresh, snapshot, startServer, type TestServer,
 } from './helpers/fixture.js';
 import { accessTokenView, expectNothingPersisted } from './helpers/security.js';
+import { deleteKeys } from './support/redis-keys.js';
 
 const redis = new Redis(process.env.MRRT_TEST_REDIS_URL!);
 const prefix = `mrrt-test:{adversarial-token-${randomBytes(6).toString('hex')}}:`;
@@ -23,8 +24,7 @@ const store = new RedisPolicyStore(redis, { prefix });
 
 afterAll(async () => {
   await store.close();
-  const keys = await redis.keys(`${prefix}*`);
-  if (keys.length) await redis.del(...keys);
+  await deleteKeys(redis, prefix);
   await redis.quit();
 });
 

@@ -10,6 +10,7 @@ import request from 'supertest';
 
 import { ADMIN_API, BILLING_API, MESSAGES_API, config } from '../example-server/config.js';
 import { generateJwks, startExampleServer, type RunningExample } from '../example-server/server.js';
+import { deleteKeys } from './support/redis-keys.js';
 
 const DEMO = config.clients.find((client) => client.client_id === 'demo-app')!;
 const ADMIN = config.clients.find((client) => client.client_id === 'admin-cli')!;
@@ -83,8 +84,7 @@ describe.each(MODES)('example server with %s', (mode, redisUrl) => {
   afterAll(async () => {
     await server?.close();
     if (redis) {
-      const keys = await redis.keys(`${redisPrefix}*`);
-      if (keys.length) await redis.del(...keys);
+      await deleteKeys(redis, redisPrefix);
       await redis.quit();
     }
   });

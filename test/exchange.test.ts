@@ -9,6 +9,7 @@ import { MemoryPolicyStore, RedisPolicyStore, type MrrtReason, type Policy } fro
 import {
   API, CLIENTS, SKIP_CONSENT, claims, dpopKey, login, refresh, snapshot, startServer, type TestServer, type TokenSet,
 } from './helpers/fixture.js';
+import { deleteKeys } from './support/redis-keys.js';
 
 const APP_POLICY: Policy = [
   { audience: API.A, scope: ['a:write'] },
@@ -25,8 +26,7 @@ const store = new RedisPolicyStore(redis, { prefix });
 
 afterAll(async () => {
   await store.close();
-  const keys = await redis.keys(`${prefix}*`);
-  if (keys.length) await redis.del(...keys);
+  await deleteKeys(redis, prefix);
   await redis.quit();
 });
 

@@ -11,6 +11,7 @@ import request from 'supertest';
 import { RedisPolicyStore, type Policy } from '../lib/index.js';
 import { API, CLIENTS, login, refresh } from './helpers/fixture.js';
 import { instanceConfig, startInstance, type Instance } from './support/instances.js';
+import { deleteKeys } from './support/redis-keys.js';
 
 const ISSUER = 'http://auth.mrrt.test';
 /** The documented default `cache.maxAge`: the longest a policy change may take to apply anywhere. */
@@ -42,14 +43,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all(instances.map((instance) => instance.stop()));
   await store.close();
-  for (const pattern of [`${adapterPrefix}*`, `${storePrefix}*`]) {
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 500);
-      cursor = next;
-      if (keys.length) await redis.del(...keys);
-    } while (cursor !== '0');
-  }
+  for (const prefix of [adapterPrefix, storePrefix]) await deleteKeys(redis, prefix);
   await redis.quit();
 }, 30_000);
 

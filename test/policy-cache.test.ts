@@ -5,6 +5,7 @@ import { Redis } from 'ioredis';
 
 import { PolicyCache } from '../lib/policy-cache.js';
 import { MemoryPolicyStore, PolicyStoreError, RedisPolicyStore, type PolicyRecord } from '../lib/index.js';
+import { deleteKeys } from './support/redis-keys.js';
 
 const url = process.env.MRRT_TEST_REDIS_URL!;
 const prefix = `mrrt-test:{cache-${randomBytes(6).toString('hex')}}:`;
@@ -36,8 +37,7 @@ const changeOf = (store: RedisPolicyStore, clientId: string | undefined): Promis
 
 afterAll(async () => {
   for (const store of stores) await store.close();
-  const keys = await clients[0]!.keys(`${prefix}*`);
-  if (keys.length) await clients[0]!.del(...keys);
+  await deleteKeys(clients[0]!, prefix);
   await Promise.all(clients.map((c) => c.quit()));
 });
 

@@ -17,6 +17,7 @@ import { Redis, type RedisOptions } from 'ioredis';
 import { RedisPolicyStore, type Policy } from '../lib/index.js';
 import { API, SKIP_CONSENT, login, refresh, startServer, type TestServer } from './helpers/fixture.js';
 import { RedisServer } from './support/redis-server.js';
+import { deleteKeys } from './support/redis-keys.js';
 
 const FULL: Policy = [{ audience: API.B, scope: ['b:read'] }, { audience: API.C, scope: ['c:read'] }];
 const NARROW: Policy = [{ audience: API.B, scope: ['b:read'] }];
@@ -85,8 +86,7 @@ describe('a policy change by another instance reaches this instance\'s cache', (
     const prefix = `mrrt-test:{resilience-${randomBytes(6).toString('hex')}}:`;
     const admin = connect(url);
     cleanups.push(async () => {
-      const keys = await admin.keys(`${prefix}*`);
-      if (keys.length) await admin.del(...keys);
+      await deleteKeys(admin, prefix);
     });
     const readerRedis = connect(url, { maxRetriesPerRequest: 1 });
     await ready(readerRedis);
@@ -99,8 +99,7 @@ describe('a policy change by another instance reaches this instance\'s cache', (
     const prefix = `mrrt-test:{resilience-${randomBytes(6).toString('hex')}}:`;
     const admin = connect(url);
     cleanups.push(async () => {
-      const keys = await admin.keys(`${prefix}*`);
-      if (keys.length) await admin.del(...keys);
+      await deleteKeys(admin, prefix);
     });
     const readerRedis = connect(url, { enableOfflineQueue: false, maxRetriesPerRequest: 1 });
     await ready(readerRedis);
@@ -126,8 +125,7 @@ describe('a write the store reports as failed changes nothing', () => {
     const prefix = `mrrt-test:{resilience-${randomBytes(6).toString('hex')}}:`;
     const admin = connect(url);
     cleanups.push(async () => {
-      const keys = await admin.keys(`${prefix}*`);
-      if (keys.length) await admin.del(...keys);
+      await deleteKeys(admin, prefix);
     });
     const store = new RedisPolicyStore(admin, { prefix });
     const { version } = await store.set('app', FULL);

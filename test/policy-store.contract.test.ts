@@ -6,6 +6,7 @@ import { Redis } from 'ioredis';
 
 import { MemoryPolicyStore, PolicyStoreError, PolicyValidationError, RedisPolicyStore } from '../lib/index.js';
 import { A, P1, P2, P3, conflict, describeStoreContract, expectDeeplyFrozen } from './support/store-contract.js';
+import { deleteKeys } from './support/redis-keys.js';
 
 const REDIS_URL = process.env.MRRT_TEST_REDIS_URL;
 if (!REDIS_URL) throw new Error('MRRT_TEST_REDIS_URL is not set (the jest global setup sets it)');
@@ -19,16 +20,6 @@ const newRedisStore = (): RedisPolicyStore => {
   return new RedisPolicyStore(redis, { prefix: `${ROOT}s${storeCount}:` });
 };
 
-async function deleteKeys(client: Redis, prefix: string): Promise<number> {
-  let cursor = '0';
-  let deleted = 0;
-  do {
-    const [next, keys] = await client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
-    cursor = next;
-    if (keys.length) deleted += await client.del(...keys);
-  } while (cursor !== '0');
-  return deleted;
-}
 
 beforeAll(async () => {
   redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });

@@ -24,6 +24,7 @@ import {
   API, RESOURCE_SERVERS, dpopKey, login, refresh, snapshot, startServer, type ClientName, type DpopKey, type TestServer,
 } from './helpers/fixture.js';
 import { SCOPE_SYNTAX, accessTokenView, expectNothingPersisted, type Snapshot } from './helpers/security.js';
+import { deleteKeys } from './support/redis-keys.js';
 
 const redis = new Redis(process.env.MRRT_TEST_REDIS_URL!);
 const prefix = `mrrt-test:{property-${randomBytes(6).toString('hex')}}:`;
@@ -31,8 +32,7 @@ const redisStore = new RedisPolicyStore(redis, { prefix });
 
 afterAll(async () => {
   await redisStore.close();
-  const keys = await redis.keys(`${prefix}*`);
-  if (keys.length) await redis.del(...keys);
+  await deleteKeys(redis, prefix);
   await redis.quit();
 });
 
