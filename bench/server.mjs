@@ -2,9 +2,10 @@
 // over IPC). It hosts, per adapter (memory, redis) and rotation mode (off, on), a plain oidc-provider
 // and a withMrrt provider with the same configuration, each on its own 127.0.0.1 port. Every
 // provider gets one real authorization-code login (through its authorization endpoint and the
-// interaction routes below); rotation-on pools are minted from that login's refresh token and Grant
-// through the provider's public models.
-import { generateKeyPairSync, createHash, randomBytes } from 'node:crypto';
+// fixture's interaction routes, bench/provider-setup.mjs); rotation-on pools are minted from that login's refresh token and Grant
+// through the provider's public models. Each plain provider also keeps a pool of signed-in sessions
+// (real logins) for scenario E's silent authorization requests. The storage table's providers are
+// built on demand (bench/storage.mjs).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import path from 'node:path';
@@ -16,94 +17,13 @@ import Provider from 'oidc-provider';
 import {
   MemoryAdapter, MemoryPolicyStore, MemoryStorage, RedisAdapter, RedisPolicyStore, withMrrt,
 } from '../dist/index.js';
+import { configuration, handler, login, signingKey } from './provider-setup.mjs';
 import {
-  CLIENT, LOGIN_RESOURCE, LOGIN_SCOPE, POLICY, RESOURCE_SERVERS, SKIP_CONSENT, DENY_LIST, scanKeys, unlinkAll,
+  CLIENT, POLICY, SESSIONS_PER_PROVIDER, SKIP_CONSENT, DENY_LIST, scanKeys, unlinkAll,
 } from './shared.mjs';
-import { TTL, interactionHandler, providerConfiguration } from '../test/support/provider-fixture.mjs';
+import { measureStorage } from './storage.mjs';
 
 const MINT_BATCH = 500;
-
-function signingKey(alg) {
-  const pair = alg === 'RS256'
-    ? generateKeyPairSync('rsa', { modulusLength: 2048 })
-    : alg === 'EdDSA'
-      ? generateKeyPairSync('ed25519')
-      : generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  return { ...pair.privateKey.export({ format: 'jwk' }), kid: `bench-${alg}`, alg, use: 'sig' };
-}
-
-/** The shared provider setup (test/support/provider-fixture.mjs) with the bench's APIs, client and key. */
-function configuration({ adapter, rotate, jwk }) {
-  const resourceServers = Object.fromEntries(Object.entries(RESOURCE_SERVERS).map(([uri, info]) => (
-    [uri, { ...info, jwt: { sign: { alg: jwk.alg } } }]
-  )));
-  return providerConfiguration({
-    adapter,
-    jwks: { keys: [jwk] },
-    clients: [{ ...CLIENT, id_token_signed_response_alg: jwk.alg }],
-    resourceServers,
-    cookieKeys: ['a-bench-cookie-signing-key'],
-    rotate,
-    ttl: { ...TTL, AccessToken: 3600 },
-    dpop: false,
-    introspection: false,
-  });
-}
-
-/** The interaction routes on plain node:http; everything else goes to the provider. */
-function handler(provider) {
-  const callback = provider.callback();
-  const interactions = interactionHandler(provider);
-  return (req, res) => interactions(req, res, () => callback(req, res));
-}
-
-/** One real login: authorization endpoint, login and consent interactions, code exchange (PKCE). */
-async function login(url) {
-  const jar = new Map();
-  const step = async (path, init = {}) => {
-    const res = await fetch(new URL(path, url), {
-      ...init,
-      redirect: 'manual',
-      headers: { ...init.headers, cookie: [...jar].map(([k, v]) => `${k}=${v}`).join('; ') },
-    });
-    for (const cookie of res.headers.getSetCookie()) {
-      const [pair] = cookie.split(';');
-      const eq = pair.indexOf('=');
-      jar.set(pair.slice(0, eq), pair.slice(eq + 1));
-    }
-    return res;
-  };
-  const location = (res) => {
-    const value = res.headers.get('location');
-    if (res.status !== 303 || !value) throw new Error(`login: expected a 303 redirect, got ${res.status}`);
-    const { pathname, search } = new URL(value, url);
-    return { pathname, search, href: value };
-  };
-  const verifier = randomBytes(32).toString('base64url');
-  const auth = new URLSearchParams({
-    client_id: CLIENT.client_id, response_type: 'code', scope: LOGIN_SCOPE, redirect_uri: CLIENT.redirect_uris[0],
-    code_challenge: createHash('sha256').update(verifier).digest('base64url'), code_challenge_method: 'S256',
-    prompt: 'consent', state: 'st', resource: LOGIN_RESOURCE,
-  });
-  let res = await step(`/auth?${auth}`);
-  res = await step(`${location(res).pathname}/login?sub=alice`, { method: 'POST' });
-  res = await step(location(res).pathname);
-  res = await step(`${location(res).pathname}/consent`, { method: 'POST' });
-  res = await step(location(res).pathname);
-  const code = new URL(location(res).href).searchParams.get('code');
-  if (!code) throw new Error('login: no authorization code');
-  res = await step('/token', {
-    method: 'POST',
-    headers: { 'content-type': 'application/x-www-form-urlencoded' },
-    body: new URLSearchParams({
-      grant_type: 'authorization_code', code, redirect_uri: CLIENT.redirect_uris[0], code_verifier: verifier,
-      client_id: CLIENT.client_id, client_secret: CLIENT.client_secret, resource: LOGIN_RESOURCE,
-    }).toString(),
-  });
-  const body = await res.json();
-  if (res.status !== 200 || !body.refresh_token) throw new Error(`login: code exchange failed: ${res.status} ${JSON.stringify(body)}`);
-  return body.refresh_token;
-}
 
 const targets = new Map(); // key "<adapter>/<rotation>/<plain|mrrt>" -> target
 const servers = [];
@@ -149,7 +69,11 @@ async function createTarget({ adapterKind, rotate, kind, redisUrl, prefix }) {
   server.on('request', handler(provider));
   server.keepAliveTimeout = 60_000;
 
-  const refreshToken = await login(url);
+  const { refreshToken } = await login(url);
+  // scenario E's signed-in sessions (its silent requests write codes and refresh tokens, purged
+  // after each window; the sessions themselves stay, as part of the baseline)
+  const sessions = [];
+  if (kind === 'plain') for (let i = 0; i < SESSIONS_PER_PROVIDER; i += 1) sessions.push((await login(url)).cookie);
   const rt = await provider.RefreshToken.find(refreshToken);
   const grant = await provider.Grant.find(rt.grantId);
   const template = {
@@ -163,7 +87,7 @@ async function createTarget({ adapterKind, rotate, kind, redisUrl, prefix }) {
   const target = { name, url, provider, storage, redis, keyPrefix, refreshToken, template };
   target.baseline = await snapshotKeys(target);
   targets.set(name, target);
-  return { name, url, refreshToken, redisPrefix: keyPrefix, policyPrefix: mrrt && keyPrefix ? `${keyPrefix}{policies}:` : undefined };
+  return { name, url, refreshToken, sessions, redisPrefix: keyPrefix, policyPrefix: mrrt && keyPrefix ? `${keyPrefix}{policies}:` : undefined };
 }
 
 async function snapshotKeys(target) {
@@ -218,6 +142,11 @@ const handlers = {
     const keys = (await scanKeys(target.redis, `${target.keyPrefix}*`)).filter((key) => !baseline.has(key));
     await unlinkAll(target.redis, keys);
     return keys.length;
+  },
+
+  /** The storage table: what one user's tokens for N APIs keep in Redis, with and without MRRT. */
+  async storage({ redisUrl, prefix, counts }) {
+    return measureStorage({ redisUrl, prefix, counts, jwk: signing });
   },
 
   /** CPU time this process has used so far (µs, user + system). */

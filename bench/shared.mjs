@@ -1,4 +1,6 @@
-// What the bench server and the runner agree on: APIs, the client, its MRRT policy; Redis key helpers.
+// What the bench server and the runner agree on: APIs, the client, its MRRT policy, the requests of
+// each scenario; Redis helpers.
+import { createHash } from 'node:crypto';
 
 export const API = {
   A: 'https://api-a.example.com', // granted at login: scenarios A and B refresh for it
@@ -39,13 +41,59 @@ export const POLICY = [
   { audience: API.E, scope: ['e:read'] },
 ];
 
-/** The refresh request body of each scenario (the refresh token goes first, see run.mjs). */
+/**
+ * The scenarios: the provider each runs on and the API it asks for. A–D are one refresh request
+ * each; E obtains a token for a new API without MRRT, as an app must today: a silent authorization
+ * request (`prompt=none`, PKCE, the user's session cookie) and the code exchange for that API.
+ */
 export const SCENARIOS = {
   A: { provider: 'plain', resource: API.A, label: 'plain oidc-provider, granted API' },
   B: { provider: 'mrrt', resource: API.A, label: 'withMrrt, granted API (pass-through)' },
   C: { provider: 'mrrt', resource: API.C, label: 'withMrrt, policy-only API (MRRT exchange)' },
   D: { provider: 'mrrt-nocache', resource: API.C, label: 'as C with `cache: false` (store read per exchange)' },
+  E: { provider: 'plain', resource: API.C, silent: true, label: 'plain oidc-provider, new API without MRRT (silent authorization + code exchange)' },
 };
+
+/** Sessions per plain provider for scenario E (each a real login; more than the connections). */
+export const SESSIONS_PER_PROVIDER = 24;
+
+/** Scenario E's PKCE pair: one verifier for every request (the server hashes it each time all the same). */
+export const SILENT_VERIFIER = 'bench-silent-authorization-pkce-verifier-0123456789abcdef';
+const SILENT_CHALLENGE = createHash('sha256').update(SILENT_VERIFIER).digest('base64url');
+
+/** Scenario E's first request: `GET /auth?` this, with the session cookie. */
+export function silentAuthorizationQuery(resource, scope) {
+  return new URLSearchParams({
+    client_id: CLIENT.client_id, response_type: 'code', scope: `openid offline_access ${scope}`, redirect_uri: CLIENT.redirect_uris[0],
+    code_challenge: SILENT_CHALLENGE, code_challenge_method: 'S256', prompt: 'none', state: 'bench', resource,
+  }).toString();
+}
+
+/** The code in the redirect that answers a silent authorization request (undefined for an error). */
+export function codeFromRedirect(location) {
+  if (typeof location !== 'string') return undefined;
+  return new URL(location, CLIENT.redirect_uris[0]).searchParams.get('code') ?? undefined;
+}
+
+/** Scenario E's second request: the code exchange for the API. */
+export function codeExchangeBody(code, resource) {
+  return new URLSearchParams({
+    grant_type: 'authorization_code', code: code ?? '', redirect_uri: CLIENT.redirect_uris[0], code_verifier: SILENT_VERIFIER,
+    client_id: CLIENT.client_id, client_secret: CLIENT.client_secret, resource,
+  }).toString();
+}
+
+/** The storage table's APIs: the login's, then the nine others an app gets tokens for (N ≤ 10). */
+export const STORAGE_APIS = [API.A, API.C, API.D, API.E, ...Array.from({ length: 6 }, (_, i) => `https://api-s${i + 1}.example.com`)];
+
+/** The scopes of an API the bench knows (RESOURCE_SERVERS, or a storage-table API). */
+export const apiScope = (api) => RESOURCE_SERVERS[api]?.scope ?? `${new URL(api).hostname.split('.')[0]}:read`;
+
+/** The bench server's name for the provider a scenario runs on in a variant ("memory/off", …). */
+export const targetName = (variant, scenario) => `${variant}/${SCENARIOS[scenario].provider}`;
+
+/** Whether the variant rotates refresh tokens (a fresh token per request). */
+export const rotating = (variant) => variant.endsWith('/on');
 
 export function refreshBody(refreshToken, resource) {
   return new URLSearchParams({
@@ -75,4 +123,21 @@ export async function scanKeys(redis, pattern) {
 /** Deletes `keys`, 1 000 per UNLINK. */
 export async function unlinkAll(redis, keys) {
   for (let i = 0; i < keys.length; i += 1000) await redis.unlink(...keys.slice(i, i + 1000));
+}
+
+/** Deletes every key under `prefix`; returns how many there were. */
+export async function deleteByPrefix(redis, prefix) {
+  const keys = await scanKeys(redis, `${prefix}*`);
+  await unlinkAll(redis, keys);
+  return keys.length;
+}
+
+/** The fields of an `INFO` answer. */
+export function parseInfo(text) {
+  const out = {};
+  for (const line of text.split('\r\n')) {
+    const colon = line.indexOf(':');
+    if (colon > 0 && !line.startsWith('#')) out[line.slice(0, colon)] = line.slice(colon + 1);
+  }
+  return out;
 }

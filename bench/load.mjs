@@ -1,0 +1,221 @@
+// Load against the bench server: one scenario for a fixed time with autocannon (closed loop), one
+// token at a time (the Redis command count), and the sanity check that every server answers as its
+// scenario says before anything is timed. A–D get a token with one refresh request; E with two (a
+// silent authorization request and its code exchange): every figure is per token.
+import autocannon from 'autocannon';
+
+import {
+  API, SCENARIOS, codeExchangeBody, codeFromRedirect, refreshBody, rotating, silentAuthorizationQuery, targetName,
+} from './shared.mjs';
+import { percentile } from './stats.mjs';
+import { log, sleep } from './util.mjs';
+
+/**
+ * Runs one scenario for `seconds` with autocannon and returns requests/s and latency percentiles
+ * computed from every response (autocannon's own histogram rounds to whole milliseconds).
+ * Rotating variants get a pool of `poolRps × seconds` fresh refresh tokens, purged afterwards;
+ * `profileFile` profiles the server during the window.
+ */
+export async function measure(server, targets, { variant, scenario, seconds, connections, poolRps, profileFile }) {
+  if (SCENARIOS[scenario].silent) return measureSilent(server, targets, { variant, scenario, seconds, connections, profileFile });
+  const target = targets.get(targetName(variant, scenario));
+  const { resource } = SCENARIOS[scenario];
+  let tokens;
+  if (rotating(variant)) {
+    const count = Math.ceil(poolRps * seconds) + 4 * connections + 100;
+    tokens = await server.call('mint', { name: target.name, count });
+  }
+  await server.call('gc');
+  await sleep(50);
+
+  const latencies = [];
+  const status = {};
+  let next = 0;
+  let last = 0;
+  const options = {
+    url: `${target.url}/token`,
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    connections,
+    duration: seconds,
+    sampleInt: 100,
+    timeout: 30,
+  };
+  if (tokens) {
+    // one fresh refresh token per request; never more requests than tokens
+    options.requests = [{ setupRequest: (req) => ({ ...req, body: refreshBody(tokens[Math.min(next++, tokens.length - 1)], resource) }) }];
+    options.maxOverallRequests = tokens.length - 2 * connections;
+  } else {
+    options.body = refreshBody(target.refreshToken, resource);
+  }
+
+  if (profileFile) await server.call('profileStart');
+  const cpuBefore = await server.call('cpu');
+  const start = performance.now();
+  const instance = autocannon(options);
+  instance.on('response', (_client, statusCode, _bytes, responseTime) => {
+    status[statusCode] = (status[statusCode] ?? 0) + 1;
+    if (statusCode === 200) {
+      latencies.push(responseTime);
+      last = performance.now();
+    }
+  });
+  const result = await instance;
+  await sleep(200); // let requests still in flight drain before anything else runs
+  const cpuUs = (await server.call('cpu')) - cpuBefore;
+  if (profileFile) await server.call('profileStop', { file: profileFile });
+  if (tokens) await server.call('purge', { name: target.name });
+
+  latencies.sort((a, b) => a - b);
+  const ok = latencies.length;
+  const failed = Object.entries(status).filter(([code]) => code !== '200').reduce((sum, [, n]) => sum + n, 0) + result.errors;
+  if (failed) log(`WARNING ${variant} ${scenario}: ${failed} failed requests ${JSON.stringify(status)} errors=${result.errors}`);
+  const exhausted = tokens ? next >= tokens.length - 2 * connections : false;
+  if (exhausted) log(`note: ${variant} ${scenario} used its whole token pool (${tokens.length}); the window was shorter`);
+  return {
+    rps: ok / ((last - start) / 1000),
+    p50_ms: percentile(latencies, 0.5),
+    p99_ms: percentile(latencies, 0.99),
+    // the server's CPU time per request: far less disturbed by other work on the machine than req/s
+    cpu_us: cpuUs / (ok + failed),
+    requests: ok,
+    failed,
+  };
+}
+
+const silentScope = 'c:read c:write';
+
+/**
+ * Scenario E for `seconds`: every connection loops over a silent authorization request (the next
+ * session of the provider's pool, round robin) and the code exchange for the code it returned.
+ * Tokens per second, latency per token (the two requests one after the other on one connection),
+ * server CPU per token. The codes and refresh tokens written are purged afterwards.
+ */
+async function measureSilent(server, targets, { variant, scenario, seconds, connections, profileFile }) {
+  const target = targets.get(targetName(variant, scenario));
+  const { resource } = SCENARIOS[scenario];
+  const authorizePath = `/auth?${silentAuthorizationQuery(resource, silentScope)}`;
+  await server.call('gc');
+  await sleep(50);
+
+  const latencies = [];
+  const status = {};
+  const pending = new Map(); // connection -> latency of its authorization request
+  let failed = 0;
+  let next = 0;
+  let last = 0;
+  if (profileFile) await server.call('profileStart');
+  const cpuBefore = await server.call('cpu');
+  const start = performance.now();
+  const instance = autocannon({
+    url: target.url,
+    connections,
+    duration: seconds,
+    sampleInt: 100,
+    timeout: 30,
+    requests: [
+      {
+        method: 'GET',
+        setupRequest: (req) => ({ ...req, path: authorizePath, headers: { cookie: target.sessions[next++ % target.sessions.length] } }),
+        onResponse: (_status, _body, context, headers) => {
+          const location = Object.entries(headers).find(([name]) => name.toLowerCase() === 'location')?.[1];
+          context.code = codeFromRedirect(location);
+        },
+      },
+      {
+        method: 'POST',
+        setupRequest: (req, context) => ({
+          ...req, path: '/token', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: codeExchangeBody(context.code, resource),
+        }),
+      },
+    ],
+  });
+  instance.on('response', (client, statusCode, _bytes, responseTime) => {
+    status[statusCode] = (status[statusCode] ?? 0) + 1;
+    if (statusCode === 303) {
+      pending.set(client, responseTime);
+    } else if (statusCode === 200 && pending.has(client)) {
+      latencies.push(pending.get(client) + responseTime);
+      pending.delete(client);
+      last = performance.now();
+    } else {
+      failed += 1;
+      pending.delete(client);
+    }
+  });
+  const result = await instance;
+  await sleep(200);
+  const cpuUs = (await server.call('cpu')) - cpuBefore;
+  if (profileFile) await server.call('profileStop', { file: profileFile });
+  await server.call('purge', { name: target.name });
+
+  latencies.sort((a, b) => a - b);
+  const ok = latencies.length;
+  failed += result.errors;
+  if (failed) log(`WARNING ${variant} ${scenario}: ${failed} failed requests ${JSON.stringify(status)} errors=${result.errors}`);
+  return {
+    rps: ok / ((last - start) / 1000),
+    p50_ms: percentile(latencies, 0.5),
+    p99_ms: percentile(latencies, 0.99),
+    cpu_us: cpuUs / (ok + failed),
+    requests: ok,
+    http_requests: (status[303] ?? 0) + (status[200] ?? 0) + failed,
+    failed,
+  };
+}
+
+/**
+ * A function that gets one token for the scenario and returns the token response (`i`: the
+ * request's place in a sequence). `refreshToken` is the refresh token to use for A–D.
+ */
+export function tokenRequester(target, scenario) {
+  const { resource } = SCENARIOS[scenario];
+  const form = { 'content-type': 'application/x-www-form-urlencoded' };
+  const expect200 = async (res, what) => {
+    const body = await res.json();
+    if (res.status !== 200) throw new Error(`${what}: status ${res.status} ${JSON.stringify(body)}`);
+    return body;
+  };
+  if (!SCENARIOS[scenario].silent) {
+    return async (refreshToken) => expect200(await fetch(`${target.url}/token`, { method: 'POST', headers: form, body: refreshBody(refreshToken, resource) }), `${scenario} refresh`);
+  }
+  return async (_refreshToken, i = 0) => {
+    const auth = await fetch(`${target.url}/auth?${silentAuthorizationQuery(resource, silentScope)}`, {
+      headers: { cookie: target.sessions[i % target.sessions.length] }, redirect: 'manual',
+    });
+    await auth.arrayBuffer();
+    const code = codeFromRedirect(auth.headers.get('location'));
+    if (auth.status !== 303 || !code) throw new Error(`${scenario} silent authorization: status ${auth.status}, location ${auth.headers.get('location')}`);
+    return expect200(await fetch(`${target.url}/token`, { method: 'POST', headers: form, body: codeExchangeBody(code, resource) }), `${scenario} code exchange`);
+  };
+}
+
+/** One request per scenario: the servers answer as the scenario says before anything is timed. */
+export async function sanityCheck(server, targets, { variants, scenarioNames }) {
+  for (const variant of variants) {
+    for (const scenario of scenarioNames) {
+      const target = targets.get(targetName(variant, scenario));
+      const { resource } = SCENARIOS[scenario];
+      const silent = Boolean(SCENARIOS[scenario].silent);
+      const [token] = rotating(variant) && !silent ? await server.call('mint', { name: target.name, count: 1 }) : [target.refreshToken];
+      const problems = [];
+      let body = {};
+      try {
+        body = await tokenRequester(target, scenario)(token);
+      } catch (err) {
+        problems.push(err.message);
+      }
+      const aud = body.access_token ? JSON.parse(Buffer.from(body.access_token.split('.')[1], 'base64url')).aud : undefined;
+      if (aud !== resource) problems.push(`access token audience ${aud}`);
+      if (!body.id_token) problems.push('no id_token');
+      if (resource === API.C && !silent ? body.resource !== API.C : body.resource !== undefined) problems.push(`resource ${body.resource}`);
+      if (silent) {
+        if (!body.refresh_token || body.refresh_token === token) problems.push('the code exchange gave no second refresh token');
+      } else if (rotating(variant) === (body.refresh_token === token)) {
+        problems.push('refresh token rotation is not as configured');
+      }
+      if (problems.length) throw new Error(`sanity check ${variant} ${scenario}: ${problems.join('; ')}`);
+      if (rotating(variant) || silent) await server.call('purge', { name: target.name });
+    }
+  }
+}

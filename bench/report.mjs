@@ -1,0 +1,113 @@
+// The report: the machine and revision measured, and the Markdown rendering of the results (the
+// JSON document is the report object itself).
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { SCENARIOS } from './shared.mjs';
+import { round } from './stats.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+/** The commit measured, and whether lib/ had uncommitted changes when dist/ was built. */
+export function revision() {
+  try {
+    const git = (...gitArgs) => execFileSync('git', gitArgs, { cwd: path.join(here, '..'), encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const dirty = git('status', '--porcelain', '--', 'lib') !== '';
+    return `${git('rev-parse', '--short', 'HEAD')}${dirty ? ' + uncommitted lib/ changes' : ''}`;
+  } catch {
+    return 'unknown';
+  }
+}
+
+export function machine(redisInfo, loadBefore) {
+  let cpu = os.cpus()[0]?.model ?? 'unknown';
+  try {
+    cpu = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim() ?? cpu;
+  } catch { /* not Linux */ }
+  const pkg = (name) => JSON.parse(readFileSync(path.join(here, '..', 'node_modules', name, 'package.json'), 'utf8')).version;
+  return {
+    nproc: os.availableParallelism(),
+    cpu,
+    memory_gib: Math.round(os.totalmem() / 2 ** 30),
+    node: process.version,
+    redis: redisInfo.redis_version,
+    oidc_provider: pkg('oidc-provider'),
+    autocannon: pkg('autocannon'),
+    // other work on the machine skews everything: the 1-minute load average before and after
+    load_avg: [round(loadBefore, 2), round(os.loadavg()[0], 2)],
+  };
+}
+
+export const fmt = (value, digits = 2) => (Number.isFinite(value) ? value.toFixed(digits) : 'n/a');
+export const fmtInt = (value) => (Number.isFinite(value) ? Math.round(value).toLocaleString('en-US') : 'n/a');
+const fmtSpread = (s) => (s ? `${fmt(s.median)} (${fmt(s.min)}–${fmt(s.max)})` : 'n/a');
+
+export function markdown(report) {
+  const lines = [];
+  const m = report.machine;
+  lines.push(`Machine: ${m.nproc} cores (nproc), ${m.cpu}, ${m.memory_gib} GiB; Node ${m.node}; Redis ${m.redis}; oidc-provider ${m.oidc_provider}; autocannon ${m.autocannon}; load average ${m.load_avg[0]} before, ${m.load_avg[1]} after; ${report.elapsed_s} s.`);
+  const s = report.settings;
+  lines.push(`Settings: revision ${s.revision}; ${s.mode}, ${s.rounds} rounds × ${s.duration_s} s per scenario (interleaved, after ${s.warmup_s} s warm-up each), ${s.connections} connections, ${s.alg} signatures (access token JWT + ID token per request).`);
+  lines.push('');
+  lines.push('| scenario | adapter | rotation | req/s | p50 ms | p99 ms | server CPU µs/req |');
+  lines.push('| --- | --- | --- | ---: | ---: | ---: | ---: |');
+  for (const row of report.scenarios) {
+    lines.push(`| ${row.name}: ${SCENARIOS[row.name].label} | ${row.adapter} | ${row.rotation} | ${fmtInt(row.rps)} | ${fmt(row.p50_ms)} | ${fmt(row.p99_ms)} | ${fmtInt(row.cpu_us_per_req)} |`);
+  }
+  lines.push('');
+  const ratioColumns = (fields) => {
+    const present = ['b', 'c', 'd'].filter((x) => Object.values(report.ratios).some((r) => r[`${x}_a_rps`]));
+    return fields.flatMap(([suffix, title]) => present.map((x) => [`${x}_a_${suffix}`, `${x.toUpperCase()}/A ${title}`]));
+  };
+  const ratioTable = (columns) => {
+    lines.push(`| adapter | rotation | ${columns.map(([, title]) => title).join(' | ')} |`);
+    lines.push(`| --- | --- | ${columns.map(() => '---').join(' | ')} |`);
+    for (const [key, r] of Object.entries(report.ratios)) {
+      const [adapter, rotation] = key.split('/');
+      lines.push(`| ${adapter} | ${rotation} | ${columns.map(([k]) => fmtSpread(r[k])).join(' | ')} |`);
+    }
+  };
+  if (Object.keys(report.ratios).length) {
+    lines.push('Ratios per round (median, min–max over rounds):');
+    lines.push('');
+    ratioTable(ratioColumns([['rps', 'req/s'], ['p99', 'p99']]));
+    lines.push('');
+    lines.push('Throughput ratio implied by server CPU per request (A\'s CPU µs/req ÷ the scenario\'s; robust to other load on the machine):');
+    lines.push('');
+    ratioTable(ratioColumns([['cpu', '']]).map(([k, title]) => [k, title.trim()]));
+  }
+  if (report.targets.length) {
+    lines.push('');
+    lines.push('Targets (Redis adapter, medians over rounds with a 95 % bootstrap interval): "met" or "not met" only when the whole interval says so, otherwise "within noise".');
+    lines.push('');
+    lines.push('| rotation | target | median | 95 % interval | verdict |');
+    lines.push('| --- | --- | ---: | --- | --- |');
+    for (const t of report.targets) lines.push(`| ${t.rotation} | ${t.target} | ${fmt(t.measured)} | ${fmt(t.ci95[0])}–${fmt(t.ci95[1])} | ${t.verdict} |`);
+  }
+  if (report.redis_commands.length) {
+    lines.push('');
+    lines.push(`Redis commands per exchange (INFO commandstats delta ÷ ${s.count_requests} sequential requests, checked against MONITOR; commands run inside Lua scripts count too; round trips = commands the server sent, from MONITOR):`);
+    lines.push('');
+    lines.push('| scenario | rotation | commands | round trips | policy-store HMGET | by command |');
+    lines.push('| --- | --- | ---: | ---: | ---: | --- |');
+    for (const row of report.redis_commands) {
+      const by = Object.entries(row.by_command).sort(([a], [b]) => a.localeCompare(b)).map(([cmd, v]) => `${cmd} ${v}`).join(', ');
+      const note = row.source === 'INFO commandstats' ? '' : ' (from MONITOR: other clients were busy)';
+      lines.push(`| ${row.name} | ${row.rotation} | ${fmt(row.commands_per_exchange)} | ${fmt(row.round_trips_per_exchange)} | ${fmt(row.policy_hmget_per_exchange)} | ${by}${note} |`);
+    }
+  }
+  if (report.policy_store) {
+    const p = report.policy_store;
+    lines.push('');
+    lines.push(`Policy store at scale (RedisPolicyStore, ${fmtInt(p.clients)} clients, 3-entry policies of ${p.policy_json_bytes} bytes JSON):`);
+    lines.push('');
+    lines.push('| clients | write (autopipelined, 1000 in flight) | get p50 (cold) | get p99 (cold) | get (cached, PolicyCache hit) | Redis memory per policy |');
+    lines.push('| ---: | --- | ---: | ---: | --- | ---: |');
+    const cachedCell = `p50 ${fmt(p.cached_get_p50_ms, 4)} ms, p99 ${fmt(p.cached_get_p99_ms, 4)} ms`;
+    lines.push(`| ${fmtInt(p.clients)} | ${fmt(p.write_s)} s (${fmtInt(p.writes_per_s)}/s) | ${fmt(p.get_p50_ms, 3)} ms | ${fmt(p.get_p99_ms, 3)} ms | ${cachedCell} | ${fmtInt(p.redis_bytes_per_policy)} B |`);
+  }
+  return `${lines.join('\n')}\n`;
+}

@@ -1,0 +1,95 @@
+// Statistics of the bench: percentiles, the median's bootstrap interval, verdicts on targets, and
+// the per-variant summary (medians over rounds, ratios per round against A, the Redis targets).
+
+export function percentile(sorted, q) {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
+}
+
+export const median = (values) => percentile([...values].sort((a, b) => a - b), 0.5);
+
+export function round(value, digits) {
+  const f = 10 ** digits;
+  return Math.round(value * f) / f;
+}
+
+/**
+ * A 95 % interval for the median of per-round values (percentile bootstrap, 4 000 resamples, fixed
+ * seed: the same rounds always give the same interval).
+ */
+export function medianInterval(values) {
+  let seed = 0x9e3779b9;
+  const random = () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const medians = [];
+  for (let i = 0; i < 4000; i += 1) medians.push(median(values.map(() => values[Math.floor(random() * values.length)])));
+  medians.sort((a, b) => a - b);
+  return [round(percentile(medians, 0.025), 3), round(percentile(medians, 0.975), 3)];
+}
+
+export const spread = (values) => ({
+  median: round(median(values), 3), min: round(Math.min(...values), 3), max: round(Math.max(...values), 3), ci95: medianInterval(values),
+});
+
+/** A target on a median ratio: met or missed only when the whole 95 % interval says so. */
+export function verdict(ratio, bound, atLeast) {
+  const [low, high] = ratio.ci95;
+  if (atLeast ? low >= bound : high <= bound) return 'met';
+  if (atLeast ? high < bound : low > bound) return 'not met';
+  return 'within noise';
+}
+
+/**
+ * Medians over rounds per scenario, ratios per round against A (A and the other scenario measured
+ * within the same round) and the Redis adapter's targets. `results` maps "<variant>/<scenario>" to
+ * the scenario's per-round measurements.
+ */
+export function summarise(results, variants, scenarioNames) {
+  const scenarios = [];
+  const ratios = {};
+  const targets = [];
+  for (const variant of variants) {
+    const [adapter, rotation] = variant.split('/');
+    const byScenario = Object.fromEntries(scenarioNames.map((s) => [s, results.get(`${variant}/${s}`)]));
+    for (const s of scenarioNames) {
+      const rounds = byScenario[s];
+      scenarios.push({
+        name: s, adapter, rotation,
+        rps: round(median(rounds.map((r) => r.rps)), 1),
+        p50_ms: round(median(rounds.map((r) => r.p50_ms)), 3),
+        p99_ms: round(median(rounds.map((r) => r.p99_ms)), 3),
+        cpu_us_per_req: round(median(rounds.map((r) => r.cpu_us)), 1),
+        failed: rounds.reduce((sum, r) => sum + r.failed, 0),
+      });
+    }
+    if (!byScenario.A) continue; // ratios are against A
+    const others = scenarioNames.filter((n) => n !== 'A');
+    const per = (s, field) => byScenario[s].map((r, i) => r[field] / byScenario.A[i][field]);
+    // throughput ratio implied by server CPU per request (A's CPU ÷ the scenario's)
+    const perCpu = (s) => byScenario[s].map((r, i) => byScenario.A[i].cpu_us / r.cpu_us);
+    const r = {};
+    for (const n of others) {
+      const x = n.toLowerCase();
+      r[`${x}_a_rps`] = spread(per(n, 'rps'));
+      r[`${x}_a_p99`] = spread(per(n, 'p99_ms'));
+      r[`${x}_a_cpu`] = spread(perCpu(n));
+    }
+    ratios[variant] = r;
+    if (adapter === 'redis') {
+      const target = (name, ratio, bound, atLeast) => {
+        if (ratio) targets.push({ rotation, target: name, measured: ratio.median, ci95: ratio.ci95, verdict: verdict(ratio, bound, atLeast) });
+      };
+      target('C/A req/s ≥ 0.95', r.c_a_rps, 0.95, true);
+      target('B/A req/s ≥ 0.98', r.b_a_rps, 0.98, true);
+      target('C/A p99 ≤ 1.10', r.c_a_p99, 1.10, false);
+      target('C/A from CPU per request ≥ 0.95', r.c_a_cpu, 0.95, true);
+      target('B/A from CPU per request ≥ 0.98', r.b_a_cpu, 0.98, true);
+      target('D/A req/s ≥ 0.95 (cache: false)', r.d_a_rps, 0.95, true);
+    }
+  }
+  return { scenarios, ratios, targets };
+}
