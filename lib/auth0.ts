@@ -1,6 +1,7 @@
 import Provider, { errors, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
 
 import { MrrtTypeError } from './errors.js';
+import { staticFirstParty } from './rules.js';
 
 /** Koa middleware as `provider.use()` takes it. */
 export type ProviderMiddleware = Parameters<Provider['use']>[0];
@@ -48,17 +49,6 @@ type RpInitiatedLogout = NonNullable<NonNullable<Configuration['features']>['rpI
 const AUTHORIZATION_ROUTES = new Set(['authorization', 'resume', 'pushed_authorization_request', 'device_authorization', 'backchannel_authentication']);
 const OFFLINE_ROUTES = new Set(['authorization']);
 const KNOWN = new Set(['isFirstParty', 'allowSkippingConsent']);
-
-function staticFirstParty(configuration: Configuration): (client: Auth0Client) => boolean {
-  const ids = new Set<string>();
-  const clients: unknown = configuration.clients;
-  for (const client of Array.isArray(clients) ? clients as unknown[] : []) {
-    if (typeof client !== 'object' || client === null) continue;
-    const { first_party: firstParty, client_id: clientId } = client as { first_party?: unknown; client_id?: unknown };
-    if (firstParty === true && typeof clientId === 'string') ids.add(clientId);
-  }
-  return (client) => ids.has(client.clientId);
-}
 
 function resolveOptions(options: Auth0ConfigurationOptions | undefined, configuration: Configuration) {
   if (options === null || (options !== undefined && typeof options !== 'object')) throw new MrrtTypeError('auth0Configuration: options must be an object');

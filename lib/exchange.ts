@@ -415,16 +415,15 @@ export function createExchangeHandler(setup: ExchangeSetup, install: (ctx: KoaCo
     if (plan.kind !== 'policy' || !exchange.held || exchange.withdrawn) return;
     const body = ctx.body as Record<string, unknown>;
     body.resource = exchange.target;
+    const tokenScope = typeof body.scope === 'string' ? body.scope : undefined;
     if (config.profile === 'auth0' && params.scope) {
       // Auth0 answers with the requested OpenID scopes too; the access token's own `scope` claim keeps API scopes only
       const held = exchange.held.scopes;
       const oidc = [...ctx.oidc.requestParamOIDCScopes].filter((scope) => held.has(scope));
       body.scope = union(splitScope(body.scope), oidc).join(' ');
     }
-    emit(ctx, () => event(ctx, exchange, 'issued', 'policy', {
-      resolvedAudience: exchange.target,
-      grantedScope: typeof body.scope === 'string' ? body.scope : undefined,
-    }));
+    // the event reports what the access token grants, whatever the response's profile adds
+    emit(ctx, () => event(ctx, exchange, 'issued', 'policy', { resolvedAudience: exchange.target, grantedScope: tokenScope }));
   };
 }
 

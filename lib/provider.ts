@@ -2,8 +2,8 @@ import Provider, { type Configuration, type KoaContextWithOIDC, type TokenEndpoi
 
 import { createExchangeHandler, type Exchange, type ExchangeSetup, type MrrtExchangeEvent, type ResourceServerInfo } from './exchange.js';
 import { observeModels, observeResourceServerInfo } from './observers.js';
-import { resolveOptions, type MrrtClient, type MrrtConfiguration, type MrrtOptions } from './options.js';
-import { oidcScopesOf } from './rules.js';
+import { resolveOptions, type MrrtConfiguration, type MrrtOptions } from './options.js';
+import { oidcScopesOf, staticFirstParty } from './rules.js';
 import type { PolicyAuditEvent } from './store.js';
 import { MrrtTypeError } from './errors.js';
 
@@ -62,23 +62,6 @@ const INACTIVE = {
   resourceIndicators: 'features.resourceIndicators is disabled, MRRT is inactive for this provider (it names the target API with a resource indicator)',
   refreshToken: 'the configuration has no refresh_token grant (add "offline_access" to scopes or configure issueRefreshToken), MRRT is inactive for this provider',
 } as const;
-
-/**
- * The operator's own statement of which clients are first-party (SPEC P6): the statically configured
- * clients with `first_party: true`. oidc-provider drops the unknown property from the client it
- * builds, so no registration or registration-management request can ever set it.
- */
-function staticFirstParty(configuration: Configuration): (client: MrrtClient) => boolean {
-  const ids = new Set<string>();
-  // whatever oidc-provider will reject (not an array, null entries) it reports itself, with its own error
-  const clients: unknown = configuration.clients;
-  for (const client of Array.isArray(clients) ? clients as unknown[] : []) {
-    if (typeof client !== 'object' || client === null) continue;
-    const { first_party: firstParty, client_id: clientId } = client as { first_party?: unknown; client_id?: unknown };
-    if (firstParty === true && typeof clientId === 'string') ids.add(clientId);
-  }
-  return (client) => ids.has(client.clientId);
-}
 
 /**
  * The MRRT settings of one provider: `withMrrt`'s options, or the configuration's `mrrt` key, or both

@@ -135,3 +135,20 @@ export function splitScope(value: unknown): string[] {
 export function union(first: Iterable<string>, second: Iterable<string>): string[] {
   return [...new Set([...first, ...second])];
 }
+
+/**
+ * The operator's own statement of which clients are first-party (SPEC P6): the statically configured
+ * clients with `first_party: true`. oidc-provider drops the unknown property from the client it
+ * builds, so no registration or registration-management request can ever set it.
+ */
+export function staticFirstParty(configuration: { readonly clients?: unknown }): (client: { readonly clientId: string }) => boolean {
+  const ids = new Set<string>();
+  // whatever oidc-provider will reject (not an array, null entries) it reports itself, with its own error
+  const clients: unknown = configuration.clients;
+  for (const client of Array.isArray(clients) ? clients as unknown[] : []) {
+    if (typeof client !== 'object' || client === null) continue;
+    const { first_party: firstParty, client_id: clientId } = client as { first_party?: unknown; client_id?: unknown };
+    if (firstParty === true && typeof clientId === 'string') ids.add(clientId);
+  }
+  return (client) => ids.has(client.clientId);
+}

@@ -550,6 +550,8 @@ describe('Auth0 wire profile (profile: \'auth0\')', () => {
         expect(res.body.scope).toBe(scopeOrError);
         expect(res.body.resource).toBe(API.B);
         expect(claims(res.body.access_token)).toMatchObject({ aud: API.B, scope: tokenScope });
+        // the event reports the access token's scope, whatever the response's profile adds
+        expect(server.events[0]).toMatchObject({ grantedScope: tokenScope });
       } else {
         expect(res.body.error).toBe(scopeOrError);
         expect(snapshot(server, tokens.refresh_token)).toEqual(before);
