@@ -2,7 +2,7 @@
 // what it finds, what it installs with apt-get (a stand-in that records its arguments) and how it
 // fails when it cannot install.
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -107,7 +107,11 @@ test('as a user other than root, the command line fails with the message and exi
   const nodeDir = path.join(bin, 'node-only');
   mkdirSync(nodeDir, { mode: 0o755 });
   symlinkSync(process.execPath, path.join(nodeDir, 'node'));
-  const result = spawnSync(process.execPath, [SCRIPT], { env: { PATH: `${bin}:${nodeDir}` }, uid: 65534, gid: 65534, encoding: 'utf8' });
+  // A copy the other user can read wherever the checkout lives (often under root's own home).
+  const script = path.join(bin, 'test-deps.mjs');
+  copyFileSync(SCRIPT, script);
+  chmodSync(script, 0o644);
+  const result = spawnSync(process.execPath, [script], { env: { PATH: `${bin}:${nodeDir}` }, uid: 65534, gid: 65534, encoding: 'utf8' });
   expect(result.status).toBe(1);
   expect(result.stdout).toBe('');
   expect(result.stderr).toMatch(/The tests need programs that are missing:[\s\S]*installing needs root/);
