@@ -62,26 +62,28 @@ async function monitor(redisUrl, onCommand) {
 const keyOf = (cmd) => String(/^eval(sha)?$/i.test(String(cmd[0])) ? cmd[3] : cmd[1]);
 
 /**
- * One row per Redis variant and scenario. `requests` sequential requests each; `runPrefix` is the
- * prefix of every key this run's servers write.
+ * One row per Redis variant and scenario. `requests` sequential tokens each; `runPrefix` is the
+ * prefix of every key this run's servers write. When other clients of the same Redis were busy, the
+ * count is taken again, `attempts` times in all, and MONITOR's figures are used after the last.
  */
-export async function countCommands(server, targets, redis, { redisUrl, variants, scenarioNames, requests, runPrefix }) {
+export async function countCommands(server, targets, redis, { redisUrl, variants, scenarioNames, requests, runPrefix, attempts = 3 }) {
   const rows = [];
   for (const variant of variants.filter((v) => v.startsWith('redis/'))) {
     for (const scenario of scenarioNames) {
       // INFO commandstats counts every client of this Redis: when another client was busy meanwhile
       // (its commands show up in commandstats but not among this run's keys in MONITOR), count again
       let pass;
-      for (let attempt = 1; attempt <= 3; attempt += 1) {
+      for (let attempt = 1; attempt <= attempts; attempt += 1) {
         pass = await countPass(server, targets, redis, { redisUrl, variant, scenario, requests, runPrefix });
-        if (pass.consistent) break;
-        log(`command count ${variant} ${scenario}: other Redis clients were active, counting again (${attempt}/3)`);
+        if (pass.consistent || attempt === attempts) break;
+        log(`command count ${variant} ${scenario}: other Redis clients were active, counting again (${attempt}/${attempts - 1})`);
       }
       const n = requests;
       const source = pass.consistent ? pass.commandstats : pass.monitored;
       const perCommand = Object.fromEntries(Object.entries(source).filter(([, calls]) => calls > 0).map(([cmd, calls]) => [cmd, round(calls / n, 2)]));
       rows.push({
         name: scenario, adapter: 'redis', rotation: variant.split('/')[1],
+        http_requests_per_token: SCENARIOS[scenario].silent ? 2 : 1,
         commands_per_exchange: round(Object.values(source).reduce((a, b) => a + b, 0) / n, 2),
         round_trips_per_exchange: round(pass.sent / n, 2),
         policy_hmget_per_exchange: round(pass.policyReads / n, 2),

@@ -87,9 +87,29 @@ export function markdown(report) {
     lines.push('| --- | --- | ---: | --- | --- |');
     for (const t of report.targets) lines.push(`| ${t.rotation} | ${t.target} | ${fmt(t.measured)} | ${fmt(t.ci95[0])}–${fmt(t.ci95[1])} | ${t.verdict} |`);
   }
+  const cVsE = Object.entries(report.c_vs_e ?? {});
+  if (cVsE.length) {
+    lines.push('');
+    lines.push('A token for a new API: C (one MRRT refresh-token exchange) against E (without MRRT: a silent authorization request with the session cookie, then the code exchange; it also leaves a second refresh token). Per token; ratios E/C per round, median (95 % interval); the target is C at least 3× cheaper than E in server CPU:');
+    lines.push('');
+    lines.push('| adapter | rotation | HTTP requests C / E | Redis commands C / E | Redis round trips C / E | CPU µs C / E | E/C CPU | verdict (≥ 3) | p50 ms C / E | p99 ms C / E | E/C p99 |');
+    lines.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+    const row = (adapter, rotation, name) => report.scenarios.find((x) => x.adapter === adapter && x.rotation === rotation && x.name === name);
+    const commands = (rotation, name) => report.redis_commands.find((x) => x.rotation === rotation && x.name === name);
+    const interval = (r) => `${fmt(r.median)} (${fmt(r.ci95[0])}–${fmt(r.ci95[1])})`;
+    for (const [key, r] of cVsE) {
+      const [adapter, rotation] = key.split('/');
+      const c = row(adapter, rotation, 'C');
+      const e = row(adapter, rotation, 'E');
+      const cc = adapter === 'redis' ? commands(rotation, 'C') : undefined;
+      const ec = adapter === 'redis' ? commands(rotation, 'E') : undefined;
+      const pair = (a, b, f = fmt) => (a === undefined || b === undefined ? 'n/a' : `${f(a)} / ${f(b)}`);
+      lines.push(`| ${adapter} | ${rotation} | 1 / 2 | ${pair(cc?.commands_per_exchange, ec?.commands_per_exchange, (v) => fmt(v, 1))} | ${pair(cc?.round_trips_per_exchange, ec?.round_trips_per_exchange, (v) => fmt(v, 1))} | ${pair(c.cpu_us_per_req, e.cpu_us_per_req, fmtInt)} | ${interval(r.e_c_cpu)} | ${r.verdict} | ${pair(c.p50_ms, e.p50_ms)} | ${pair(c.p99_ms, e.p99_ms)} | ${interval(r.e_c_p99)} |`);
+    }
+  }
   if (report.redis_commands.length) {
     lines.push('');
-    lines.push(`Redis commands per exchange (INFO commandstats delta ÷ ${s.count_requests} sequential requests, checked against MONITOR; commands run inside Lua scripts count too; round trips = commands the server sent, from MONITOR):`);
+    lines.push(`Redis commands per token (INFO commandstats delta ÷ ${s.count_requests} sequential tokens, checked against MONITOR; commands run inside Lua scripts count too; round trips = commands the server sent, from MONITOR; A–D one refresh request per token, E two requests):`);
     lines.push('');
     lines.push('| scenario | rotation | commands | round trips | policy-store HMGET | by command |');
     lines.push('| --- | --- | ---: | ---: | ---: | --- |');
@@ -97,6 +117,22 @@ export function markdown(report) {
       const by = Object.entries(row.by_command).sort(([a], [b]) => a.localeCompare(b)).map(([cmd, v]) => `${cmd} ${v}`).join(', ');
       const note = row.source === 'INFO commandstats' ? '' : ' (from MONITOR: other clients were busy)';
       lines.push(`| ${row.name} | ${row.rotation} | ${fmt(row.commands_per_exchange)} | ${fmt(row.round_trips_per_exchange)} | ${fmt(row.policy_hmget_per_exchange)} | ${by}${note} |`);
+    }
+  }
+  if (report.storage?.length) {
+    lines.push('');
+    lines.push('Storage kept per user in Redis after a login and tokens for N APIs in all (the login\'s API, then N − 1 more: with MRRT one exchange each, without MRRT a silent authorization and code exchange each); refresh tokens live + consumed (a rotated token is kept, consumed, until it expires, to detect reuse); bytes from MEMORY USAGE of every key: kept = refresh tokens, Grants, sessions and their index keys; transient = authorization codes (60 s):');
+    lines.push('');
+    lines.push('| rotation | N APIs | refresh tokens with MRRT (live + consumed) | without MRRT | Grants with / without | sessions with / without | bytes kept with MRRT | without MRRT | transient bytes with / without |');
+    lines.push('| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | --- |');
+    for (const rotation of ['off', 'on']) {
+      for (const apis of [...new Set(report.storage.map((x) => x.apis))]) {
+        const w = report.storage.find((x) => x.rotation === rotation && x.apis === apis && x.way === 'mrrt');
+        const o = report.storage.find((x) => x.rotation === rotation && x.apis === apis && x.way === 'without');
+        if (!w || !o) continue;
+        const rts = (x) => `${x.refresh_tokens_live} + ${x.refresh_tokens - x.refresh_tokens_live}`;
+        lines.push(`| ${rotation} | ${apis} | ${rts(w)} | ${rts(o)} | ${w.grants} / ${o.grants} | ${w.sessions} / ${o.sessions} | ${fmtInt(w.kept_bytes)} | ${fmtInt(o.kept_bytes)} | ${fmtInt(w.transient_bytes)} / ${fmtInt(o.transient_bytes)} |`);
+      }
     }
   }
   if (report.policy_store) {

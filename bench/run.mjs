@@ -9,8 +9,8 @@
 //
 //   node bench/run.mjs [--quick] [--json] [--alg ES256|RS256|EdDSA] [--rounds N] [--duration S]
 //                      [--warmup S] [--connections N] [--scale N] [--only memory/off,redis/on]
-//                      [--scenarios ABCD] [--cpu-prof] [--pin]
-// --only / --scenarios run a subset (ratios need A); --cpu-prof profiles the server process during
+//                      [--scenarios ABCDE] [--cpu-prof] [--pin]
+// --only / --scenarios run a subset (ratios need A, C against E needs both); --cpu-prof profiles the server process during
 // each measured window (not the warm-up, minting or purging) and writes one V8 CPU profile per
 // window to bench/profiles/, with bench/profiles/windows.json giving each window's scenario and
 // request count: `node bench/profile-summary.mjs bench/profiles` compares scenarios in CPU µs per
@@ -53,7 +53,7 @@ const { values: args } = parseArgs({
 });
 
 const PRESET = args.quick
-  ? { rounds: 3, duration: 1, warmup: 0.5, scale: 10_000, sample: 2_000, count: 100 }
+  ? { rounds: 3, duration: 1, warmup: 0.5, scale: 10_000, sample: 2_000, count: 50 }
   : { rounds: 8, duration: 3, warmup: 2, scale: 100_000, sample: 10_000, count: 500 };
 const positive = (value, fallback, name) => {
   if (value === undefined) return fallback;
@@ -78,8 +78,9 @@ if (settings.rounds > 50 || settings.duration_s > 120 || settings.scale_clients 
 const ALL_VARIANTS = ['memory/off', 'memory/on', 'redis/off', 'redis/on'];
 const variants = args.only ? args.only.split(',').map((v) => v.trim()) : ALL_VARIANTS;
 for (const v of variants) if (!ALL_VARIANTS.includes(v)) throw new Error(`--only: unknown variant "${v}" (one of ${ALL_VARIANTS.join(', ')})`);
-const SCENARIO_NAMES = args.scenarios ? args.scenarios.toUpperCase().split('').filter((s) => s.trim()) : ['A', 'B', 'C', 'D'];
-for (const s of SCENARIO_NAMES) if (!SCENARIOS[s]) throw new Error(`--scenarios: unknown scenario "${s}" (letters of ABCD)`);
+const SCENARIO_NAMES = args.scenarios ? args.scenarios.toUpperCase().split('').filter((s) => s.trim()) : Object.keys(SCENARIOS);
+for (const s of SCENARIO_NAMES) if (!SCENARIOS[s]) throw new Error(`--scenarios: unknown scenario "${s}" (letters of ${Object.keys(SCENARIOS).join('')})`);
+const STORAGE_COUNTS = [1, 3, 10];
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const RUN_PREFIX = `mrrt-bench:${process.pid}-${randomBytes(4).toString('hex')}:`;
 const PROFILE_DIR = path.join(here, 'profiles');
@@ -122,13 +123,16 @@ async function main() {
       for (const file of readdirSync(PROFILE_DIR)) if (file.endsWith('.cpuprofile') || file === 'windows.json') rmSync(path.join(PROFILE_DIR, file));
     }
     await server.start();
-    const created = await server.call('init', { redisUrl: REDIS_URL, prefix: RUN_PREFIX, alg: settings.alg });
+    // scenario E's sessions: a few more than connections, taken round robin, so that two requests
+    // in flight rarely share one (when they do, the session's last save wins; nothing fails)
+    const sessions = SCENARIO_NAMES.some((s) => SCENARIOS[s].silent) ? settings.connections + 4 : 0;
+    const created = await server.call('init', { redisUrl: REDIS_URL, prefix: RUN_PREFIX, alg: settings.alg, sessions });
     const targets = new Map(created.map((t) => [t.name, t]));
-    log(`servers up (${created.length} providers, one real login each); sanity checks`);
+    log(`servers up (${created.length} providers, one real login each, ${sessions} more sessions per plain provider); sanity checks`);
     await sanityCheck(server, targets, { variants, scenarioNames: SCENARIO_NAMES });
 
     const { connections } = settings;
-    const GUESS_RPS = 5000; // pool size for the warm-up of rotating scenarios
+    const GUESS_RPS = 3000; // pool size for the warm-up of rotating scenarios (an exhausted pool only shortens it)
     // the highest rate seen so far per scenario: rotating scenarios get twice that many tokens per second
     const peakRps = new Map();
     for (const variant of variants) {
@@ -149,7 +153,7 @@ async function main() {
           const key = `${variant}/${scenario}`;
           const profileFile = args['cpu-prof'] ? path.join(PROFILE_DIR, `${variant.replace('/', '-')}-${scenario}-round${round_ + 1}.cpuprofile`) : undefined;
           const r = await measure(server, targets, {
-            variant, scenario, seconds: settings.duration_s, connections, poolRps: 2 * Math.max(peakRps.get(key), 1000), profileFile,
+            variant, scenario, seconds: settings.duration_s, connections, poolRps: 2 * Math.max(peakRps.get(key), 500), profileFile,
           });
           if (profileFile) profileWindows.push({ file: path.basename(profileFile), variant, scenario, round: round_ + 1, requests: r.requests + r.failed });
           peakRps.set(key, Math.max(peakRps.get(key), r.rps));
@@ -165,12 +169,14 @@ async function main() {
       log(`CPU profiles of ${profileWindows.length} measured windows in ${PROFILE_DIR}; compare with: node bench/profile-summary.mjs ${path.relative(process.cwd(), PROFILE_DIR) || '.'}`);
     }
 
-    const { scenarios, ratios, targets: targetsMet } = summarise(results, variants, SCENARIO_NAMES);
+    const { scenarios, ratios, c_vs_e: cVsE, targets: targetsMet } = summarise(results, variants, SCENARIO_NAMES);
 
-    log('counting Redis commands per exchange');
+    log('counting Redis commands per token');
     const redisCommands = await countCommands(server, targets, redis, {
-      redisUrl: REDIS_URL, variants, scenarioNames: SCENARIO_NAMES, requests: settings.count_requests, runPrefix: RUN_PREFIX,
+      redisUrl: REDIS_URL, variants, scenarioNames: SCENARIO_NAMES, requests: settings.count_requests, runPrefix: RUN_PREFIX, attempts: args.quick ? 1 : 3,
     });
+    log(`storage per user for N = ${STORAGE_COUNTS.join(', ')} APIs`);
+    const storage = await server.call('storage', { redisUrl: REDIS_URL, prefix: RUN_PREFIX, counts: STORAGE_COUNTS });
     await server.stop();
 
     log(`policy-store scale run: ${fmtInt(settings.scale_clients)} clients`);
@@ -181,8 +187,10 @@ async function main() {
     const report = {
       scenarios,
       ratios,
+      c_vs_e: cVsE,
       targets: targetsMet,
       redis_commands: redisCommands,
+      storage,
       policy_store: policyStore,
       machine: machine(redisInfo, loadBefore),
       settings: { ...settings, revision: revision() },

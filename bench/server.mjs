@@ -19,7 +19,7 @@ import {
 } from '../dist/index.js';
 import { configuration, handler, login, signingKey } from './provider-setup.mjs';
 import {
-  CLIENT, POLICY, SESSIONS_PER_PROVIDER, SKIP_CONSENT, DENY_LIST, scanKeys, unlinkAll,
+  CLIENT, POLICY, SKIP_CONSENT, DENY_LIST, scanKeys, unlinkAll,
 } from './shared.mjs';
 import { measureStorage } from './storage.mjs';
 
@@ -33,7 +33,7 @@ let signing;
 let profiler;
 
 /** `kind`: 'plain' (oidc-provider), 'mrrt' (withMrrt, default options) or 'mrrt-nocache' (withMrrt, `cache: false`). */
-async function createTarget({ adapterKind, rotate, kind, redisUrl, prefix }) {
+async function createTarget({ adapterKind, rotate, kind, redisUrl, prefix, sessionCount }) {
   const mrrt = kind !== 'plain';
   const name = `${adapterKind}/${rotate ? 'on' : 'off'}/${kind}`;
   let adapter;
@@ -73,7 +73,7 @@ async function createTarget({ adapterKind, rotate, kind, redisUrl, prefix }) {
   // scenario E's signed-in sessions (its silent requests write codes and refresh tokens, purged
   // after each window; the sessions themselves stay, as part of the baseline)
   const sessions = [];
-  if (kind === 'plain') for (let i = 0; i < SESSIONS_PER_PROVIDER; i += 1) sessions.push((await login(url)).cookie);
+  if (kind === 'plain') for (let i = 0; i < sessionCount; i += 1) sessions.push((await login(url)).cookie);
   const rt = await provider.RefreshToken.find(refreshToken);
   const grant = await provider.Grant.find(rt.grantId);
   const template = {
@@ -99,12 +99,13 @@ async function snapshotKeys(target) {
 }
 
 const handlers = {
-  async init({ redisUrl, prefix, alg }) {
+  /** `sessions`: how many signed-in sessions each plain provider keeps for scenario E. */
+  async init({ redisUrl, prefix, alg, sessions: sessionCount }) {
     signing = signingKey(alg);
     const created = [];
     for (const adapterKind of ['memory', 'redis']) {
       for (const rotate of [false, true]) {
-        for (const kind of ['plain', 'mrrt', 'mrrt-nocache']) created.push(await createTarget({ adapterKind, rotate, kind, redisUrl, prefix }));
+        for (const kind of ['plain', 'mrrt', 'mrrt-nocache']) created.push(await createTarget({ adapterKind, rotate, kind, redisUrl, prefix, sessionCount }));
       }
     }
     return created;

@@ -54,9 +54,6 @@ export const SCENARIOS = {
   E: { provider: 'plain', resource: API.C, silent: true, label: 'plain oidc-provider, new API without MRRT (silent authorization + code exchange)' },
 };
 
-/** Sessions per plain provider for scenario E (each a real login; more than the connections). */
-export const SESSIONS_PER_PROVIDER = 24;
-
 /** Scenario E's PKCE pair: one verifier for every request (the server hashes it each time all the same). */
 export const SILENT_VERIFIER = 'bench-silent-authorization-pkce-verifier-0123456789abcdef';
 const SILENT_CHALLENGE = createHash('sha256').update(SILENT_VERIFIER).digest('base64url');

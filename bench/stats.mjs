@@ -45,12 +45,14 @@ export function verdict(ratio, bound, atLeast) {
 
 /**
  * Medians over rounds per scenario, ratios per round against A (A and the other scenario measured
- * within the same round) and the Redis adapter's targets. `results` maps "<variant>/<scenario>" to
- * the scenario's per-round measurements.
+ * within the same round), C against E per token, and the Redis adapter's targets. `results` maps
+ * "<variant>/<scenario>" to the scenario's per-round measurements. E (two requests per token) is
+ * compared with C, the MRRT exchange it is the alternative to, not with A.
  */
 export function summarise(results, variants, scenarioNames) {
   const scenarios = [];
   const ratios = {};
+  const cVsE = {};
   const targets = [];
   for (const variant of variants) {
     const [adapter, rotation] = variant.split('/');
@@ -66,8 +68,19 @@ export function summarise(results, variants, scenarioNames) {
         failed: rounds.reduce((sum, r) => sum + r.failed, 0),
       });
     }
+    if (byScenario.C && byScenario.E) {
+      const perRound = (f) => byScenario.E.map((e, i) => f(byScenario.C[i], e));
+      const ratio = spread(perRound((c, e) => e.cpu_us / c.cpu_us));
+      cVsE[variant] = {
+        e_c_cpu: ratio,
+        e_c_p50: spread(perRound((c, e) => e.p50_ms / c.p50_ms)),
+        e_c_p99: spread(perRound((c, e) => e.p99_ms / c.p99_ms)),
+        c_e_rps: spread(perRound((c, e) => c.rps / e.rps)),
+        verdict: verdict(ratio, 3, true),
+      };
+    }
     if (!byScenario.A) continue; // ratios are against A
-    const others = scenarioNames.filter((n) => n !== 'A');
+    const others = scenarioNames.filter((n) => n !== 'A' && n !== 'E');
     const per = (s, field) => byScenario[s].map((r, i) => r[field] / byScenario.A[i][field]);
     // throughput ratio implied by server CPU per request (A's CPU ÷ the scenario's)
     const perCpu = (s) => byScenario[s].map((r, i) => byScenario.A[i].cpu_us / r.cpu_us);
@@ -89,7 +102,9 @@ export function summarise(results, variants, scenarioNames) {
       target('C/A from CPU per request ≥ 0.95', r.c_a_cpu, 0.95, true);
       target('B/A from CPU per request ≥ 0.98', r.b_a_cpu, 0.98, true);
       target('D/A req/s ≥ 0.95 (cache: false)', r.d_a_rps, 0.95, true);
+      const e = cVsE[variant]?.e_c_cpu;
+      if (e) targets.push({ rotation, target: 'E/C server CPU per token ≥ 3', measured: e.median, ci95: e.ci95, verdict: verdict(e, 3, true) });
     }
   }
-  return { scenarios, ratios, targets };
+  return { scenarios, ratios, c_vs_e: cVsE, targets };
 }
