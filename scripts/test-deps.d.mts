@@ -7,4 +7,4 @@ export interface TestDependencies {
 
 export function findTestDependencies(env?: NodeJS.ProcessEnv): TestDependencies;
 
-export function ensureTestDependencies(options?: { env?: NodeJS.ProcessEnv; log?: (line: string) => void }): TestDependencies;
+export function ensureTestDependencies(options?: { env?: NodeJS.ProcessEnv; log?: (line: string) => void; root?: boolean }): TestDependencies;

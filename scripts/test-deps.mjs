@@ -65,12 +65,12 @@ export function findTestDependencies(env = process.env) {
   };
 }
 
-function whyNoInstall(env) {
+function whyNoInstall(env, root) {
   if (env.CHROMIUM_PATH && !isExecutable(env.CHROMIUM_PATH)) return `CHROMIUM_PATH=${env.CHROMIUM_PATH} is not an executable file`;
   if (env.MRRT_TEST_NO_INSTALL) return 'MRRT_TEST_NO_INSTALL is set';
   if (process.platform !== 'linux' || !existsSync('/etc/debian_version')) return 'this is not a Debian system';
   if (!onPath('apt-get', env)) return 'apt-get is not on PATH';
-  if (process.getuid?.() !== 0) return 'installing needs root (run the tests as root once, or install by hand)';
+  if (!root) return 'installing needs root (run the tests as root once, or install by hand)';
   return undefined;
 }
 
@@ -89,13 +89,15 @@ function apt(args, env) {
 /**
  * Makes sure every program the tests run is there: finds it, or installs what is missing with
  * apt-get (once, one line logged), or throws naming what to install. Sets CHROMIUM_PATH for the test
- * processes to the Chromium found. Returns what was found.
+ * processes to the Chromium found. Returns what was found. `root` says whether this process may install.
  */
-export function ensureTestDependencies({ env = process.env, log = (line) => process.stderr.write(`${line}\n`) } = {}) {
+export function ensureTestDependencies({
+  env = process.env, log = (line) => process.stderr.write(`${line}\n`), root = process.getuid?.() === 0,
+} = {}) {
   let found = findTestDependencies(env);
   let missing = REQUIREMENTS.filter(({ name }) => !found[name]);
   if (missing.length > 0) {
-    const reason = whyNoInstall(env);
+    const reason = whyNoInstall(env, root);
     if (reason) {
       const list = missing.map(({ name, used }) => `  - ${name}, ${used}`).join('\n');
       throw new Error(`The tests need programs that are missing:\n${list}\nThey are not installed automatically: ${reason}.\n${MANUAL}`);
