@@ -51,6 +51,8 @@ interface DemoSession {
   pending?: { readonly state: string; readonly verifier: string; readonly nonce: string };
   refreshToken?: string;
   idToken?: jose.JWTPayload;
+  /** The ID token as issued, for the provider's logout (id_token_hint). */
+  idTokenValue?: string;
   grantedScope?: string;
   tokens: { messages?: string; billing?: string };
   steps: { messages?: ApiCall; exchange?: Exchange; billing?: ApiCall; mixup?: ApiCall };
@@ -150,7 +152,8 @@ export function bffRoutes(options: BffOptions): Router {
     return { url, token: label, status: response.status, wwwAuthenticate: response.headers.get('www-authenticate') ?? undefined, body: await readBody(response) };
   };
 
-  const back = (res: Response): void => { res.redirect(303, '/'); };
+  // back to the step the user acted on, so its result is where they are looking
+  const back = (res: Response, step?: string): void => { res.redirect(303, step ? `/#${step}` : '/'); };
 
   router.get('/', (req, res) => {
     sendPage(res, 'MRRT demo', homePage(options, sessionOf(req), { messagesUrl, billingUrl }));
@@ -189,8 +192,9 @@ export function bffRoutes(options: BffOptions): Router {
     }
     delete session.pending;
     if (typeof req.query.error === 'string') {
-      session.error = `${req.query.error}: ${typeof req.query.error_description === 'string' ? req.query.error_description : ''}`;
-      back(res);
+      const description = typeof req.query.error_description === 'string' ? req.query.error_description : '';
+      session.error = req.query.error === 'access_denied' ? `Sign-in ${description.includes('denied') ? 'denied' : 'cancelled'}: ${description}` : `${req.query.error}: ${description}`;
+      back(res, 'step-1');
       return;
     }
     const code = typeof req.query.code === 'string' ? req.query.code : '';
@@ -207,6 +211,7 @@ export function bffRoutes(options: BffOptions): Router {
       const { payload } = await jose.jwtVerify(body.id_token, keys, { issuer, audience: client.client_id, algorithms: ['RS256'] });
       if (payload.nonce !== pending.nonce) throw new Error('nonce mismatch');
       session.idToken = payload;
+      session.idTokenValue = body.id_token;
     } catch (err) {
       session.error = `the ID token is invalid: ${(err as Error).message}`;
       back(res);
@@ -231,7 +236,7 @@ export function bffRoutes(options: BffOptions): Router {
     const session = signedIn(req, res);
     if (!session) return;
     session.steps.messages = await callApi(messagesUrl, 'the messages access token', session.tokens.messages ?? '');
-    back(res);
+    back(res, 'step-2');
   });
 
   router.post('/demo/exchange', async (req, res) => {
@@ -253,29 +258,36 @@ export function bffRoutes(options: BffOptions): Router {
       refreshTokenBefore: fingerprint(before),
       refreshTokenAfter: fingerprint(session.refreshToken),
     };
-    back(res);
+    back(res, 'step-3');
   });
 
   router.post('/demo/billing', async (req, res) => {
     const session = signedIn(req, res);
     if (!session) return;
     if (!session.tokens.billing) {
-      back(res);
+      back(res, 'step-3');
       return;
     }
     session.steps.billing = await callApi(billingUrl, 'the billing access token (from the MRRT exchange)', session.tokens.billing);
-    back(res);
+    back(res, 'step-4');
   });
 
   router.post('/demo/mixup', async (req, res) => {
     const session = signedIn(req, res);
     if (!session) return;
     session.steps.mixup = await callApi(billingUrl, 'the messages access token (wrong audience)', session.tokens.messages ?? '');
-    back(res);
+    back(res, 'step-5');
   });
 
+  // signs out of the app and, through RP-initiated logout, of the provider too (the next sign-in asks who you are)
   router.post('/signout', async (req, res) => {
     const session = sessionOf(req);
+    const logout = new URL(`${issuer}/session/end`);
+    logout.search = new URLSearchParams({
+      client_id: client.client_id,
+      post_logout_redirect_uri: new URL('/', baseUrl).href,
+      ...(session?.idTokenValue ? { id_token_hint: session.idTokenValue } : {}),
+    }).toString();
     if (session) {
       sessions.delete(session.id);
       if (session.refreshToken) {
@@ -292,7 +304,7 @@ export function bffRoutes(options: BffOptions): Router {
       }
     }
     res.set('Set-Cookie', `${COOKIE}=; Path=/; HttpOnly; SameSite=Lax${secure ? '; Secure' : ''}; Max-Age=0`);
-    back(res);
+    res.redirect(303, logout.href);
   });
 
   return router;
@@ -330,7 +342,7 @@ extension, two APIs (<code>${urls.messagesUrl}</code> for <code>${demo.loginAudi
 <a href="/spa">the SPA page</a>.</p>
 ${session?.error ? html`<p class="error" role="alert">${session.error}</p>` : ''}
 
-<div class="step"><h2>1. Sign in for the messages API</h2>
+<div class="step" id="step-1"><h2>1. Sign in for the messages API</h2>
 ${signedIn && session
     ? html`<p>Signed in as <strong>${String(session.idToken?.name ?? session.idToken?.sub)}</strong> (sub <code>${String(session.idToken?.sub)}</code>).
 Granted scope: <code>${session.grantedScope ?? ''}</code>. Refresh token: <code>${fingerprint(session.refreshToken ?? '')}</code> (kept on the server; shown as a fingerprint).</p>
@@ -340,13 +352,13 @@ ${button('/signin', 'Sign in')}`}
 </div>
 
 ${signedIn && session ? html`
-<div class="step"><h2>2. Call the messages API</h2>
+<div class="step" id="step-2"><h2>2. Call the messages API</h2>
 ${tokenView('Access token for the messages API', session.tokens.messages)}
 ${button('/demo/messages', 'Call the messages API')}
 ${callView(session.steps.messages)}
 </div>
 
-<div class="step"><h2>3. Exchange the same refresh token for the billing API (MRRT)</h2>
+<div class="step" id="step-3"><h2>3. Exchange the same refresh token for the billing API (MRRT)</h2>
 <p><code>POST ${issuer}/token</code> with <code>grant_type=refresh_token</code>, the refresh token from step 1 and
 <code>audience=${demo.mrrtAudience}</code>.</p>
 ${button('/demo/exchange', 'Exchange the same refresh token for billing (MRRT)')}
@@ -356,12 +368,12 @@ ${exchange.refreshTokenBefore === exchange.refreshTokenAfter ? '(the same refres
 ${exchange.decoded ? html`<p class="muted">decoded access token header</p>${json(exchange.decoded.header)}<p class="muted">payload</p>${json(exchange.decoded.payload)}` : ''}` : ''}
 </div>
 
-<div class="step"><h2>4. Call the billing API</h2>
+<div class="step" id="step-4"><h2>4. Call the billing API</h2>
 ${session.tokens.billing ? button('/demo/billing', 'Call the billing API with the billing token') : html`<p class="muted">Do step 3 first.</p>`}
 ${callView(session.steps.billing)}
 </div>
 
-<div class="step"><h2>5. Send the messages token to the billing API</h2>
+<div class="step" id="step-5"><h2>5. Send the messages token to the billing API</h2>
 <p>Each access token is for exactly one API. The billing API verifies <code>aud</code>, so a token for the messages API is refused.</p>
 ${button('/demo/mixup', 'Send the messages token to the billing API')}
 ${callView(session.steps.mixup)}

@@ -55,7 +55,7 @@ ${resources.map(([api, scopes]) => html`<li><code>${api}</code>: <code>${scopes.
 ${policyAudiences.length ? html`<p class="muted">This first-party app has a Multi-Resource Refresh Token policy: with the refresh token it receives it
 may also obtain access tokens for ${policyAudiences.map((audience, i) => html`${i ? ', ' : ''}<code>${audience}</code>`)} without asking you again.</p>` : ''}
 <form class="inline" method="post" action="/interaction/${encodeURIComponent(uid)}/confirm"><button type="submit">Allow</button></form>
-<form class="inline" method="post" action="/interaction/${encodeURIComponent(uid)}/abort"><button type="submit">Deny</button></form>`;
+<form class="inline" method="post" action="/interaction/${encodeURIComponent(uid)}/deny"><button type="submit">Deny</button></form>`;
 }
 
 /**
@@ -131,6 +131,12 @@ export function interactionRoutes(provider: Provider, config: ExampleConfig, sto
   router.post('/:uid/abort', async (req: Request, res: Response) => {
     await provider.interactionDetails(req, res);
     await provider.interactionFinished(req, res, { error: 'access_denied', error_description: 'the user cancelled the sign-in' }, { mergeWithLastSubmission: false });
+  });
+
+  router.post('/:uid/deny', async (req: Request, res: Response) => {
+    const { session, params } = await provider.interactionDetails(req, res);
+    logger.info({ event: 'consent.denied', subject: session?.accountId, client_id: params.client_id });
+    await provider.interactionFinished(req, res, { error: 'access_denied', error_description: 'the user denied the app access' }, { mergeWithLastSubmission: false });
   });
 
   return router;

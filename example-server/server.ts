@@ -131,6 +131,8 @@ export async function createExampleApp(options: ExampleOptions): Promise<Example
     const { redirect_paths: paths, ...metadata } = client;
     return {
       ...metadata, grant_types: [...client.grant_types], response_types: [...client.response_types], redirect_uris: paths.map((path) => new URL(path, baseUrl).href),
+      // clients that sign users in come back to the home page after the provider's logout
+      ...(paths.length ? { post_logout_redirect_uris: [new URL('/', baseUrl).href] } : {}),
     } as ClientMetadata;
   };
   const users = new Map(config.users.map((user) => [user.id, user]));

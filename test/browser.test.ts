@@ -44,6 +44,12 @@ describe('example home page in headless Chromium', () => {
   });
 
   /** The home page's step `n` (its `<div class="step">` headed "n. …"). */
+  /** Whether the step's heading is on screen (the page scrolled to the result the user asked for). */
+  const inView = async (page: Page, n: number): Promise<boolean> => {
+    const box = await page.locator(`#step-${n}`).boundingBox(); // relative to the viewport
+    const height = page.viewportSize()?.height ?? 0;
+    return box !== null && box.y >= 0 && box.y < height;
+  };
   const step = (page: Page, n: number): Locator => page.locator('div.step').filter({ has: page.locator('h2', { hasText: new RegExp(`^${n}\\. `) }) });
   const button = (scope: Page | Locator, name: string): Locator => scope.getByRole('button', { name, exact: true });
 
@@ -118,6 +124,9 @@ describe('example home page in headless Chromium', () => {
       const mixupStatus = step(page, 5).locator('strong.ok, strong.bad');
       await mixupStatus.waitFor();
       expect(await mixupStatus.textContent()).toBe('401');
+      // the last step sits far below the fold of the full page; its answer is shown where the user is looking
+      expect(page.url()).toBe(`${server!.url}/#step-5`);
+      expect(await inView(page, 5)).toBe(true);
       expect(await mixupStatus.getAttribute('class')).toBe('bad');
       const mixupText = await step(page, 5).textContent();
       expect(mixupText).toContain('WWW-Authenticate: Bearer realm="https://billing.example.com", error="invalid_token"');
@@ -135,6 +144,14 @@ describe('example home page in headless Chromium', () => {
       const png = await readFile(file);
       expect(png.subarray(0, 8)).toEqual(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]));
       expect(png.length).toBeGreaterThan(20_000);
+
+      // signing out ends the provider's session too: the next sign-in shows the login page again
+      await button(step(page, 1), 'Sign out').click();
+      await button(page, 'Yes, sign me out').click();
+      await page.waitForURL(`${server!.url}/`);
+      await button(step(page, 1), 'Sign in').click();
+      await page.waitForURL(/\/interaction\/[^/]+$/);
+      expect(await page.locator('h1').textContent()).toBe('Sign in');
     } finally {
       await context.close();
     }

@@ -179,12 +179,14 @@ describe.each(MODES)('example server with %s', (mode, redisUrl) => {
     expect(res.text).toContain('Signed in as <strong>Bob Builder</strong>');
     expect(res.text).toContain(`&quot;aud&quot;: &quot;${MESSAGES_API}&quot;`);
 
-    await agent.post('/demo/messages').expect(303);
+    // each action comes back to its own step of the page, where the user is looking
+    expect((await agent.post('/demo/messages').expect(303)).headers.location).toBe('/#step-2');
     res = await agent.get('/');
+    expect(res.text).toContain('id="step-2"');
     expect(res.text).toMatch(/with the messages access token →\s*<strong class="ok">200<\/strong>/);
     expect(res.text).toContain('Can you fix the garden wall?');
 
-    await agent.post('/demo/exchange').expect(303);
+    expect((await agent.post('/demo/exchange').expect(303)).headers.location).toBe('/#step-3');
     res = await agent.get('/');
     expect(res.text).toMatch(/response <strong class="ok">200<\/strong>/);
     expect(res.text).toContain(`&quot;aud&quot;: &quot;${BILLING_API}&quot;`);
@@ -205,10 +207,47 @@ describe.each(MODES)('example server with %s', (mode, redisUrl) => {
     // the browser never sees a token, only decoded contents and fingerprints
     expect(res.text).not.toMatch(JWT);
 
-    await agent.post('/signout').expect(303);
+    // signing out ends the app session and, through the provider's RP-initiated logout, the provider session
+    res = await agent.post('/signout').expect(303);
+    const logout = new URL(res.headers.location!);
+    expect(logout.pathname).toBe('/oidc/session/end');
+    expect(logout.searchParams.get('post_logout_redirect_uri')).toBe(`${server.url}/`);
+    expect(logout.searchParams.get('id_token_hint')).toMatch(JWT);
+    res = await agent.get(pathOf(res.headers.location));
+    expect(res.status).toBe(200);
+    const xsrf = /name="xsrf" value="([^"]+)"/.exec(res.text)?.[1];
+    const confirm = /action="([^"]+)"/.exec(res.text)?.[1];
+    expect(xsrf && confirm).toBeTruthy();
+    res = await agent.post(pathOf(confirm!)).type('form').send({ xsrf: xsrf!, logout: 'yes' });
+    expect(res.status).toBe(303);
+    expect(res.headers.location).toBe(`${server.url}/`);
     res = await agent.get('/');
     expect(res.text).toContain('action="/signin"');
     expect(res.text).not.toContain('Signed in as');
+    // the next sign-in asks who you are again (another user can sign in)
+    res = await agent.post('/signin');
+    res = await agent.get(pathOf(res.headers.location));
+    res = await agent.get(pathOf(res.headers.location));
+    expect(res.status).toBe(200);
+    expect(res.text).toContain('name="username"');
+  });
+
+  test('denying consent says so on the home page', async () => {
+    const agent = request.agent(server.url);
+    let res = await agent.post('/signin');
+    res = await agent.get(pathOf(res.headers.location));
+    res = await agent.get(pathOf(res.headers.location));
+    res = await agent.post(formAction(res.text, 'login')).type('form').send({ username: 'alice', password: 'wonderland' });
+    res = await agent.get(pathOf(res.headers.location));
+    res = await agent.get(pathOf(res.headers.location));
+    expect(res.text).toContain('Allow access?');
+    res = await agent.post(formAction(res.text, 'deny')).type('form').send({});
+    expect(res.status).toBe(303);
+    res = await agent.get(pathOf(res.headers.location));
+    res = await agent.get(pathOf(res.headers.location));
+    expect(res.headers.location).toBe('/#step-1');
+    res = await agent.get('/');
+    expect(res.text).toContain('Sign-in denied: the user denied the app access');
   });
 
   test('protocol: messages token for the messages API, MRRT exchange of the same refresh token for billing, each API accepts only its own audience', async () => {
