@@ -126,9 +126,12 @@ export class Exchange {
   #nothingAvailable = false;
   #raised: { readonly error: Error; readonly reason: MrrtReason } | undefined;
   readonly #setup: ExchangeSetup;
+  readonly #stepAside: (ctx: KoaContextWithOIDC) => void;
 
-  constructor(setup: ExchangeSetup, targets: readonly string[], refreshTokenValue: string, plan: Plan, started: number) {
+  /** `stepAside` uninstalls the exchange from the request: what oidc-provider does next is a plain refresh. */
+  constructor(setup: ExchangeSetup, targets: readonly string[], refreshTokenValue: string, plan: Plan, started: number, stepAside: (ctx: KoaContextWithOIDC) => void) {
     this.#setup = setup;
+    this.#stepAside = stepAside;
     this.targets = targets;
     this.target = targets[0]!;
     this.refreshTokenValue = refreshTokenValue;
@@ -176,7 +179,9 @@ export class Exchange {
       granted: resources.includes(this.target),
     };
     this.#held = held;
-    if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(ctx, held, this.plan.policyScopes);
+    // a refusal that only applies outside the grant, for a target the refresh token holds: nothing left to do
+    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#stepAside(ctx);
+    else if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(ctx, held, this.plan.policyScopes);
   }
 
   /**
@@ -396,7 +401,7 @@ export function createExchangeHandler(setup: ExchangeSetup, install: (ctx: KoaCo
     const plan: Plan = targets.length === 1
       ? await decide(ctx, targets[0]!)
       : { kind: 'refusal', reason: 'multiple_targets', unlessGranted: false };
-    const exchange = new Exchange(setup, targets, value, plan, started);
+    const exchange = new Exchange(setup, targets, value, plan, started, (request) => install(request, undefined));
 
     install(ctx, exchange);
     try {
