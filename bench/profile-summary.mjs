@@ -81,7 +81,7 @@ function summariseWindows(dir) {
     g.requests += w.requests;
     g.windows += 1;
   }
-  out(`CPU profiles of measured windows (revision ${revision}); figures are self time in µs per request, idle excluded.`);
+  out(`CPU profiles of measured windows (revision ${revision}); figures are self time in µs per request (per token for E: a silent authorization request and a code exchange), idle excluded.`);
   for (const [variant, byScenario] of groups) {
     const names = [...byScenario.keys()].sort();
     const perReq = (g, map, key) => (map.get(key) ?? 0) / g.requests;
