@@ -109,6 +109,8 @@ async function main() {
   const onSignal = () => { cleanup().finally(() => process.exit(130)); };
   const onCrash = (err) => {
     log(`failed: ${err?.stack ?? err}`);
+    // a crash may leave a connection that never answers: the clean-up gets 15 s
+    setTimeout(() => process.exit(1), 15_000).unref();
     cleanup().finally(() => process.exit(1));
   };
   process.once('SIGINT', onSignal);
