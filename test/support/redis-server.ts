@@ -2,7 +2,7 @@
 // down, or running it as a Cluster. Never used on the shared Redis of MRRT_TEST_REDIS_URL.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { rmSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -97,23 +97,32 @@ export class RedisServer {
   readonly port: number;
   readonly dir: string;
   readonly #args: readonly string[];
+  readonly #configFile: string | undefined;
   #child: ChildProcess | undefined;
   #log = '';
 
-  private constructor(port: number, dir: string, args: readonly string[]) {
+  private constructor(port: number, dir: string, args: readonly string[], configFile: string | undefined) {
     this.port = port;
     this.dir = dir;
     this.#args = args;
+    this.#configFile = configFile;
   }
 
   /**
    * Starts a redis-server on a free loopback port (or `port`), without persistence, in its own
    * temporary `--dir`, with `extraArgs` appended (e.g. `['--enable-debug-command', 'local']`).
+   * With `config`, that text is written to `redis.conf` in the directory and given as the config
+   * file (a Sentinel needs one it can rewrite).
    */
-  static async start({ port, extraArgs = [] }: { port?: number; extraArgs?: readonly string[] } = {}): Promise<RedisServer> {
+  static async start({ port, extraArgs = [], config }: { port?: number; extraArgs?: readonly string[]; config?: string } = {}): Promise<RedisServer> {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'mrrt-redis-'));
     directories.add(dir);
-    const server = new RedisServer(port ?? await freePort(), dir, extraArgs);
+    let configFile: string | undefined;
+    if (config !== undefined) {
+      configFile = path.join(dir, 'redis.conf');
+      await writeFile(configFile, config);
+    }
+    const server = new RedisServer(port ?? await freePort(), dir, extraArgs, configFile);
     try {
       await server.start();
     } catch (err) {
@@ -140,6 +149,7 @@ export class RedisServer {
   async start(): Promise<void> {
     if (this.running) throw new Error(`redis-server on port ${this.port} is already running`);
     const args = [
+      ...(this.#configFile ? [this.#configFile] : []),
       '--port', String(this.port), '--bind', HOST, '--save', '', '--appendonly', 'no', '--dir', this.dir,
       '--protected-mode', 'yes', ...this.#args,
     ];
@@ -246,6 +256,119 @@ export async function startCluster({ masters = 3 }: { masters?: number } = {}): 
     throw err;
   }
   return { nodes, startupNodes: nodes.map((node) => ({ host: HOST, port: node.port })), destroy };
+}
+
+/** A throwaway Sentinel deployment: one master, its replicas and the sentinels monitoring them. */
+export interface RedisSentinel {
+  /** The master group's name, for ioredis's `name` option. */
+  readonly name: string;
+  /** The data nodes, master first (as started; after a failover, ask {@link RedisSentinel.masterPort}). */
+  readonly nodes: readonly RedisServer[];
+  readonly sentinels: readonly RedisServer[];
+  /** `{ host, port }` of every sentinel, as ioredis `sentinels`. */
+  readonly sentinelNodes: readonly { host: string; port: number }[];
+  /** The master's port according to a majority of the sentinels that answer (`SENTINEL get-master-addr-by-name`). */
+  masterPort(): Promise<number | undefined>;
+  /** The master's port according to each sentinel that answers. */
+  masterPorts(): Promise<number[]>;
+  /** Kills every process and removes its directory. Safe to call more than once. */
+  destroy(): Promise<void>;
+}
+
+/**
+ * Sends one command to 127.0.0.1:`port` and resolves its reply when it is a flat array of bulk
+ * strings (what SENTINEL answers), `undefined` for a null array, an error or no answer within a second.
+ */
+function rawArray(port: number, args: readonly string[]): Promise<string[] | undefined> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ port, host: HOST });
+    let data = '';
+    const done = (items: string[] | undefined): void => { socket.destroy(); resolve(items); };
+    socket.setTimeout(1000, () => done(undefined));
+    socket.once('error', () => done(undefined));
+    socket.once('connect', () => socket.write(encode(args)));
+    socket.on('data', (chunk) => {
+      data += chunk.toString('utf8');
+      if (data.startsWith('-') || data.startsWith('*-1')) return done(undefined);
+      const head = /^\*(\d+)\r\n/.exec(data);
+      if (!head) return undefined;
+      const items: string[] = [];
+      let rest = data.slice(head[0].length);
+      while (items.length < Number(head[1])) {
+        const bulk = /^\$(\d+)\r\n/.exec(rest);
+        if (!bulk || rest.length < bulk[0].length + Number(bulk[1]) + 2) return undefined;
+        items.push(rest.slice(bulk[0].length, bulk[0].length + Number(bulk[1])));
+        rest = rest.slice(bulk[0].length + Number(bulk[1]) + 2);
+      }
+      return done(items);
+    });
+  });
+}
+
+/** `SENTINEL MASTER <name>` as a map (empty when the sentinel does not answer). */
+async function sentinelView(sentinel: RedisServer, name: string): Promise<Map<string, string>> {
+  const items = await rawArray(sentinel.port, ['SENTINEL', 'MASTER', name]) ?? [];
+  const map = new Map<string, string>();
+  for (let i = 0; i + 1 < items.length; i += 2) map.set(items[i]!, items[i + 1]!);
+  return map;
+}
+
+/**
+ * Starts a master, `replicas` (default 1) replicas of it and `sentinels` (default 3) sentinels with
+ * quorum 2, all `redis-server` processes on free loopback ports, and waits until every sentinel
+ * knows every replica and the other sentinels. `downAfterMs` (default 1000) is how long the master
+ * must be unreachable before a sentinel thinks it down; `failoverTimeoutMs` (default 5000) bounds a
+ * failover attempt. Everything started is killed again if any step fails.
+ */
+export async function startSentinel({ name = 'mrrt', replicas = 1, sentinels = 3, downAfterMs = 1000, failoverTimeoutMs = 5000 }: {
+  name?: string; replicas?: number; sentinels?: number; downAfterMs?: number; failoverTimeoutMs?: number;
+} = {}): Promise<RedisSentinel> {
+  const nodes: RedisServer[] = [];
+  const watchers: RedisServer[] = [];
+  const destroy = async (): Promise<void> => {
+    await Promise.all([...watchers, ...nodes].map((node) => node.destroy()));
+  };
+  const masterPorts = async (): Promise<number[]> => {
+    const answers = await Promise.all(watchers.filter((s) => s.running).map((s) => rawArray(s.port, ['SENTINEL', 'get-master-addr-by-name', name])));
+    return answers.flatMap((answer) => (answer?.[1] ? [Number(answer[1])] : []));
+  };
+  const masterPort = async (): Promise<number | undefined> => {
+    const votes = new Map<number, number>();
+    for (const port of await masterPorts()) votes.set(port, (votes.get(port) ?? 0) + 1);
+    const [best] = [...votes.entries()].sort((a, b) => b[1] - a[1]);
+    return best && best[1] > watchers.length / 2 ? best[0] : undefined;
+  };
+  try {
+    const master = await RedisServer.start();
+    nodes.push(master);
+    for (let i = 0; i < replicas; i += 1) nodes.push(await RedisServer.start({ extraArgs: ['--replicaof', HOST, String(master.port)] }));
+    const config = [
+      `sentinel monitor ${name} ${HOST} ${master.port} 2`,
+      `sentinel down-after-milliseconds ${name} ${downAfterMs}`,
+      `sentinel failover-timeout ${name} ${failoverTimeoutMs}`,
+      `sentinel parallel-syncs ${name} 1`,
+      '',
+    ].join('\n');
+    for (let i = 0; i < sentinels; i += 1) watchers.push(await RedisServer.start({ config, extraArgs: ['--sentinel'] }));
+
+    for (let attempt = 0; ; attempt += 1) {
+      const infos = await Promise.all(watchers.map((s) => sentinelView(s, name)));
+      const ready = infos.every((info) => info.get('num-slaves') === String(replicas) && info.get('num-other-sentinels') === String(sentinels - 1)
+        && info.get('flags') === 'master');
+      const synced = (await master.command('INFO', 'replication').catch(() => '')).split('\n').filter((line) => /^slave\d+:.*state=online/.test(line)).length === replicas;
+      if (ready && synced) break;
+      if (attempt >= 300) throw new Error(`the sentinels did not see ${replicas} replica(s) and ${sentinels - 1} other sentinel(s) within 30s: ${JSON.stringify(infos.map((info) => Object.fromEntries(info)))}`);
+      await sleep(100);
+    }
+  } catch (err) {
+    await destroy();
+    throw err;
+  }
+  return {
+    name, nodes, sentinels: watchers,
+    sentinelNodes: watchers.map((s) => ({ host: HOST, port: s.port })),
+    masterPort, masterPorts, destroy,
+  };
 }
 
 /**
