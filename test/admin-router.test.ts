@@ -10,7 +10,7 @@ import request from 'supertest';
 
 import { MemoryPolicyStore } from '../lib/index.js';
 import { createPolicyRouter, jwtAuthorizer, type PolicyAuditEvent } from '../lib/express.js';
-import { API, SKIP_CONSENT, startServer, type TestServer } from './helpers/fixture.js';
+import { API, SKIP_CONSENT, startServer, type TestServer } from './support/fixture.js';
 
 const ISSUER = 'https://issuer.example.com';
 const ADMIN_SCOPE = 'mrrt:admin';

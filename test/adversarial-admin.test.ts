@@ -23,7 +23,7 @@ import request from 'supertest';
 
 import { MemoryPolicyStore, RedisPolicyStore, mrrtConfiguration } from '../lib/index.js';
 import { createPolicyRouter, jwtAuthorizer, type PolicyAuditEvent } from '../lib/express.js';
-import { API, SKIP_CONSENT, claims, login, refresh, snapshot, startServer, type TestServer } from './helpers/fixture.js';
+import { API, SKIP_CONSENT, claims, login, refresh, snapshot, startServer, type TestServer } from './support/fixture.js';
 import { deleteKeys } from './support/redis-keys.js';
 
 const ISSUER = 'https://issuer.example.com';

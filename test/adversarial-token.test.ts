@@ -14,8 +14,8 @@ import request from 'supertest';
 import { RedisPolicyStore, type MrrtReason } from '../lib/index.js';
 import {
   API, CLIENTS, RESOURCE_SERVERS, SKIP_CONSENT, claims, login, refresh, snapshot, startServer, type TestServer,
-} from './helpers/fixture.js';
-import { accessTokenView, expectNothingPersisted } from './helpers/security.js';
+} from './support/fixture.js';
+import { accessTokenView, expectNothingPersisted } from './support/security.js';
 import { deleteKeys } from './support/redis-keys.js';
 
 const redis = new Redis(process.env.MRRT_TEST_REDIS_URL!);

@@ -8,7 +8,7 @@ import type { AdapterPayload } from 'oidc-provider';
 
 import { RedisAdapter, RedisPolicyStore } from '../lib/index.js';
 import { PolicyCache } from '../lib/policy-cache.js';
-import { API, SKIP_CONSENT, claims, login, refresh, startServer, type TestServer } from './helpers/fixture.js';
+import { API, SKIP_CONSENT, claims, login, refresh, startServer, type TestServer } from './support/fixture.js';
 import { startCluster, type RedisCluster } from './support/redis-server.js';
 import { P1, P2, P3, describeStoreContract } from './support/store-contract.js';
 import { describeAdapterUnit } from './support/adapter-unit.js';

@@ -11,7 +11,7 @@ import request from 'supertest';
 
 import { RedisAdapter, RedisPolicyStore, type PolicyRecord, type Policy } from '../lib/index.js';
 import { createPolicyRouter, type PolicyAuditEvent } from '../lib/express.js';
-import { API, SKIP_CONSENT, claims, login, refresh, startServer, type TestServer } from './helpers/fixture.js';
+import { API, SKIP_CONSENT, claims, login, refresh, startServer, type TestServer } from './support/fixture.js';
 import { deleteKeys } from './support/redis-keys.js';
 
 const BURST = 20;

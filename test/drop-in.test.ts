@@ -8,7 +8,7 @@ import { MemoryPolicyStore, withMrrt } from '../lib/index.js';
 import { createPolicyRouter } from '../lib/express.js';
 import {
   API, CLIENTS, SKIP_CONSENT, claims, login, refresh, snapshot, startServer, type TestServer,
-} from './helpers/fixture.js';
+} from './support/fixture.js';
 
 const ISSUER = 'https://op.example.com';
 const discovery = async (provider: Provider): Promise<unknown> => (

@@ -3,7 +3,7 @@ import * as jose from 'jose';
 import type { Response } from 'supertest';
 
 import { MemoryPolicyStore } from '../lib/index.js';
-import { API, SKIP_CONSENT, login, refresh, startServer, type ClientName, type TestServer } from './helpers/fixture.js';
+import { API, SKIP_CONSENT, login, refresh, startServer, type ClientName, type TestServer } from './support/fixture.js';
 
 interface Step {
   name: string;

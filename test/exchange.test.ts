@@ -8,7 +8,7 @@ import request from 'supertest';
 import { MemoryPolicyStore, RedisPolicyStore, type MrrtReason, type Policy } from '../lib/index.js';
 import {
   API, CLIENTS, SKIP_CONSENT, claims, dpopKey, login, refresh, snapshot, startServer, type TestServer, type TokenSet,
-} from './helpers/fixture.js';
+} from './support/fixture.js';
 import { deleteKeys } from './support/redis-keys.js';
 
 const APP_POLICY: Policy = [

@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 
 import { MemoryPolicyStore } from '../lib/index.js';
-import { API, SKIP_CONSENT, login, refresh, snapshot, startServer, type TestServer } from './helpers/fixture.js';
+import { API, SKIP_CONSENT, login, refresh, snapshot, startServer, type TestServer } from './support/fixture.js';
 
 describe('a granted target served "as without MRRT" gets oidc-provider\'s own scope check', () => {
   // README "Errors": for a granted target the invalid_target rows (public_client_unprotected among

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { Registry, type OpenMetricsContentType } from 'prom-client';
 
 import { MemoryPolicyStore, MrrtMetrics, PolicyStoreError, type Policy, type PolicyRecord } from '../lib/index.js';
-import { API, SKIP_CONSENT, login, refresh, startServer, type TestServer } from './helpers/fixture.js';
+import { API, SKIP_CONSENT, login, refresh, startServer, type TestServer } from './support/fixture.js';
 
 /** A memory store whose reads fail while `failing` is set, to produce `mrrt.store_error` events. */
 class FlakyStore extends MemoryPolicyStore {

@@ -9,7 +9,7 @@ import * as jose from 'jose';
 import request from 'supertest';
 
 import { RedisPolicyStore, type Policy } from '../lib/index.js';
-import { API, CLIENTS, login, refresh } from './helpers/fixture.js';
+import { API, CLIENTS, login, refresh } from './support/fixture.js';
 import { instanceConfig, startInstance, type Instance } from './support/instances.js';
 import { deleteKeys } from './support/redis-keys.js';
 

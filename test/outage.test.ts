@@ -8,7 +8,7 @@ import { Redis, type RedisOptions } from 'ioredis';
 import request from 'supertest';
 
 import { RedisAdapter, RedisPolicyStore, type Policy } from '../lib/index.js';
-import { API, SKIP_CONSENT, claims, login, refresh, startServer, type TestServer } from './helpers/fixture.js';
+import { API, SKIP_CONSENT, claims, login, refresh, startServer, type TestServer } from './support/fixture.js';
 import { instanceConfig, startInstance, type Instance } from './support/instances.js';
 import { QUICK_FAILURE, RedisServer, rawCommand } from './support/redis-server.js';
 

@@ -15,7 +15,7 @@ import { afterAll, describe, expect, test } from '@jest/globals';
 import { Redis, type RedisOptions } from 'ioredis';
 
 import { RedisPolicyStore, type Policy } from '../lib/index.js';
-import { API, SKIP_CONSENT, login, refresh, startServer, type TestServer } from './helpers/fixture.js';
+import { API, SKIP_CONSENT, login, refresh, startServer, type TestServer } from './support/fixture.js';
 import { RedisServer } from './support/redis-server.js';
 import { deleteKeys } from './support/redis-keys.js';
 

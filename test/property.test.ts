@@ -22,8 +22,8 @@ import { Redis } from 'ioredis';
 import { MemoryPolicyStore, RedisPolicyStore, type MrrtReason, type PolicyStore } from '../lib/index.js';
 import {
   API, RESOURCE_SERVERS, dpopKey, login, refresh, snapshot, startServer, type ClientName, type DpopKey, type TestServer,
-} from './helpers/fixture.js';
-import { SCOPE_SYNTAX, accessTokenView, expectNothingPersisted, type Snapshot } from './helpers/security.js';
+} from './support/fixture.js';
+import { SCOPE_SYNTAX, accessTokenView, expectNothingPersisted, type Snapshot } from './support/security.js';
 import { deleteKeys } from './support/redis-keys.js';
 
 const redis = new Redis(process.env.MRRT_TEST_REDIS_URL!);

@@ -6,7 +6,7 @@ import type { AdapterPayload, Configuration } from 'oidc-provider';
 import request from 'supertest';
 
 import { MemoryPolicyStore, RedisAdapter, type RedisAdapterOptions } from '../lib/index.js';
-import { API, CLIENTS, claims, login, refresh, startServer, type ServerOptions, type TestServer } from './helpers/fixture.js';
+import { API, CLIENTS, claims, login, refresh, startServer, type ServerOptions, type TestServer } from './support/fixture.js';
 import { describeAdapterUnit } from './support/adapter-unit.js';
 
 const url = process.env.MRRT_TEST_REDIS_URL!;

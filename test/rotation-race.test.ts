@@ -9,7 +9,7 @@ import { Redis } from 'ioredis';
 import type request from 'supertest';
 
 import { MemoryPolicyStore, RedisAdapter, type RedisAdapterOptions } from '../lib/index.js';
-import { API, SKIP_CONSENT, claims, login, refresh, startServer, type ClientName, type TestServer } from './helpers/fixture.js';
+import { API, SKIP_CONSENT, claims, login, refresh, startServer, type ClientName, type TestServer } from './support/fixture.js';
 
 const LEVELS = [2, 10, 50] as const;
 const redis = new Redis(process.env.MRRT_TEST_REDIS_URL!);

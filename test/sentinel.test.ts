@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { Redis, type RedisOptions } from 'ioredis';
 
 import { RedisAdapter, RedisPolicyStore } from '../lib/index.js';
-import { API, CLIENTS, SKIP_CONSENT, login, startServer, type TestServer } from './helpers/fixture.js';
+import { API, CLIENTS, SKIP_CONSENT, login, startServer, type TestServer } from './support/fixture.js';
 import { startSentinel, type RedisSentinel } from './support/redis-server.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

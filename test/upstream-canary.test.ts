@@ -1,7 +1,7 @@
 // Fails loudly when an oidc-provider release changes what the MRRT hook relies on.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { MemoryPolicyStore } from '../lib/index.js';
-import { API, claims, login, refresh, snapshot, startServer, type TestServer } from './helpers/fixture.js';
+import { API, claims, login, refresh, snapshot, startServer, type TestServer } from './support/fixture.js';
 
 describe('oidc-provider behaviour the extension depends on', () => {
   let plain: TestServer;

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import * as jose from 'jose';
 import request from 'supertest';
 
-import { API, type TestServer } from '../helpers/fixture.js';
+import { API, type TestServer } from './fixture.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const ENTRY = path.join(ROOT, 'test', 'support', 'instance.mjs');

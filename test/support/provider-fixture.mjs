@@ -1,7 +1,7 @@
 // The one provider setup every test server, provider process and benchmark provider is built from:
 // the APIs, the clients, the oidc-provider configuration and the interaction routes (login and
 // consent without pages). Plain JavaScript, so that child processes (instance.mjs) and the bench
-// load it as it is; test/helpers/fixture.ts types it through provider-fixture.d.mts.
+// load it as it is; test/support/fixture.ts types it through provider-fixture.d.mts.
 import { errors } from 'oidc-provider';
 
 export const API = Object.freeze({

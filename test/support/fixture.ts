@@ -8,12 +8,12 @@ import * as jose from 'jose';
 import Provider, { type Configuration } from 'oidc-provider';
 import request from 'supertest';
 
-import { API, CLIENTS, interactionHandler, providerConfiguration } from '../support/provider-fixture.mjs';
+import { API, CLIENTS, interactionHandler, providerConfiguration } from './provider-fixture.mjs';
 import {
   MemoryAdapter, MemoryStorage, withMrrt, type MrrtExchangeEvent, type MrrtOptions, type PolicyStore,
 } from '../../lib/index.js';
 
-export { API, CLIENTS, RESOURCE_SERVERS, SKIP_CONSENT } from '../support/provider-fixture.mjs';
+export { API, CLIENTS, RESOURCE_SERVERS, SKIP_CONSENT } from './provider-fixture.mjs';
 export type ClientName = keyof typeof CLIENTS;
 /** A client by its fixture name, or the metadata of one registered some other way (dynamic registration). */
 export type ClientRef = ClientName | { readonly client_id: string; readonly client_secret?: string; readonly redirect_uris: readonly string[] };
