@@ -88,6 +88,8 @@ const PROFILE_DIR = path.join(here, 'profiles');
 async function main() {
   const started = performance.now();
   const loadBefore = os.loadavg()[0];
+  // read when the run starts, just after `npm run bench` built dist/: others may commit meanwhile
+  const measured = revision();
   const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1, connectTimeout: 5000, retryStrategy: () => null, lazyConnect: true });
   try {
     await redis.connect();
@@ -167,7 +169,7 @@ async function main() {
     }
 
     if (args['cpu-prof']) {
-      writeFileSync(path.join(PROFILE_DIR, 'windows.json'), `${JSON.stringify({ revision: revision(), windows: profileWindows }, null, 2)}\n`);
+      writeFileSync(path.join(PROFILE_DIR, 'windows.json'), `${JSON.stringify({ revision: measured, windows: profileWindows }, null, 2)}\n`);
       log(`CPU profiles of ${profileWindows.length} measured windows in ${PROFILE_DIR}; compare with: node bench/profile-summary.mjs ${path.relative(process.cwd(), PROFILE_DIR) || '.'}`);
     }
 
@@ -195,7 +197,7 @@ async function main() {
       storage,
       policy_store: policyStore,
       machine: machine(redisInfo, loadBefore),
-      settings: { ...settings, revision: revision() },
+      settings: { ...settings, revision: measured },
       elapsed_s: 0,
     };
     report.elapsed_s = round((performance.now() - started) / 1000, 1);
