@@ -4,9 +4,7 @@
 // silent authorization request and its code exchange): every figure is per token.
 import autocannon from 'autocannon';
 
-import {
-  API, SCENARIOS, codeExchangeBody, codeFromRedirect, refreshBody, rotating, silentAuthorizationQuery, targetName,
-} from './shared.mjs';
+import { API, SCENARIOS, codeExchangeBody, codeFromRedirect, refreshBody, rotating, silentAuthorizationQuery, targetName } from './shared.mjs';
 import { percentile } from './stats.mjs';
 import { log, sleep } from './util.mjs';
 
@@ -68,7 +66,10 @@ export async function measure(server, targets, { variant, scenario, seconds, con
 
   latencies.sort((a, b) => a - b);
   const ok = latencies.length;
-  const failed = Object.entries(status).filter(([code]) => code !== '200').reduce((sum, [, n]) => sum + n, 0) + result.errors;
+  const failed =
+    Object.entries(status)
+      .filter(([code]) => code !== '200')
+      .reduce((sum, [, n]) => sum + n, 0) + result.errors;
   if (failed) log(`WARNING ${variant} ${scenario}: ${failed} failed requests ${JSON.stringify(status)} errors=${result.errors}`);
   const exhausted = tokens ? next >= tokens.length - 2 * connections : false;
   if (exhausted) log(`note: ${variant} ${scenario} used its whole token pool (${tokens.length}); the window was shorter`);
@@ -125,7 +126,10 @@ async function measureSilent(server, targets, { variant, scenario, seconds, conn
       {
         method: 'POST',
         setupRequest: (req, context) => ({
-          ...req, path: '/token', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: codeExchangeBody(context.code, resource),
+          ...req,
+          path: '/token',
+          headers: { 'content-type': 'application/x-www-form-urlencoded' },
+          body: codeExchangeBody(context.code, resource),
         }),
       },
     ],
@@ -177,16 +181,21 @@ export function tokenRequester(target, scenario) {
     return body;
   };
   if (!SCENARIOS[scenario].silent) {
-    return async (refreshToken) => expect200(await fetch(`${target.url}/token`, { method: 'POST', headers: form, body: refreshBody(refreshToken, resource) }), `${scenario} refresh`);
+    return async (refreshToken) =>
+      expect200(await fetch(`${target.url}/token`, { method: 'POST', headers: form, body: refreshBody(refreshToken, resource) }), `${scenario} refresh`);
   }
   return async (_refreshToken, i = 0) => {
     const auth = await fetch(`${target.url}/auth?${silentAuthorizationQuery(resource, silentScope)}`, {
-      headers: { cookie: target.sessions[i % target.sessions.length] }, redirect: 'manual',
+      headers: { cookie: target.sessions[i % target.sessions.length] },
+      redirect: 'manual',
     });
     await auth.arrayBuffer();
     const code = codeFromRedirect(auth.headers.get('location'));
     if (auth.status !== 303 || !code) throw new Error(`${scenario} silent authorization: status ${auth.status}, location ${auth.headers.get('location')}`);
-    return expect200(await fetch(`${target.url}/token`, { method: 'POST', headers: form, body: codeExchangeBody(code, resource) }), `${scenario} code exchange`);
+    return expect200(
+      await fetch(`${target.url}/token`, { method: 'POST', headers: form, body: codeExchangeBody(code, resource) }),
+      `${scenario} code exchange`,
+    );
   };
 }
 

@@ -44,7 +44,9 @@ function selfTimes(file) {
   for (const [id, us] of self) {
     const { callFrame } = byId.get(id);
     const name = callFrame.functionName || '(anonymous)';
-    const where = callFrame.url ? ` ${callFrame.url.replace(/^.*node_modules\//, '').replace(/^file:\/\/.*\/(dist|bench)\//, '$1/')}:${callFrame.lineNumber + 1}` : '';
+    const where = callFrame.url
+      ? ` ${callFrame.url.replace(/^.*node_modules\//, '').replace(/^file:\/\/.*\/(dist|bench)\//, '$1/')}:${callFrame.lineNumber + 1}`
+      : '';
     const a = area(name, callFrame.url);
     areas.set(a, (areas.get(a) ?? 0) + us);
     functions.set(`${name}${where}`, (functions.get(`${name}${where}`) ?? 0) + us);
@@ -52,7 +54,9 @@ function selfTimes(file) {
   return { areas, functions };
 }
 
-const add = (into, from) => { for (const [k, v] of from) into.set(k, (into.get(k) ?? 0) + v); };
+const add = (into, from) => {
+  for (const [k, v] of from) into.set(k, (into.get(k) ?? 0) + v);
+};
 const out = (line = '') => process.stdout.write(`${line}\n`);
 
 function summariseFiles(files) {
@@ -81,7 +85,9 @@ function summariseWindows(dir) {
     g.requests += w.requests;
     g.windows += 1;
   }
-  out(`CPU profiles of measured windows (revision ${revision}); figures are self time in µs per request (per token for E: a silent authorization request and a code exchange), idle excluded.`);
+  out(
+    `CPU profiles of measured windows (revision ${revision}); figures are self time in µs per request (per token for E: a silent authorization request and a code exchange), idle excluded.`,
+  );
   for (const [variant, byScenario] of groups) {
     const names = [...byScenario.keys()].sort();
     const perReq = (g, map, key) => (map.get(key) ?? 0) / g.requests;
@@ -89,14 +95,17 @@ function summariseWindows(dir) {
     out(`\n## ${variant}: ${names.map((s) => `${s} ${byScenario.get(s).requests} requests in ${byScenario.get(s).windows} windows`).join(', ')}\n`);
     const allAreas = new Set(names.flatMap((s) => [...byScenario.get(s).areas.keys()]));
     for (const idle of IDLE) allAreas.delete(idle);
-    const totals = Object.fromEntries(names.map((s) => {
-      const g = byScenario.get(s);
-      return [s, [...g.areas].filter(([a]) => !IDLE.has(a)).reduce((sum, [, us]) => sum + us, 0) / g.requests];
-    }));
+    const totals = Object.fromEntries(
+      names.map((s) => {
+        const g = byScenario.get(s);
+        return [s, [...g.areas].filter(([a]) => !IDLE.has(a)).reduce((sum, [, us]) => sum + us, 0) / g.requests];
+      }),
+    );
     out(`${'area'.padEnd(32)}${names.map((s) => s.padStart(8)).join('')}`);
     out(`${'total (CPU on the main thread)'.padEnd(32)}${names.map((s) => cell(totals[s])).join('')}`);
     const rows = [...allAreas].map((a) => [a, names.map((s) => perReq(byScenario.get(s), byScenario.get(s).areas, a))]);
-    for (const [a, nums] of rows.sort((x, y) => Math.max(...y[1]) - Math.max(...x[1])).slice(0, 15)) out(`${a.slice(0, 31).padEnd(32)}${nums.map(cell).join('')}`);
+    for (const [a, nums] of rows.sort((x, y) => Math.max(...y[1]) - Math.max(...x[1])).slice(0, 15))
+      out(`${a.slice(0, 31).padEnd(32)}${nums.map(cell).join('')}`);
 
     const base = byScenario.get(values.base);
     if (!base) continue;
@@ -105,7 +114,8 @@ function summariseWindows(dir) {
       const keys = new Set([...g.functions.keys(), ...base.functions.keys()]);
       const diffs = [...keys].filter((k) => !k.startsWith('(idle)')).map((k) => [k, perReq(g, g.functions, k) - perReq(base, base.functions, k)]);
       out(`\n${s} − ${values.base}: ${(totals[s] - totals[values.base]).toFixed(1)} µs/req in all; functions that differ most:`);
-      for (const [k, d] of diffs.sort((x, y) => Math.abs(y[1]) - Math.abs(x[1])).slice(0, top)) out(`  ${(d >= 0 ? '+' : '') + d.toFixed(1)}`.padEnd(10) + ` ${k}`);
+      for (const [k, d] of diffs.sort((x, y) => Math.abs(y[1]) - Math.abs(x[1])).slice(0, top))
+        out(`  ${(d >= 0 ? '+' : '') + d.toFixed(1)}`.padEnd(10) + ` ${k}`);
     }
   }
 }

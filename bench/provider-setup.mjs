@@ -6,11 +6,12 @@ import { TTL, interactionHandler, providerConfiguration } from '../test/support/
 import { CLIENT, LOGIN_RESOURCE, LOGIN_SCOPE, RESOURCE_SERVERS, SKIP_CONSENT } from './shared.mjs';
 
 export function signingKey(alg) {
-  const pair = alg === 'RS256'
-    ? generateKeyPairSync('rsa', { modulusLength: 2048 })
-    : alg === 'EdDSA'
-      ? generateKeyPairSync('ed25519')
-      : generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const pair =
+    alg === 'RS256'
+      ? generateKeyPairSync('rsa', { modulusLength: 2048 })
+      : alg === 'EdDSA'
+        ? generateKeyPairSync('ed25519')
+        : generateKeyPairSync('ec', { namedCurve: 'P-256' });
   return { ...pair.privateKey.export({ format: 'jwk' }), kid: `bench-${alg}`, alg, use: 'sig' };
 }
 
@@ -28,9 +29,7 @@ export function signingKey(alg) {
  * Neither hook runs on a refresh request, so scenarios A–D are untouched by them.
  */
 export function configuration({ adapter, rotate, jwk, resourceServers: servers = RESOURCE_SERVERS, skipConsent = SKIP_CONSENT }) {
-  const resourceServers = Object.fromEntries(Object.entries(servers).map(([uri, info]) => (
-    [uri, { ...info, jwt: { sign: { alg: jwk.alg } } }]
-  )));
+  const resourceServers = Object.fromEntries(Object.entries(servers).map(([uri, info]) => [uri, { ...info, jwt: { sign: { alg: jwk.alg } } }]));
   const base = providerConfiguration({
     adapter,
     jwks: { keys: [jwk] },
@@ -53,19 +52,25 @@ export function configuration({ adapter, rotate, jwk, resourceServers: servers =
       const grant = existing ?? new ctx.oidc.provider.Grant({ clientId: client.clientId, accountId: session.accountId });
       let changed = !existing;
       const oidcScope = [...ctx.oidc.requestParamOIDCScopes].filter((scope) => !grant.getOIDCScope().split(' ').includes(scope));
-      if (oidcScope.length) { grant.addOIDCScope(oidcScope.join(' ')); changed = true; }
+      if (oidcScope.length) {
+        grant.addOIDCScope(oidcScope.join(' '));
+        changed = true;
+      }
       for (const [indicator, server] of Object.entries(requested)) {
         const held = new Set(grant.getResourceScopeEncountered(indicator).split(' '));
         const scope = [...ctx.oidc.requestParamScopes].filter((value) => server.scopes.has(value) && !held.has(value));
-        if (scope.length) { grant.addResourceScope(indicator, scope.join(' ')); changed = true; }
+        if (scope.length) {
+          grant.addResourceScope(indicator, scope.join(' '));
+          changed = true;
+        }
       }
       if (changed) await grant.save();
       return grant;
     },
-    issueRefreshToken: (ctx, client, code) => client.grantTypeAllowed('refresh_token') && (
-      code.scopes.has('offline_access')
-      || (code.kind === 'AuthorizationCode' && (ctx.oidc.entities.Grant?.getOIDCScope() ?? '').split(' ').includes('offline_access'))
-    ),
+    issueRefreshToken: (ctx, client, code) =>
+      client.grantTypeAllowed('refresh_token') &&
+      (code.scopes.has('offline_access') ||
+        (code.kind === 'AuthorizationCode' && (ctx.oidc.entities.Grant?.getOIDCScope() ?? '').split(' ').includes('offline_access'))),
   };
 }
 
@@ -103,9 +108,15 @@ export async function login(url) {
   };
   const verifier = randomBytes(32).toString('base64url');
   const auth = new URLSearchParams({
-    client_id: CLIENT.client_id, response_type: 'code', scope: LOGIN_SCOPE, redirect_uri: CLIENT.redirect_uris[0],
-    code_challenge: createHash('sha256').update(verifier).digest('base64url'), code_challenge_method: 'S256',
-    prompt: 'consent', state: 'st', resource: LOGIN_RESOURCE,
+    client_id: CLIENT.client_id,
+    response_type: 'code',
+    scope: LOGIN_SCOPE,
+    redirect_uri: CLIENT.redirect_uris[0],
+    code_challenge: createHash('sha256').update(verifier).digest('base64url'),
+    code_challenge_method: 'S256',
+    prompt: 'consent',
+    state: 'st',
+    resource: LOGIN_RESOURCE,
   });
   let res = await step(`/auth?${auth}`);
   res = await step(`${location(res).pathname}/login?sub=alice`, { method: 'POST' });
@@ -118,12 +129,20 @@ export async function login(url) {
     method: 'POST',
     headers: { 'content-type': 'application/x-www-form-urlencoded' },
     body: new URLSearchParams({
-      grant_type: 'authorization_code', code, redirect_uri: CLIENT.redirect_uris[0], code_verifier: verifier,
-      client_id: CLIENT.client_id, client_secret: CLIENT.client_secret, resource: LOGIN_RESOURCE,
+      grant_type: 'authorization_code',
+      code,
+      redirect_uri: CLIENT.redirect_uris[0],
+      code_verifier: verifier,
+      client_id: CLIENT.client_id,
+      client_secret: CLIENT.client_secret,
+      resource: LOGIN_RESOURCE,
     }).toString(),
   });
   const body = await res.json();
   if (res.status !== 200 || !body.refresh_token) throw new Error(`login: code exchange failed: ${res.status} ${JSON.stringify(body)}`);
-  const cookie = [...jar].filter(([name]) => name.startsWith('_session')).map(([k, v]) => `${k}=${v}`).join('; ');
+  const cookie = [...jar]
+    .filter(([name]) => name.startsWith('_session'))
+    .map(([k, v]) => `${k}=${v}`)
+    .join('; ');
   return { refreshToken: body.refresh_token, cookie };
 }

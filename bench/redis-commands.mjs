@@ -28,7 +28,10 @@ async function commandCalls(redis) {
 async function monitor(redisUrl, onCommand) {
   const url = new URL(redisUrl);
   const socket = net.connect(Number(url.port || 6379), url.hostname || '127.0.0.1');
-  await new Promise((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject); });
+  await new Promise((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
   socket.on('error', () => {});
   const password = decodeURIComponent(url.password);
   if (password) socket.write(`AUTH ${url.username ? `${decodeURIComponent(url.username)} ` : ''}${password}\r\n`);
@@ -36,7 +39,10 @@ async function monitor(redisUrl, onCommand) {
   let buffer = '';
   let started;
   let refused;
-  const ready = new Promise((resolve, reject) => { started = resolve; refused = reject; });
+  const ready = new Promise((resolve, reject) => {
+    started = resolve;
+    refused = reject;
+  });
   socket.setEncoding('utf8');
   socket.on('data', (chunk) => {
     buffer += chunk;
@@ -44,13 +50,21 @@ async function monitor(redisUrl, onCommand) {
     while ((end = buffer.indexOf('\r\n')) !== -1) {
       const line = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
-      if (line === '+OK') { started(); continue; }
-      if (line.startsWith('-')) { refused(new Error(`MONITOR: ${line.slice(1)}`)); continue; }
+      if (line === '+OK') {
+        started();
+        continue;
+      }
+      if (line.startsWith('-')) {
+        refused(new Error(`MONITOR: ${line.slice(1)}`));
+        continue;
+      }
       const match = /^\+[\d.]+ \[\d+ ([^\]]+)\] (.*)$/.exec(line);
       if (!match) continue;
-      const args = [...match[2].matchAll(/"((?:[^"\\]|\\.)*)"/g)].map(([, quoted]) => quoted.replace(/\\(x[0-9a-f]{2}|.)/g, (_, c) => (
-        c.length === 3 ? String.fromCharCode(parseInt(c.slice(1), 16)) : ({ n: '\n', r: '\r', t: '\t', a: '\x07', b: '\b' })[c] ?? c
-      )));
+      const args = [...match[2].matchAll(/"((?:[^"\\]|\\.)*)"/g)].map(([, quoted]) =>
+        quoted.replace(/\\(x[0-9a-f]{2}|.)/g, (_, c) =>
+          c.length === 3 ? String.fromCharCode(parseInt(c.slice(1), 16)) : ({ n: '\n', r: '\r', t: '\t', a: '\x07', b: '\b' }[c] ?? c),
+        ),
+      );
       onCommand(args, match[1]);
     }
   });
@@ -80,15 +94,21 @@ export async function countCommands(server, targets, redis, { redisUrl, variants
       }
       const n = requests;
       const source = pass.consistent ? pass.commandstats : pass.monitored;
-      const perCommand = Object.fromEntries(Object.entries(source).filter(([, calls]) => calls > 0).map(([cmd, calls]) => [cmd, round(calls / n, 2)]));
+      const perCommand = Object.fromEntries(
+        Object.entries(source)
+          .filter(([, calls]) => calls > 0)
+          .map(([cmd, calls]) => [cmd, round(calls / n, 2)]),
+      );
       rows.push({
-        name: scenario, adapter: 'redis', rotation: variant.split('/')[1],
+        name: scenario,
+        adapter: 'redis',
+        rotation: variant.split('/')[1],
         http_requests_per_token: SCENARIOS[scenario].silent ? 2 : 1,
         commands_per_exchange: round(Object.values(source).reduce((a, b) => a + b, 0) / n, 2),
         round_trips_per_exchange: round(pass.sent / n, 2),
         policy_hmget_per_exchange: round(pass.policyReads / n, 2),
         by_command: perCommand,
-        source: pass.consistent ? 'INFO commandstats' : 'MONITOR (commandstats had other clients\' commands)',
+        source: pass.consistent ? 'INFO commandstats' : "MONITOR (commandstats had other clients' commands)",
       });
     }
   }

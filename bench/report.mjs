@@ -26,7 +26,9 @@ export function machine(redisInfo, loadBefore) {
   let cpu = os.cpus()[0]?.model ?? 'unknown';
   try {
     cpu = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim() ?? cpu;
-  } catch { /* not Linux */ }
+  } catch {
+    /* not Linux */
+  }
   const pkg = (name) => JSON.parse(readFileSync(path.join(here, '..', 'node_modules', name, 'package.json'), 'utf8')).version;
   return {
     nproc: os.availableParallelism(),
@@ -48,14 +50,20 @@ const fmtSpread = (s) => (s ? `${fmt(s.median)} (${fmt(s.min)}–${fmt(s.max)})`
 export function markdown(report) {
   const lines = [];
   const m = report.machine;
-  lines.push(`Machine: ${m.nproc} cores (nproc), ${m.cpu}, ${m.memory_gib} GiB; Node ${m.node}; Redis ${m.redis}; oidc-provider ${m.oidc_provider}; autocannon ${m.autocannon}; load average ${m.load_avg[0]} before, ${m.load_avg[1]} after; ${report.elapsed_s} s.`);
+  lines.push(
+    `Machine: ${m.nproc} cores (nproc), ${m.cpu}, ${m.memory_gib} GiB; Node ${m.node}; Redis ${m.redis}; oidc-provider ${m.oidc_provider}; autocannon ${m.autocannon}; load average ${m.load_avg[0]} before, ${m.load_avg[1]} after; ${report.elapsed_s} s.`,
+  );
   const s = report.settings;
-  lines.push(`Settings: revision ${s.revision}; ${s.mode}, ${s.rounds} rounds × ${s.duration_s} s per scenario (interleaved, after ${s.warmup_s} s warm-up each), ${s.connections} connections, ${s.alg} signatures (access token JWT + ID token per request).`);
+  lines.push(
+    `Settings: revision ${s.revision}; ${s.mode}, ${s.rounds} rounds × ${s.duration_s} s per scenario (interleaved, after ${s.warmup_s} s warm-up each), ${s.connections} connections, ${s.alg} signatures (access token JWT + ID token per request).`,
+  );
   lines.push('');
   lines.push('| scenario | adapter | rotation | req/s | p50 ms | p99 ms | server CPU µs/req |');
   lines.push('| --- | --- | --- | ---: | ---: | ---: | ---: |');
   for (const row of report.scenarios) {
-    lines.push(`| ${row.name}: ${SCENARIOS[row.name].label} | ${row.adapter} | ${row.rotation} | ${fmtInt(row.rps)} | ${fmt(row.p50_ms)} | ${fmt(row.p99_ms)} | ${fmtInt(row.cpu_us_per_req)} |`);
+    lines.push(
+      `| ${row.name}: ${SCENARIOS[row.name].label} | ${row.adapter} | ${row.rotation} | ${fmtInt(row.rps)} | ${fmt(row.p50_ms)} | ${fmt(row.p99_ms)} | ${fmtInt(row.cpu_us_per_req)} |`,
+    );
   }
   lines.push('');
   const ratioColumns = (fields) => {
@@ -73,15 +81,22 @@ export function markdown(report) {
   if (Object.keys(report.ratios).length) {
     lines.push('Ratios per round (median, min–max over rounds):');
     lines.push('');
-    ratioTable(ratioColumns([['rps', 'req/s'], ['p99', 'p99']]));
+    ratioTable(
+      ratioColumns([
+        ['rps', 'req/s'],
+        ['p99', 'p99'],
+      ]),
+    );
     lines.push('');
-    lines.push('Throughput ratio implied by server CPU per request (A\'s CPU µs/req ÷ the scenario\'s; robust to other load on the machine):');
+    lines.push("Throughput ratio implied by server CPU per request (A's CPU µs/req ÷ the scenario's; robust to other load on the machine):");
     lines.push('');
     ratioTable(ratioColumns([['cpu', '']]).map(([k, title]) => [k, title.trim()]));
   }
   if (report.targets.length) {
     lines.push('');
-    lines.push('Targets (Redis adapter, medians over rounds with a 95 % bootstrap interval): "met" or "not met" only when the whole interval says so, otherwise "within noise".');
+    lines.push(
+      'Targets (Redis adapter, medians over rounds with a 95 % bootstrap interval): "met" or "not met" only when the whole interval says so, otherwise "within noise".',
+    );
     lines.push('');
     lines.push('| rotation | target | median | 95 % interval | verdict |');
     lines.push('| --- | --- | ---: | --- | --- |');
@@ -90,9 +105,13 @@ export function markdown(report) {
   const cVsE = Object.entries(report.c_vs_e ?? {});
   if (cVsE.length) {
     lines.push('');
-    lines.push('A token for a new API: C (one MRRT refresh-token exchange) against E (without MRRT: a silent authorization request with the session cookie, then the code exchange; it also leaves a second refresh token). Per token; ratios E/C per round, median (95 % interval); the target is C at least 3× cheaper than E in server CPU:');
+    lines.push(
+      'A token for a new API: C (one MRRT refresh-token exchange) against E (without MRRT: a silent authorization request with the session cookie, then the code exchange; it also leaves a second refresh token). Per token; ratios E/C per round, median (95 % interval); the target is C at least 3× cheaper than E in server CPU:',
+    );
     lines.push('');
-    lines.push('| adapter | rotation | HTTP requests C / E | Redis commands C / E | Redis round trips C / E | CPU µs C / E | E/C CPU | verdict (≥ 3) | p50 ms C / E | p99 ms C / E | E/C p99 |');
+    lines.push(
+      '| adapter | rotation | HTTP requests C / E | Redis commands C / E | Redis round trips C / E | CPU µs C / E | E/C CPU | verdict (≥ 3) | p50 ms C / E | p99 ms C / E | E/C p99 |',
+    );
     lines.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
     const row = (adapter, rotation, name) => report.scenarios.find((x) => x.adapter === adapter && x.rotation === rotation && x.name === name);
     const commands = (rotation, name) => report.redis_commands.find((x) => x.rotation === rotation && x.name === name);
@@ -104,26 +123,39 @@ export function markdown(report) {
       const cc = adapter === 'redis' ? commands(rotation, 'C') : undefined;
       const ec = adapter === 'redis' ? commands(rotation, 'E') : undefined;
       const pair = (a, b, f = fmt) => (a === undefined || b === undefined ? 'n/a' : `${f(a)} / ${f(b)}`);
-      lines.push(`| ${adapter} | ${rotation} | 1 / 2 | ${pair(cc?.commands_per_exchange, ec?.commands_per_exchange, (v) => fmt(v, 1))} | ${pair(cc?.round_trips_per_exchange, ec?.round_trips_per_exchange, (v) => fmt(v, 1))} | ${pair(c.cpu_us_per_req, e.cpu_us_per_req, fmtInt)} | ${interval(r.e_c_cpu)} | ${r.verdict} | ${pair(c.p50_ms, e.p50_ms)} | ${pair(c.p99_ms, e.p99_ms)} | ${interval(r.e_c_p99)} |`);
+      lines.push(
+        `| ${adapter} | ${rotation} | 1 / 2 | ${pair(cc?.commands_per_exchange, ec?.commands_per_exchange, (v) => fmt(v, 1))} | ${pair(cc?.round_trips_per_exchange, ec?.round_trips_per_exchange, (v) => fmt(v, 1))} | ${pair(c.cpu_us_per_req, e.cpu_us_per_req, fmtInt)} | ${interval(r.e_c_cpu)} | ${r.verdict} | ${pair(c.p50_ms, e.p50_ms)} | ${pair(c.p99_ms, e.p99_ms)} | ${interval(r.e_c_p99)} |`,
+      );
     }
   }
   if (report.redis_commands.length) {
     lines.push('');
-    lines.push(`Redis commands per token (INFO commandstats delta ÷ ${s.count_requests} sequential tokens, checked against MONITOR; commands run inside Lua scripts count too; round trips = commands the server sent, from MONITOR; A–D one refresh request per token, E two requests):`);
+    lines.push(
+      `Redis commands per token (INFO commandstats delta ÷ ${s.count_requests} sequential tokens, checked against MONITOR; commands run inside Lua scripts count too; round trips = commands the server sent, from MONITOR; A–D one refresh request per token, E two requests):`,
+    );
     lines.push('');
     lines.push('| scenario | rotation | commands | round trips | policy-store HMGET | by command |');
     lines.push('| --- | --- | ---: | ---: | ---: | --- |');
     for (const row of report.redis_commands) {
-      const by = Object.entries(row.by_command).sort(([a], [b]) => a.localeCompare(b)).map(([cmd, v]) => `${cmd} ${v}`).join(', ');
+      const by = Object.entries(row.by_command)
+        .sort(([a], [b]) => a.localeCompare(b))
+        .map(([cmd, v]) => `${cmd} ${v}`)
+        .join(', ');
       const note = row.source === 'INFO commandstats' ? '' : ' (from MONITOR: other clients were busy)';
-      lines.push(`| ${row.name} | ${row.rotation} | ${fmt(row.commands_per_exchange)} | ${fmt(row.round_trips_per_exchange)} | ${fmt(row.policy_hmget_per_exchange)} | ${by}${note} |`);
+      lines.push(
+        `| ${row.name} | ${row.rotation} | ${fmt(row.commands_per_exchange)} | ${fmt(row.round_trips_per_exchange)} | ${fmt(row.policy_hmget_per_exchange)} | ${by}${note} |`,
+      );
     }
   }
   if (report.storage?.length) {
     lines.push('');
-    lines.push('Storage kept per user in Redis after a login and tokens for N APIs in all (the login\'s API, then N − 1 more: with MRRT one exchange each, without MRRT a silent authorization and code exchange each); refresh tokens live + consumed (a rotated token is kept, consumed, until it expires, to detect reuse); bytes from MEMORY USAGE of every key: kept = refresh tokens, Grants, sessions and their index keys; transient = authorization codes (60 s):');
+    lines.push(
+      "Storage kept per user in Redis after a login and tokens for N APIs in all (the login's API, then N − 1 more: with MRRT one exchange each, without MRRT a silent authorization and code exchange each); refresh tokens live + consumed (a rotated token is kept, consumed, until it expires, to detect reuse); bytes from MEMORY USAGE of every key: kept = refresh tokens, Grants, sessions and their index keys; transient = authorization codes (60 s):",
+    );
     lines.push('');
-    lines.push('| rotation | N APIs | refresh tokens with MRRT (live + consumed) | without MRRT | Grants with / without | sessions with / without | bytes kept with MRRT | without MRRT | transient bytes with / without |');
+    lines.push(
+      '| rotation | N APIs | refresh tokens with MRRT (live + consumed) | without MRRT | Grants with / without | sessions with / without | bytes kept with MRRT | without MRRT | transient bytes with / without |',
+    );
     lines.push('| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | --- |');
     for (const rotation of ['off', 'on']) {
       for (const apis of [...new Set(report.storage.map((x) => x.apis))]) {
@@ -131,7 +163,9 @@ export function markdown(report) {
         const o = report.storage.find((x) => x.rotation === rotation && x.apis === apis && x.way === 'without');
         if (!w || !o) continue;
         const rts = (x) => `${x.refresh_tokens_live} + ${x.refresh_tokens - x.refresh_tokens_live}`;
-        lines.push(`| ${rotation} | ${apis} | ${rts(w)} | ${rts(o)} | ${w.grants} / ${o.grants} | ${w.sessions} / ${o.sessions} | ${fmtInt(w.kept_bytes)} | ${fmtInt(o.kept_bytes)} | ${fmtInt(w.transient_bytes)} / ${fmtInt(o.transient_bytes)} |`);
+        lines.push(
+          `| ${rotation} | ${apis} | ${rts(w)} | ${rts(o)} | ${w.grants} / ${o.grants} | ${w.sessions} / ${o.sessions} | ${fmtInt(w.kept_bytes)} | ${fmtInt(o.kept_bytes)} | ${fmtInt(w.transient_bytes)} / ${fmtInt(o.transient_bytes)} |`,
+        );
       }
     }
   }
@@ -140,10 +174,14 @@ export function markdown(report) {
     lines.push('');
     lines.push(`Policy store at scale (RedisPolicyStore, ${fmtInt(p.clients)} clients, 3-entry policies of ${p.policy_json_bytes} bytes JSON):`);
     lines.push('');
-    lines.push('| clients | write (autopipelined, 1000 in flight) | get p50 (cold) | get p99 (cold) | get (cached, PolicyCache hit) | Redis memory per policy |');
+    lines.push(
+      '| clients | write (autopipelined, 1000 in flight) | get p50 (cold) | get p99 (cold) | get (cached, PolicyCache hit) | Redis memory per policy |',
+    );
     lines.push('| ---: | --- | ---: | ---: | --- | ---: |');
     const cachedCell = `p50 ${fmt(p.cached_get_p50_ms, 4)} ms, p99 ${fmt(p.cached_get_p99_ms, 4)} ms`;
-    lines.push(`| ${fmtInt(p.clients)} | ${fmt(p.write_s)} s (${fmtInt(p.writes_per_s)}/s) | ${fmt(p.get_p50_ms, 3)} ms | ${fmt(p.get_p99_ms, 3)} ms | ${cachedCell} | ${fmtInt(p.redis_bytes_per_policy)} B |`);
+    lines.push(
+      `| ${fmtInt(p.clients)} | ${fmt(p.write_s)} s (${fmtInt(p.writes_per_s)}/s) | ${fmt(p.get_p50_ms, 3)} ms | ${fmt(p.get_p99_ms, 3)} ms | ${cachedCell} | ${fmtInt(p.redis_bytes_per_policy)} B |`,
+    );
   }
   return `${lines.join('\n')}\n`;
 }

@@ -73,12 +73,18 @@ const settings = {
   count_requests: PRESET.count,
 };
 if (!['ES256', 'RS256', 'EdDSA'].includes(settings.alg)) throw new Error('--alg must be ES256, RS256 or EdDSA');
-if (settings.rounds > 50 || settings.duration_s > 120 || settings.scale_clients > 1_000_000) throw new Error('rounds ≤ 50, duration ≤ 120 s, scale ≤ 1 000 000');
+if (settings.rounds > 50 || settings.duration_s > 120 || settings.scale_clients > 1_000_000)
+  throw new Error('rounds ≤ 50, duration ≤ 120 s, scale ≤ 1 000 000');
 
 const ALL_VARIANTS = ['memory/off', 'memory/on', 'redis/off', 'redis/on'];
 const variants = args.only ? args.only.split(',').map((v) => v.trim()) : ALL_VARIANTS;
 for (const v of variants) if (!ALL_VARIANTS.includes(v)) throw new Error(`--only: unknown variant "${v}" (one of ${ALL_VARIANTS.join(', ')})`);
-const SCENARIO_NAMES = args.scenarios ? args.scenarios.toUpperCase().split('').filter((s) => s.trim()) : Object.keys(SCENARIOS);
+const SCENARIO_NAMES = args.scenarios
+  ? args.scenarios
+      .toUpperCase()
+      .split('')
+      .filter((s) => s.trim())
+  : Object.keys(SCENARIOS);
 for (const s of SCENARIO_NAMES) if (!SCENARIOS[s]) throw new Error(`--scenarios: unknown scenario "${s}" (letters of ${Object.keys(SCENARIOS).join('')})`);
 const STORAGE_COUNTS = [1, 3, 10];
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -102,13 +108,18 @@ async function main() {
     // once, whoever asks first (the end of the run, a signal or a crash)
     cleaning ??= (async () => {
       await server.stop().catch((err) => log(`stopping the bench server: ${err.message}`));
-      const removed = await deleteByPrefix(redis, RUN_PREFIX).catch((err) => { log(`cleanup failed: ${err.message}`); return 0; });
+      const removed = await deleteByPrefix(redis, RUN_PREFIX).catch((err) => {
+        log(`cleanup failed: ${err.message}`);
+        return 0;
+      });
       log(`removed ${removed} Redis keys under ${RUN_PREFIX}`);
       redis.disconnect();
     })();
     return cleaning;
   };
-  const onSignal = () => { cleanup().finally(() => process.exit(130)); };
+  const onSignal = () => {
+    cleanup().finally(() => process.exit(130));
+  };
   const onCrash = (err) => {
     log(`failed: ${err?.stack ?? err}`);
     // a crash may leave a connection that never answers: the clean-up gets 15 s
@@ -157,27 +168,41 @@ async function main() {
           const key = `${variant}/${scenario}`;
           const profileFile = args['cpu-prof'] ? path.join(PROFILE_DIR, `${variant.replace('/', '-')}-${scenario}-round${round_ + 1}.cpuprofile`) : undefined;
           const r = await measure(server, targets, {
-            variant, scenario, seconds: settings.duration_s, connections, poolRps: 2 * Math.max(peakRps.get(key), 500), profileFile,
+            variant,
+            scenario,
+            seconds: settings.duration_s,
+            connections,
+            poolRps: 2 * Math.max(peakRps.get(key), 500),
+            profileFile,
           });
           if (profileFile) profileWindows.push({ file: path.basename(profileFile), variant, scenario, round: round_ + 1, requests: r.requests + r.failed });
           peakRps.set(key, Math.max(peakRps.get(key), r.rps));
           if (!results.has(key)) results.set(key, []);
           results.get(key).push(r);
-          log(`round ${round_ + 1}/${settings.rounds} ${variant} ${scenario}: ${fmtInt(r.rps)} req/s, p50 ${fmt(r.p50_ms)} ms, p99 ${fmt(r.p99_ms)} ms, ${fmtInt(r.cpu_us)} µs CPU/req`);
+          log(
+            `round ${round_ + 1}/${settings.rounds} ${variant} ${scenario}: ${fmtInt(r.rps)} req/s, p50 ${fmt(r.p50_ms)} ms, p99 ${fmt(r.p99_ms)} ms, ${fmtInt(r.cpu_us)} µs CPU/req`,
+          );
         }
       }
     }
 
     if (args['cpu-prof']) {
       writeFileSync(path.join(PROFILE_DIR, 'windows.json'), `${JSON.stringify({ revision: measured, windows: profileWindows }, null, 2)}\n`);
-      log(`CPU profiles of ${profileWindows.length} measured windows in ${PROFILE_DIR}; compare with: node bench/profile-summary.mjs ${path.relative(process.cwd(), PROFILE_DIR) || '.'}`);
+      log(
+        `CPU profiles of ${profileWindows.length} measured windows in ${PROFILE_DIR}; compare with: node bench/profile-summary.mjs ${path.relative(process.cwd(), PROFILE_DIR) || '.'}`,
+      );
     }
 
     const { scenarios, ratios, c_vs_e: cVsE, targets: targetsMet } = summarise(results, variants, SCENARIO_NAMES);
 
     log('counting Redis commands per token');
     const redisCommands = await countCommands(server, targets, redis, {
-      redisUrl: REDIS_URL, variants, scenarioNames: SCENARIO_NAMES, requests: settings.count_requests, runPrefix: RUN_PREFIX, attempts: args.quick ? 1 : 3,
+      redisUrl: REDIS_URL,
+      variants,
+      scenarioNames: SCENARIO_NAMES,
+      requests: settings.count_requests,
+      runPrefix: RUN_PREFIX,
+      attempts: args.quick ? 1 : 3,
     });
     log(`storage per user for N = ${STORAGE_COUNTS.join(', ')} APIs`);
     const storage = await server.call('storage', { redisUrl: REDIS_URL, prefix: RUN_PREFIX, counts: STORAGE_COUNTS });
@@ -185,7 +210,10 @@ async function main() {
 
     log(`policy-store scale run: ${fmtInt(settings.scale_clients)} clients`);
     const policyStore = await scaleRun(redis, {
-      redisUrl: REDIS_URL, prefix: RUN_PREFIX, clients: settings.scale_clients, sample: settings.scale_sample,
+      redisUrl: REDIS_URL,
+      prefix: RUN_PREFIX,
+      clients: settings.scale_clients,
+      sample: settings.scale_sample,
     });
 
     const report = {

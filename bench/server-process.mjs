@@ -33,8 +33,14 @@ export class ServerProcess {
     this.#child.on('error', (err) => log(`bench server: ${err.message}`));
     const ready = new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('bench server did not start within 30 s')), 30_000);
-      this.#child.once('message', () => { clearTimeout(timer); resolve(); });
-      this.#child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`bench server exited (${code})`)); });
+      this.#child.once('message', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.#child.once('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`bench server exited (${code})`));
+      });
     });
     this.#child.on('message', (msg) => {
       const waiter = msg.id === undefined ? undefined : this.#pending.get(msg.id);

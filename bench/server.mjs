@@ -14,13 +14,9 @@ import http from 'node:http';
 import { Redis } from 'ioredis';
 import Provider from 'oidc-provider';
 
-import {
-  MemoryAdapter, MemoryPolicyStore, MemoryStorage, RedisAdapter, RedisPolicyStore, withMrrt,
-} from '../dist/index.js';
+import { MemoryAdapter, MemoryPolicyStore, MemoryStorage, RedisAdapter, RedisPolicyStore, withMrrt } from '../dist/index.js';
 import { configuration, handler, login, signingKey } from './provider-setup.mjs';
-import {
-  CLIENT, POLICY, SKIP_CONSENT, DENY_LIST, scanKeys, unlinkAll,
-} from './shared.mjs';
+import { CLIENT, POLICY, SKIP_CONSENT, DENY_LIST, scanKeys, unlinkAll } from './shared.mjs';
 import { measureStorage } from './storage.mjs';
 
 const MINT_BATCH = 500;
@@ -78,9 +74,18 @@ async function createTarget({ adapterKind, rotate, kind, redisUrl, prefix, sessi
   const grant = await provider.Grant.find(rt.grantId);
   const template = {
     refreshToken: {
-      accountId: rt.accountId, acr: rt.acr, amr: rt.amr, authTime: rt.authTime, claims: rt.claims,
-      expiresWithSession: rt.expiresWithSession, gty: rt.gty, nonce: rt.nonce, resource: rt.resource,
-      scope: rt.scope, sessionUid: rt.sessionUid, sid: rt.sid,
+      accountId: rt.accountId,
+      acr: rt.acr,
+      amr: rt.amr,
+      authTime: rt.authTime,
+      claims: rt.claims,
+      expiresWithSession: rt.expiresWithSession,
+      gty: rt.gty,
+      nonce: rt.nonce,
+      resource: rt.resource,
+      scope: rt.scope,
+      sessionUid: rt.sessionUid,
+      sid: rt.sid,
     },
     grant: { accountId: grant.accountId, clientId: grant.clientId, oidcScope: grant.getOIDCScope(), resources: { ...grant.resources } },
   };
@@ -125,7 +130,7 @@ const handlers = {
     const tokens = [];
     for (let i = 0; i < count; i += MINT_BATCH) {
       const batch = Array.from({ length: Math.min(MINT_BATCH, count - i) }, one);
-      tokens.push(...await Promise.all(batch));
+      tokens.push(...(await Promise.all(batch)));
     }
     return tokens;
   },
@@ -181,7 +186,15 @@ const handlers = {
   },
 
   async close() {
-    await Promise.all(servers.map((server) => new Promise((resolve) => { server.closeAllConnections(); server.close(() => resolve()); })));
+    await Promise.all(
+      servers.map(
+        (server) =>
+          new Promise((resolve) => {
+            server.closeAllConnections();
+            server.close(() => resolve());
+          }),
+      ),
+    );
     await Promise.all(stores.map((store) => store.close?.()));
     await Promise.all(redisClients.map((redis) => redis.quit().catch(() => redis.disconnect())));
     return true;

@@ -61,8 +61,15 @@ const SILENT_CHALLENGE = createHash('sha256').update(SILENT_VERIFIER).digest('ba
 /** Scenario E's first request: `GET /auth?` this, with the session cookie. */
 export function silentAuthorizationQuery(resource, scope) {
   return new URLSearchParams({
-    client_id: CLIENT.client_id, response_type: 'code', scope: `openid offline_access ${scope}`, redirect_uri: CLIENT.redirect_uris[0],
-    code_challenge: SILENT_CHALLENGE, code_challenge_method: 'S256', prompt: 'none', state: 'bench', resource,
+    client_id: CLIENT.client_id,
+    response_type: 'code',
+    scope: `openid offline_access ${scope}`,
+    redirect_uri: CLIENT.redirect_uris[0],
+    code_challenge: SILENT_CHALLENGE,
+    code_challenge_method: 'S256',
+    prompt: 'none',
+    state: 'bench',
+    resource,
   }).toString();
 }
 
@@ -75,8 +82,13 @@ export function codeFromRedirect(location) {
 /** Scenario E's second request: the code exchange for the API. */
 export function codeExchangeBody(code, resource) {
   return new URLSearchParams({
-    grant_type: 'authorization_code', code: code ?? '', redirect_uri: CLIENT.redirect_uris[0], code_verifier: SILENT_VERIFIER,
-    client_id: CLIENT.client_id, client_secret: CLIENT.client_secret, resource,
+    grant_type: 'authorization_code',
+    code: code ?? '',
+    redirect_uri: CLIENT.redirect_uris[0],
+    code_verifier: SILENT_VERIFIER,
+    client_id: CLIENT.client_id,
+    client_secret: CLIENT.client_secret,
+    resource,
   }).toString();
 }
 

@@ -35,17 +35,20 @@ const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const prefix = `mrrt-soak:${randomBytes(4).toString('hex')}:`;
 const SESSIONS = 8;
 
-const freePort = (): Promise<number> => new Promise((resolve, reject) => {
-  const server = net.createServer();
-  server.once('error', reject);
-  server.listen(0, '127.0.0.1', () => {
-    const { port } = server.address() as net.AddressInfo;
-    server.close(() => resolve(port));
+const freePort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
   });
-});
 
 const rssMiB = (pid: number): number => {
-  const line = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith('VmRSS:'));
+  const line = readFileSync(`/proc/${pid}/status`, 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith('VmRSS:'));
   return Number(/(\d+)/.exec(line ?? '')?.[1] ?? 0) / 1024;
 };
 
@@ -70,25 +73,42 @@ async function main(): Promise<number> {
   try {
     for (let i = 0; ; i += 1) {
       if (i === 100) throw new Error('the example server did not start');
-      if (await fetch(`${base}/healthz`).then((r) => r.ok, () => false)) break;
+      if (
+        await fetch(`${base}/healthz`).then(
+          (r) => r.ok,
+          () => false,
+        )
+      )
+        break;
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
 
     const client = config.clients.find((candidate) => candidate.client_id === config.demoApp.clientId)!;
     const user = config.users[0]!;
     const redirectUri = new URL(client.redirect_paths[0] ?? '/callback', base).href;
-    const configuration = await oidc.discovery(new URL(`${base}/oidc`), client.client_id, undefined,
-      oidc.ClientSecretBasic(client.client_secret), { execute: [oidc.allowInsecureRequests] });
+    const configuration = await oidc.discovery(new URL(`${base}/oidc`), client.client_id, undefined, oidc.ClientSecretBasic(client.client_secret), {
+      execute: [oidc.allowInsecureRequests],
+    });
     const refreshTokens: string[] = [];
     for (let i = 0; i < SESSIONS; i += 1) {
       const verifier = oidc.randomPKCECodeVerifier();
       const state = oidc.randomState();
       const url = oidc.buildAuthorizationUrl(configuration, {
-        redirect_uri: redirectUri, scope: config.demoApp.loginScope, resource: MESSAGES_API, prompt: 'consent', state,
-        code_challenge: await oidc.calculatePKCECodeChallenge(verifier), code_challenge_method: 'S256',
+        redirect_uri: redirectUri,
+        scope: config.demoApp.loginScope,
+        resource: MESSAGES_API,
+        prompt: 'consent',
+        state,
+        code_challenge: await oidc.calculatePKCECodeChallenge(verifier),
+        code_challenge_method: 'S256',
       });
       const callback = await signInThroughTheForms(url, redirectUri, user.username, user.password);
-      const tokens = await oidc.authorizationCodeGrant(configuration, callback, { pkceCodeVerifier: verifier, expectedState: state }, { resource: MESSAGES_API });
+      const tokens = await oidc.authorizationCodeGrant(
+        configuration,
+        callback,
+        { pkceCodeVerifier: verifier, expectedState: state },
+        { resource: MESSAGES_API },
+      );
       refreshTokens.push(tokens.refresh_token!);
     }
 
@@ -101,16 +121,21 @@ async function main(): Promise<number> {
     const outcomes = new Map<string, number>();
     let nonOAuth = 0;
     let sent = 0;
-    const count = (key: string): void => { outcomes.set(key, (outcomes.get(key) ?? 0) + 1); };
+    const count = (key: string): void => {
+      outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
+    };
 
     // warm-up, then memory samples every 5 s during the run
     await fetch(`${base}/oidc/token`, {
-      method: 'POST', headers: { authorization, 'content-type': 'application/x-www-form-urlencoded' },
+      method: 'POST',
+      headers: { authorization, 'content-type': 'application/x-www-form-urlencoded' },
       body: `grant_type=refresh_token&refresh_token=${refreshTokens[0]}&${mix[2]}`,
     });
     const samples: Array<[number, number]> = [];
     const started = Date.now();
-    const sampler = setInterval(() => { samples.push([(Date.now() - started) / 1000, rssMiB(child.pid!)]); }, 5000);
+    const sampler = setInterval(() => {
+      samples.push([(Date.now() - started) / 1000, rssMiB(child.pid!)]);
+    }, 5000);
     samples.push([0, rssMiB(child.pid!)]);
 
     const result = await autocannon({
@@ -118,24 +143,33 @@ async function main(): Promise<number> {
       connections,
       duration: seconds,
       maxOverallRequests: maxRequests,
-      requests: [{
-        method: 'POST',
-        path: '/oidc/token',
-        headers: { authorization, 'content-type': 'application/x-www-form-urlencoded' },
-        setupRequest: (request) => {
-          const target = mix[sent % mix.length]!;
-          const token = refreshTokens[Math.floor(sent / mix.length) % refreshTokens.length]!;
-          sent += 1;
-          return { ...request, body: `grant_type=refresh_token&refresh_token=${encodeURIComponent(token)}&${target}` };
+      requests: [
+        {
+          method: 'POST',
+          path: '/oidc/token',
+          headers: { authorization, 'content-type': 'application/x-www-form-urlencoded' },
+          setupRequest: (request) => {
+            const target = mix[sent % mix.length]!;
+            const token = refreshTokens[Math.floor(sent / mix.length) % refreshTokens.length]!;
+            sent += 1;
+            return { ...request, body: `grant_type=refresh_token&refresh_token=${encodeURIComponent(token)}&${target}` };
+          },
+          onResponse: (status, body) => {
+            let parsed: { access_token?: unknown; error?: unknown } | undefined;
+            try {
+              parsed = JSON.parse(body) as typeof parsed;
+            } catch {
+              parsed = undefined;
+            }
+            if (status === 200 && typeof parsed?.access_token === 'string') count('200 token');
+            else if (status >= 400 && status < 500 && typeof parsed?.error === 'string') count(`${status} ${parsed.error}`);
+            else {
+              nonOAuth += 1;
+              count(`${status} non-OAuth`);
+            }
+          },
         },
-        onResponse: (status, body) => {
-          let parsed: { access_token?: unknown; error?: unknown } | undefined;
-          try { parsed = JSON.parse(body) as typeof parsed; } catch { parsed = undefined; }
-          if (status === 200 && typeof parsed?.access_token === 'string') count('200 token');
-          else if (status >= 400 && status < 500 && typeof parsed?.error === 'string') count(`${status} ${parsed.error}`);
-          else { nonOAuth += 1; count(`${status} non-OAuth`); }
-        },
-      }],
+      ],
     });
     clearInterval(sampler);
     samples.push([(Date.now() - started) / 1000, rssMiB(child.pid!)]);
@@ -144,11 +178,21 @@ async function main(): Promise<number> {
     nonOAuth += result.errors + result.timeouts;
     const secondHalf = samples.filter(([t]) => t >= seconds / 2);
     const report = {
-      seconds, connections, requests: result.requests.total, rps: Math.round(result.requests.average),
-      p50_ms: result.latency.p50, p99_ms: result.latency.p99,
-      outcomes: Object.fromEntries([...outcomes].sort()), connection_errors: result.errors, timeouts: result.timeouts,
+      seconds,
+      connections,
+      requests: result.requests.total,
+      rps: Math.round(result.requests.average),
+      p50_ms: result.latency.p50,
+      p99_ms: result.latency.p99,
+      outcomes: Object.fromEntries([...outcomes].sort()),
+      connection_errors: result.errors,
+      timeouts: result.timeouts,
       non_oauth_errors: nonOAuth,
-      rss_mib: { start: Number(samples[0]![1].toFixed(1)), end: Number(samples.at(-1)![1].toFixed(1)), max: Number(Math.max(...samples.map(([, y]) => y)).toFixed(1)) },
+      rss_mib: {
+        start: Number(samples[0]![1].toFixed(1)),
+        end: Number(samples.at(-1)![1].toFixed(1)),
+        max: Number(Math.max(...samples.map(([, y]) => y)).toFixed(1)),
+      },
       rss_slope_mib_per_min_second_half: Number((slope(secondHalf) * 60).toFixed(2)),
       mrrt_metrics: metrics.split('\n').filter((l) => l.startsWith('mrrt_exchanges_total')),
     };

@@ -12,7 +12,15 @@ import Provider from 'oidc-provider';
 import { RedisAdapter, RedisPolicyStore, withMrrt } from '../dist/index.js';
 import { configuration, handler, login } from './provider-setup.mjs';
 import {
-  DENY_LIST, RESOURCE_SERVERS, STORAGE_APIS, apiScope, codeExchangeBody, codeFromRedirect, deleteByPrefix, refreshBody, scanKeys,
+  DENY_LIST,
+  RESOURCE_SERVERS,
+  STORAGE_APIS,
+  apiScope,
+  codeExchangeBody,
+  codeFromRedirect,
+  deleteByPrefix,
+  refreshBody,
+  scanKeys,
   silentAuthorizationQuery,
 } from './shared.mjs';
 
@@ -52,18 +60,31 @@ async function oneUser({ redisUrl, prefix, jwk, mrrt, rotate, apis }) {
   const server = http.createServer();
   let store;
   try {
-    const servers = { ...RESOURCE_SERVERS, ...Object.fromEntries(STORAGE_APIS.map((api) => [api, RESOURCE_SERVERS[api] ?? { scope: apiScope(api), accessTokenFormat: 'jwt' }])) };
+    const servers = {
+      ...RESOURCE_SERVERS,
+      ...Object.fromEntries(STORAGE_APIS.map((api) => [api, RESOURCE_SERVERS[api] ?? { scope: apiScope(api), accessTokenFormat: 'jwt' }])),
+    };
     let ProviderClass = Provider;
     if (mrrt) {
       store = new RedisPolicyStore(redis, { prefix: `${prefix}{policies}:` });
-      await store.set('app', STORAGE_APIS.slice(1).map((api) => ({ audience: api, scope: apiScope(api).split(' ') })));
+      await store.set(
+        'app',
+        STORAGE_APIS.slice(1).map((api) => ({ audience: api, scope: apiScope(api).split(' ') })),
+      );
       ProviderClass = withMrrt(Provider, { store, allowSkippingConsent: STORAGE_APIS, denyList: DENY_LIST });
     }
     await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
     const url = `http://127.0.0.1:${server.address().port}`;
-    const provider = new ProviderClass(url, configuration({
-      adapter: RedisAdapter.factory(redis, { prefix }), rotate, jwk, resourceServers: servers, skipConsent: STORAGE_APIS,
-    }));
+    const provider = new ProviderClass(
+      url,
+      configuration({
+        adapter: RedisAdapter.factory(redis, { prefix }),
+        rotate,
+        jwk,
+        resourceServers: servers,
+        skipConsent: STORAGE_APIS,
+      }),
+    );
     server.on('request', handler(provider));
 
     const signedIn = await login(url); // the token for the first API
@@ -87,7 +108,10 @@ async function oneUser({ redisUrl, prefix, jwk, mrrt, rotate, apis }) {
       byModel[model].bytes += Number(await redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0'));
       if (model === 'RefreshToken' && !(await redis.hexists(key, 'consumed'))) refreshTokensLive += 1;
     }
-    const sum = (pick) => Object.entries(byModel).filter(([model]) => pick(model)).reduce((total, [, v]) => total + v.bytes, 0);
+    const sum = (pick) =>
+      Object.entries(byModel)
+        .filter(([model]) => pick(model))
+        .reduce((total, [, v]) => total + v.bytes, 0);
     return {
       rotation: rotate ? 'on' : 'off',
       way: mrrt ? 'mrrt' : 'without',
