@@ -42,7 +42,8 @@ export function jwtAuthorizer(options: JwtAuthorizerOptions): AdminAuthorize {
 
   return async function authorizeAdminToken(req: Request): Promise<AdminGrant | AdminDenial> {
     const header = req.get('authorization');
-    const match = header === undefined ? null : /^Bearer ([A-Za-z0-9._~+/-]+=*)$/.exec(header);
+    // the scheme is case-insensitive (RFC 7235 §2.1), the token is RFC 6750's b64token
+    const match = header === undefined ? null : /^bearer ([A-Za-z0-9._~+/-]+=*)$/i.exec(header);
     if (!match) return deny(401, 'invalid_token', 'a bearer access token is required');
     try {
       const { payload } = await jwtVerify(match[1]!, key as JWTVerifyGetKey, { issuer, audience, algorithms, typ: 'at+jwt' });

@@ -140,7 +140,7 @@ export function createPolicyRouter(options: PolicyRouterOptions): Router {
   }
   // SPEC P5: a refresh token must never become an admin token; the provider's own list says so
   if (audience !== null && !installation.config.denyList.has(audience)) {
-    throw new MrrtTypeError(`"audience" option: ${audience} must be on withMrrt's denyList, so that no refresh token can be exchanged for an admin token`);
+    throw new MrrtTypeError(`"audience" option: ${audience} must be on the provider's MRRT denyList (withMrrt's options or its configuration's mrrt key), so that no refresh token can be exchanged for an admin token`);
   }
   const store = storeOption ?? installation.config.store;
   if (typeof store !== 'object' || store === null || typeof store.set !== 'function' || typeof store.list !== 'function') {
@@ -216,9 +216,8 @@ export function createPolicyRouter(options: PolicyRouterOptions): Router {
       if (err instanceof PolicyStoreError && err.code === 'ERR_MRRT_STORE_CORRUPT') return undefined;
       throw err;
     });
-    let ifMatch: string | null | undefined = precondition === '*' ? current?.version : precondition;
     if (precondition === '*' && !current) throw new AdminError(412, 'precondition_failed', 'the client has no policy to replace');
-    if (precondition === undefined) ifMatch = undefined;
+    const ifMatch = precondition === '*' ? current?.version : precondition;
     const record = await store.set(clientId, policies, { ifMatch });
     audit({ action: 'put', clientId, actor: actorOf(res), previousVersion: current?.version, version: record.version, policies: record.policies, at: new Date().toISOString() });
     res.status(current ? 200 : 201).set('ETag', etag(record.version)).json(recordBody(record));
@@ -243,9 +242,10 @@ export function createPolicyRouter(options: PolicyRouterOptions): Router {
   policy.all(methodNotAllowed('GET, HEAD, PUT, DELETE'));
 
   // errors of this router's own paths only (an error from elsewhere in the app never reaches it)
-  router.use('/clients', (err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+  router.use('/clients', (err: unknown, req: Request, res: Response, _next: NextFunction) => {
     const failure = toAdminError(err);
-    if (failure.status === 401) res.set('WWW-Authenticate', `Bearer error="${failure.error}"`);
+    // RFC 6750 §3.1: a request without credentials gets the scheme only, no error code
+    if (failure.status === 401) res.set('WWW-Authenticate', req.get('authorization') === undefined ? 'Bearer' : `Bearer error="${failure.error}"`);
     res.status(failure.status).set('Cache-Control', 'no-store').json({
       error: failure.error,
       error_description: failure.description,

@@ -119,6 +119,8 @@ export class Exchange {
   readonly refreshTokenValue: string;
   readonly plan: Plan;
   readonly started: number;
+  /** The `scope` parameter as the client sent it. */
+  readonly requestedScope: string | undefined;
   #held: Held | undefined;
   /** Set once the rules have run against the answer issuance uses; then it is that answer. */
   #settled: Promise<ResourceServerAnswer | undefined> | undefined;
@@ -129,9 +131,16 @@ export class Exchange {
   readonly #stepAside: (ctx: KoaContextWithOIDC) => void;
 
   /** `stepAside` uninstalls the exchange from the request: what oidc-provider does next is a plain refresh. */
-  constructor(setup: ExchangeSetup, targets: readonly string[], refreshTokenValue: string, plan: Plan, started: number, stepAside: (ctx: KoaContextWithOIDC) => void) {
+  constructor(
+    setup: ExchangeSetup,
+    request: { readonly targets: readonly string[]; readonly refreshTokenValue: string; readonly requestedScope: string | undefined; readonly started: number },
+    plan: Plan,
+    stepAside: (ctx: KoaContextWithOIDC) => void,
+  ) {
+    const { targets, refreshTokenValue, requestedScope, started } = request;
     this.#setup = setup;
     this.#stepAside = stepAside;
+    this.requestedScope = requestedScope;
     this.targets = targets;
     this.target = targets[0]!;
     this.refreshTokenValue = refreshTokenValue;
@@ -271,9 +280,10 @@ export class Exchange {
     if (refused) return this.#refuseOrWithdraw(ctx, held, refused);
 
     // SPEC E5: a policy-only target needs at least one API scope, from the scopes the token would get
-    const grant = ctx.oidc.entities.Grant;
-    const token = ctx.oidc.entities.RefreshToken;
-    if (!held.granted && grant && token) {
+    // oidc-provider set both entities before it resolves the account, the earliest point this runs at
+    const grant = ctx.oidc.entities.Grant!;
+    const token = ctx.oidc.entities.RefreshToken!;
+    if (!held.granted) {
       const defined = definedScopes(answer!);
       const candidates = [...(ctx.oidc.params?.scope ? ctx.oidc.requestParamScopes : token.scopes)].filter((scope) => defined.has(scope));
       if (grant.getResourceScopeFiltered(this.target, candidates) === '') {
@@ -298,11 +308,15 @@ export class Exchange {
     throw error;
   }
 
-  /** Serves a granted target as without MRRT, with the scope check oidc-provider made against the refresh token alone. */
+  /**
+   * Serves a granted target as without MRRT: the scope parameter as the client sent it (the Auth0
+   * profile may have dropped some), checked against the refresh token alone as oidc-provider does.
+   */
   #withdraw(ctx: KoaContextWithOIDC, held: Held): void {
     this.#withdrawn = true;
-    if (!ctx.oidc.params?.scope) return;
-    const missing = [...ctx.oidc.requestParamScopes].filter((scope) => !held.scopes.has(scope));
+    if (this.requestedScope === undefined) return;
+    ctx.oidc.params!.scope = this.requestedScope;
+    const missing = splitScope(this.requestedScope).filter((scope) => !held.scopes.has(scope));
     if (missing.length !== 0) {
       throw new errors.InvalidScope(`refresh token missing requested scope${missing.length === 1 ? '' : 's'}`, missing.join(' '));
     }
@@ -398,10 +412,14 @@ export function createExchangeHandler(setup: ExchangeSetup, install: (ctx: KoaCo
     const value = params.refresh_token;
     if (typeof value !== 'string' || value.length === 0) return builtin(ctx);
 
-    const plan: Plan = targets.length === 1
-      ? await decide(ctx, targets[0]!)
-      : { kind: 'refusal', reason: 'multiple_targets', unlessGranted: false };
-    const exchange = new Exchange(setup, targets, value, plan, started, (request) => install(request, undefined));
+    const request = { targets, refreshTokenValue: value, requestedScope: typeof params.scope === 'string' ? params.scope : undefined, started };
+    if (targets.length !== 1) {
+      // SPEC E1: one target per access token; refused before oidc-provider reads or writes anything
+      const refused = new Exchange(setup, request, { kind: 'refusal', reason: 'multiple_targets', unlessGranted: false }, () => {});
+      throw report(ctx, refused, refusalError('multiple_targets'));
+    }
+    const plan = await decide(ctx, targets[0]!);
+    const exchange = new Exchange(setup, request, plan, (released) => install(released, undefined));
 
     install(ctx, exchange);
     try {
@@ -410,12 +428,6 @@ export function createExchangeHandler(setup: ExchangeSetup, install: (ctx: KoaCo
       throw report(ctx, exchange, err);
     } finally {
       install(ctx, undefined);
-    }
-    const refusal = exchange.activeRefusal();
-    if (refusal) {
-      // a refused target whose resolution never reached the resource server (a deployment's defaultResource chose none)
-      ctx.body = undefined;
-      throw report(ctx, exchange, refusalError(refusal.reason));
     }
     if (plan.kind !== 'policy' || !exchange.held || exchange.withdrawn) return;
     const body = ctx.body as Record<string, unknown>;
@@ -474,7 +486,6 @@ function emit(ctx: KoaContextWithOIDC, build: () => MrrtExchangeEvent): void {
 }
 
 function event(ctx: KoaContextWithOIDC, exchange: Exchange, outcome: MrrtExchangeEvent['outcome'], reason: MrrtReason, extra: Partial<MrrtExchangeEvent>): MrrtExchangeEvent {
-  const { scope } = ctx.oidc.params ?? {};
   return {
     outcome,
     reason,
@@ -483,7 +494,7 @@ function event(ctx: KoaContextWithOIDC, exchange: Exchange, outcome: MrrtExchang
     grantId: exchange.held?.grantId,
     requestedAudience: exchange.targets.join(' '),
     resolvedAudience: undefined,
-    requestedScope: typeof scope === 'string' ? scope : undefined,
+    requestedScope: exchange.requestedScope,
     grantedScope: undefined,
     durationMs: performance.now() - exchange.started,
     ...extra,

@@ -67,15 +67,17 @@ const INACTIVE = {
  * The MRRT settings of one provider: `withMrrt`'s options, or the configuration's `mrrt` key, or both
  * (the configuration's keys win over the class's).
  */
-function configurationFor(classConfig: MrrtConfiguration | undefined, classOptions: MrrtOptions | undefined, instanceOptions: unknown, given: object): MrrtConfiguration {
-  if (!Object.hasOwn(given, 'mrrt')) {
+function configurationFor(classConfig: MrrtConfiguration | undefined, classOptions: MrrtOptions | undefined, instanceOptions: unknown): MrrtConfiguration {
+  // undefined means "the default" here as for every option: the class's value, not the package's
+  if (instanceOptions === undefined) {
     if (classConfig) return classConfig;
     throw new MrrtTypeError('MRRT options are required: give them to withMrrt(Provider, options) or as the "mrrt" key of the provider configuration');
   }
   if (typeof instanceOptions !== 'object' || instanceOptions === null || Array.isArray(instanceOptions)) {
     throw new MrrtTypeError('"mrrt" configuration must be an object of MRRT options');
   }
-  return resolveOptions(classOptions ? { ...classOptions, ...instanceOptions } : instanceOptions);
+  const given = Object.fromEntries(Object.entries(instanceOptions).filter(([, value]) => value !== undefined));
+  return resolveOptions(classOptions ? { ...classOptions, ...given } : given);
 }
 
 function toSet(value: ParamList | undefined): Set<string> {
@@ -130,7 +132,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       if (typeof given !== 'object' || given === null) throw new MrrtTypeError('configuration must be an object');
       // the MRRT options may live in the provider configuration itself, per instance; oidc-provider never sees them
       const { mrrt: instanceOptions, ...configuration } = given as Configuration & { mrrt?: unknown };
-      const config = configurationFor(classConfig, options, instanceOptions, given);
+      const config = configurationFor(classConfig, options, instanceOptions);
       const active = configuration.features?.resourceIndicators?.enabled !== false;
       const setup: ExchangeSetup = {
         config,

@@ -64,7 +64,9 @@ export interface ResourceServerAnswer {
 }
 
 /**
- * The rules of SPEC E3 and P3, in the order both the token endpoint and the admin API apply them.
+ * The rules of SPEC E3 and P3. The admin API applies them through these two functions; the token
+ * endpoint applies the same predicates below in the same order, with each operator answer bounded
+ * in time (exchange.ts).
  * Option functions may answer with a promise or any thenable; `await` settles both, so a thenable
  * is never mistaken for a truthy answer.
  */

@@ -187,7 +187,7 @@ describe('authorization', () => {
       const res = await req.set(await headers());
       expect(res.status).toBe(status);
       expect(res.body.error).toBe(error);
-      if (status === 401) expect(res.headers['www-authenticate']).toMatch(/^Bearer /);
+      if (status === 401) expect(res.headers['www-authenticate']).toMatch(/^Bearer( |$)/);
     }
     expect(await store.get('app')).toEqual(before);
   });
@@ -307,5 +307,20 @@ describe('an Express router that fits Express', () => {
     bare.clear();
     await walk('express.js');
     expect(bare).toContain('express');
+  });
+});
+
+describe('bearer tokens as the HTTP authentication RFCs have them', () => {
+  test('the scheme is case-insensitive; a request without credentials gets the scheme without an error code', async () => {
+    for (const scheme of ['Bearer', 'bearer', 'BEARER']) {
+      const res = await request(url).get('/admin/clients').set('Authorization', `${scheme} ${await token()}`);
+      expect({ scheme, status: res.status }).toEqual({ scheme, status: 200 });
+    }
+    const anonymous = await request(url).get('/admin/clients');
+    expect(anonymous.status).toBe(401);
+    expect(anonymous.headers['www-authenticate']).toBe('Bearer');
+    const forged = await request(url).get('/admin/clients').set('Authorization', 'Bearer not-a-jwt');
+    expect(forged.status).toBe(401);
+    expect(forged.headers['www-authenticate']).toBe('Bearer error="invalid_token"');
   });
 });

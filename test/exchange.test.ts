@@ -263,7 +263,11 @@ describe.each([
     expect(server.providerEvents.slice(providerEventsBefore)).toEqual([]);
     const emitted = server.events.slice(eventsBefore);
     if (reason) {
-      expect(emitted).toEqual([expect.objectContaining({ outcome: 'refused', reason, error, clientId: client, subject: 'alice', grantId: before.grantId })]);
+      // more than one target is refused before the refresh token is even read: the event names no subject or grant
+      const read = reason !== 'multiple_targets';
+      expect(emitted).toEqual([expect.objectContaining({
+        outcome: 'refused', reason, error, clientId: client, subject: read ? 'alice' : undefined, grantId: read ? before.grantId : undefined,
+      })]);
     } else {
       expect(emitted).toEqual([]);
     }
@@ -518,6 +522,32 @@ describe('the rules hold for the answer issuance uses (a deployment answering pe
   });
 });
 
+describe('more than one target', () => {
+  test.each([false, true])('is refused before oidc-provider reads or writes anything (rotation %s), even where a defaultResource would choose none', async (rotate) => {
+    const memory = new MemoryPolicyStore();
+    await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    const server = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT }, rotate });
+    const written: string[] = [];
+    for (const name of ['access_token.saved', 'refresh_token.saved', 'refresh_token.consumed']) {
+      (server.provider as unknown as import('node:events').EventEmitter).on(name, () => written.push(name));
+    }
+    try {
+      const tokens = await login(server);
+      const before = snapshot(server, tokens.refresh_token);
+      written.length = 0;
+      server.events.length = 0;
+      const res = await refresh(server, tokens.refresh_token, { resource: [API.A, API.B] });
+      expect({ status: res.status, error: res.body.error }).toEqual({ status: 400, error: 'invalid_target' });
+      expect(written).toEqual([]);
+      expect(server.events.map((event) => event.reason)).toEqual(['multiple_targets']);
+      expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+      expect((await refresh(server, tokens.refresh_token, { resource: API.A })).status).toBe(200);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
 describe('Auth0 wire profile (profile: \'auth0\')', () => {
   // Login holds openid offline_access a:read for API.A; the policy gives b:read for API.B.
   const servers: Record<string, TestServer> = {};
@@ -550,8 +580,8 @@ describe('Auth0 wire profile (profile: \'auth0\')', () => {
         expect(res.body.scope).toBe(scopeOrError);
         expect(res.body.resource).toBe(API.B);
         expect(claims(res.body.access_token)).toMatchObject({ aud: API.B, scope: tokenScope });
-        // the event reports the access token's scope, whatever the response's profile adds
-        expect(server.events[0]).toMatchObject({ grantedScope: tokenScope });
+        // the event reports the access token's scope, whatever the response's profile adds, and what was asked
+        expect(server.events[0]).toMatchObject({ grantedScope: tokenScope, requestedScope: scope });
       } else {
         expect(res.body.error).toBe(scopeOrError);
         expect(snapshot(server, tokens.refresh_token)).toEqual(before);

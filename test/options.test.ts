@@ -202,6 +202,15 @@ describe('options in the provider configuration', () => {
     expect(overridden.storeTimeout).toBe(700);
   });
 
+  test('an undefined key keeps the class\'s value (an unset environment variable never empties the deny-list)', () => {
+    const MrrtProvider = withMrrt(Provider, { store, denyList: ['https://admin.example.com'], storeTimeout: 700 });
+    const configOf = (provider: Provider): MrrtConfiguration => (provider as Provider & { [mrrtConfiguration]: MrrtConfiguration })[mrrtConfiguration];
+    const fromEnvironment = configOf(new MrrtProvider(ISSUER, { mrrt: { store, denyList: undefined, storeTimeout: undefined } }));
+    expect([...fromEnvironment.denyList]).toEqual(['https://admin.example.com']);
+    expect(fromEnvironment.storeTimeout).toBe(700);
+    expect([...configOf(new MrrtProvider(ISSUER, { mrrt: undefined })).denyList]).toEqual(['https://admin.example.com']);
+  });
+
   test('missing or invalid options are a TypeError naming what is wrong', () => {
     const MrrtProvider = withMrrt(Provider);
     expect(() => new MrrtProvider(ISSUER, {})).toThrow(/MRRT options are required/);
