@@ -53,7 +53,7 @@ const { values: args } = parseArgs({
 });
 
 const PRESET = args.quick
-  ? { rounds: 3, duration: 1, warmup: 0.5, scale: 10_000, sample: 2_000, count: 50 }
+  ? { rounds: 3, duration: 1, warmup: 0.3, scale: 10_000, sample: 2_000, count: 30 }
   : { rounds: 8, duration: 3, warmup: 2, scale: 100_000, sample: 10_000, count: 500 };
 const positive = (value, fallback, name) => {
   if (value === undefined) return fallback;
