@@ -85,6 +85,9 @@ try {
   let installed = run(npm, [...install, '--offline'], { cwd: project });
   let from = 'npm\'s cache';
   if (!installed.ok) {
+    // What the offline attempt left behind would steer the second one.
+    rmSync(path.join(project, 'node_modules'), { recursive: true, force: true });
+    rmSync(path.join(project, 'package-lock.json'), { force: true });
     installed = run(npm, [...install, '--prefer-offline'], { cwd: project });
     from = 'npm\'s cache and the registry';
   }
