@@ -99,7 +99,9 @@ export class MrrtMetrics {
   attach(provider: object): () => void {
     const emitter = provider as Emitter;
     const onExchange = (_ctx: unknown, event: MrrtExchangeEvent): void => this.observe(event);
-    const onStoreError = (): void => { this.#storeErrors += 1; };
+    const onStoreError = (): void => {
+      this.#storeErrors += 1;
+    };
     emitter.on('mrrt.exchange', onExchange);
     emitter.on('mrrt.store_error', onStoreError);
     return () => {
@@ -116,7 +118,9 @@ export class MrrtMetrics {
     let histogram = this.#histograms.get(event.outcome);
     if (!histogram) this.#histograms.set(event.outcome, (histogram = { counts: this.#buckets.map(() => 0), sum: 0, count: 0 }));
     const seconds = event.durationMs / 1000;
-    this.#buckets.forEach((bound, i) => { if (seconds <= bound) histogram.counts[i]! += 1; });
+    this.#buckets.forEach((bound, i) => {
+      if (seconds <= bound) histogram.counts[i]! += 1;
+    });
     histogram.sum += seconds;
     histogram.count += 1;
   }
@@ -148,23 +152,43 @@ export class MrrtMetrics {
   /** The same three metrics as prom-client metric objects, read from this instance's counts at every scrape. */
   #collectors(): Collector[] {
     const collector = (name: keyof typeof HELP, type: Collector['type'], values: () => Sample[], reset: () => void): Collector => ({
-      name, help: HELP[name], type, aggregator: 'sum', reset,
+      name,
+      help: HELP[name],
+      type,
+      aggregator: 'sum',
+      reset,
       // prom-client renames a counter (drops `_total`) when its registry speaks OpenMetrics: read the name at scrape time.
-      async get() { return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values: values() }; },
+      async get() {
+        return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values: values() };
+      },
     });
     return [
-      collector(EXCHANGES, 'counter',
+      collector(
+        EXCHANGES,
+        'counter',
         () => byKey(this.#exchanges).map(([, { outcome, reason, count }]) => ({ value: count, labels: { outcome, reason } })),
-        () => this.#exchanges.clear()),
-      collector(STORE_ERRORS, 'counter', () => [{ value: this.#storeErrors, labels: {} }], () => { this.#storeErrors = 0; }),
-      collector(DURATION, 'histogram',
-        () => byKey(this.#histograms).flatMap(([outcome, { counts, sum, count }]): Sample[] => [
-          ...this.#buckets.map((le, i) => ({ metricName: `${DURATION}_bucket`, labels: { le, outcome }, value: counts[i]! })),
-          { metricName: `${DURATION}_bucket`, labels: { le: '+Inf', outcome }, value: count },
-          { metricName: `${DURATION}_sum`, labels: { outcome }, value: sum },
-          { metricName: `${DURATION}_count`, labels: { outcome }, value: count },
-        ]),
-        () => this.#histograms.clear()),
+        () => this.#exchanges.clear(),
+      ),
+      collector(
+        STORE_ERRORS,
+        'counter',
+        () => [{ value: this.#storeErrors, labels: {} }],
+        () => {
+          this.#storeErrors = 0;
+        },
+      ),
+      collector(
+        DURATION,
+        'histogram',
+        () =>
+          byKey(this.#histograms).flatMap(([outcome, { counts, sum, count }]): Sample[] => [
+            ...this.#buckets.map((le, i) => ({ metricName: `${DURATION}_bucket`, labels: { le, outcome }, value: counts[i]! })),
+            { metricName: `${DURATION}_bucket`, labels: { le: '+Inf', outcome }, value: count },
+            { metricName: `${DURATION}_sum`, labels: { outcome }, value: sum },
+            { metricName: `${DURATION}_count`, labels: { outcome }, value: count },
+          ]),
+        () => this.#histograms.clear(),
+      ),
     ];
   }
 }

@@ -20,7 +20,13 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const DOCUMENTS = ['README.md', ...readdirSync(path.join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).sort().map((f) => `docs/${f}`)];
+const DOCUMENTS = [
+  'README.md',
+  ...readdirSync(path.join(ROOT, 'docs'))
+    .filter((f) => f.endsWith('.md'))
+    .sort()
+    .map((f) => `docs/${f}`),
+];
 /** What a consumer installs beside the package: the peers the snippets use, their types, the compiler. */
 const DEPENDENCIES = ['oidc-provider', 'express', 'ioredis', 'jose', 'prom-client', '@opentelemetry/api'];
 const DEV_DEPENDENCIES = ['typescript', '@types/node', '@types/oidc-provider', '@types/express'];
@@ -65,31 +71,40 @@ if (all.length === 0) throw new Error('no ```ts block found');
 const dir = mkdtempSync(path.join(os.tmpdir(), 'mrrt-consumer-'));
 let failed = false;
 try {
-  const [packed] = JSON.parse(execFileSync(npm, ['pack', '--json', '--pack-destination', dir], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }));
+  const [packed] = JSON.parse(
+    execFileSync(npm, ['pack', '--json', '--pack-destination', dir], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }),
+  );
   step(`packed ${packed.filename} (${packed.entryCount} files)`);
 
   const lock = JSON.parse(readFileSync(path.join(ROOT, 'package-lock.json'), 'utf8'));
   const project = path.join(dir, 'consumer');
   mkdirSync(path.join(project, 'snippets'), { recursive: true });
-  writeFileSync(path.join(project, 'package.json'), `${JSON.stringify({
-    name: 'mrrt-consumer',
-    private: true,
-    type: 'module',
-    dependencies: {
-      'oidc-provider-mrrt': `file:../${packed.filename}`,
-      ...Object.fromEntries(DEPENDENCIES.map((name) => [name, lockedVersion(lock, name)])),
-    },
-    devDependencies: Object.fromEntries(DEV_DEPENDENCIES.map((name) => [name, lockedVersion(lock, name)])),
-  }, null, 2)}\n`);
+  writeFileSync(
+    path.join(project, 'package.json'),
+    `${JSON.stringify(
+      {
+        name: 'mrrt-consumer',
+        private: true,
+        type: 'module',
+        dependencies: {
+          'oidc-provider-mrrt': `file:../${packed.filename}`,
+          ...Object.fromEntries(DEPENDENCIES.map((name) => [name, lockedVersion(lock, name)])),
+        },
+        devDependencies: Object.fromEntries(DEV_DEPENDENCIES.map((name) => [name, lockedVersion(lock, name)])),
+      },
+      null,
+      2,
+    )}\n`,
+  );
   const install = ['install', '--no-audit', '--no-fund', '--ignore-scripts', '--loglevel=error'];
   let installed = run(npm, [...install, '--offline'], { cwd: project });
-  let from = 'npm\'s cache';
+  let from = "npm's cache";
   if (!installed.ok) {
     // What the offline attempt left behind would steer the second one.
     rmSync(path.join(project, 'node_modules'), { recursive: true, force: true });
     rmSync(path.join(project, 'package-lock.json'), { force: true });
     installed = run(npm, [...install, '--prefer-offline'], { cwd: project });
-    from = 'npm\'s cache and the registry';
+    from = "npm's cache and the registry";
   }
   if (!installed.ok) throw new Error(`npm install in the consumer project failed:\n${installed.output}`);
   step(`consumer project installed from ${from}`);
@@ -105,10 +120,17 @@ try {
 
   for (const [resolution, options] of Object.entries(RESOLUTIONS)) {
     const config = `tsconfig.${resolution}.json`;
-    writeFileSync(path.join(project, config), `${JSON.stringify({
-      compilerOptions: { ...options, target: 'ES2022', lib: ['ES2023'], strict: true, noEmit: true, skipLibCheck: false, types: ['node'] },
-      include: ['snippets'],
-    }, null, 2)}\n`);
+    writeFileSync(
+      path.join(project, config),
+      `${JSON.stringify(
+        {
+          compilerOptions: { ...options, target: 'ES2022', lib: ['ES2023'], strict: true, noEmit: true, skipLibCheck: false, types: ['node'] },
+          include: ['snippets'],
+        },
+        null,
+        2,
+      )}\n`,
+    );
     const tsc = run(process.execPath, [path.join(project, 'node_modules/typescript/bin/tsc'), '-p', config, '--pretty', 'false'], { cwd: project });
     if (tsc.ok) {
       step(`${all.length} snippets compile with moduleResolution ${options.moduleResolution} (${resolution})`);
@@ -118,18 +140,22 @@ try {
     // packages' declarations (their versions disagreeing with each other) are not this package's.
     const errors = tsc.output.split('\n').filter((line) => /^\S.*\(\d+,\d+\): error /.test(line));
     const theirs = errors.filter((line) => line.startsWith('node_modules/') && !line.startsWith('node_modules/oidc-provider-mrrt/'));
-    const ours = errors.filter((line) => !theirs.includes(line)).map((line) => {
-      const match = /^(snippets\/[^(]+)\((\d+),(\d+)\): (.*)$/.exec(line);
-      const snippet = match && files.get(match[1]);
-      return snippet ? `${snippet.document}:${snippet.line + Number(match[2]) - 2}:${match[3]}: ${match[4]}` : line;
-    });
+    const ours = errors
+      .filter((line) => !theirs.includes(line))
+      .map((line) => {
+        const match = /^(snippets\/[^(]+)\((\d+),(\d+)\): (.*)$/.exec(line);
+        const snippet = match && files.get(match[1]);
+        return snippet ? `${snippet.document}:${snippet.line + Number(match[2]) - 2}:${match[3]}: ${match[4]}` : line;
+      });
     if (theirs.length > 0) process.stdout.write(`check:readme: ignored, in other packages' declarations:\n  ${theirs.join('\n  ')}\n`);
     if (ours.length === 0 && errors.length > 0) {
       step(`${all.length} snippets compile with moduleResolution ${options.moduleResolution} (${resolution})`);
       continue;
     }
     failed = true;
-    process.stdout.write(`check:readme: moduleResolution ${options.moduleResolution} (${resolution}): errors\n${(ours.length ? ours : [tsc.output]).join('\n')}\n`);
+    process.stdout.write(
+      `check:readme: moduleResolution ${options.moduleResolution} (${resolution}): errors\n${(ours.length ? ours : [tsc.output]).join('\n')}\n`,
+    );
   }
 
   if (!args.has('--no-smoke')) {

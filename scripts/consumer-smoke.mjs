@@ -23,17 +23,26 @@ const CLIENT = { client_id: 'app', client_secret: 'a-long-enough-client-secret-f
 const server = http.createServer();
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
 const issuer = `http://127.0.0.1:${server.address().port}`;
-const timer = setTimeout(() => { console.error('consumer smoke: no answer within 30 s'); process.exit(1); }, 30_000);
+const timer = setTimeout(() => {
+  console.error('consumer smoke: no answer within 30 s');
+  process.exit(1);
+}, 30_000);
 
 try {
   const store = new MemoryPolicyStore();
   await store.set('app', [{ audience: API_B, scope: ['read:invoices'] }]);
   const MrrtProvider = withMrrt(Provider, { store, allowSkippingConsent: [API_A, API_B], denyList: ['https://admin.example.com'] });
   const provider = new MrrtProvider(issuer, {
-    clients: [{
-      ...CLIENT, first_party: true, redirect_uris: ['https://app.example.com/cb'],
-      grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'], token_endpoint_auth_method: 'client_secret_post',
-    }],
+    clients: [
+      {
+        ...CLIENT,
+        first_party: true,
+        redirect_uris: ['https://app.example.com/cb'],
+        grant_types: ['authorization_code', 'refresh_token'],
+        response_types: ['code'],
+        token_endpoint_auth_method: 'client_secret_post',
+      },
+    ],
     findAccount: (_ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
     features: {
       resourceIndicators: {
@@ -58,8 +67,14 @@ try {
   const grantId = await grant.save();
   const client = await provider.Client.find('app');
   const refreshToken = await new provider.RefreshToken({
-    accountId: 'alice', client, grantId, gty: 'authorization_code', resource: API_A,
-    scope: 'openid offline_access a:read', authTime: Math.floor(Date.now() / 1000), rotations: 0,
+    accountId: 'alice',
+    client,
+    grantId,
+    gty: 'authorization_code',
+    resource: API_A,
+    scope: 'openid offline_access a:read',
+    authTime: Math.floor(Date.now() / 1000),
+    rotations: 0,
   }).save();
 
   const token = async (params) => {
@@ -78,13 +93,18 @@ try {
   const claims = jose.decodeJwt(exchange.body.access_token);
   assert.equal(claims.aud, API_B);
   assert.equal(claims.sub, 'alice');
-  assert.deepEqual(events.map(({ outcome, reason }) => `${outcome}:${reason}`), ['issued:policy']);
+  assert.deepEqual(
+    events.map(({ outcome, reason }) => `${outcome}:${reason}`),
+    ['issued:policy'],
+  );
 
   const refused = await token({ audience: 'https://admin.example.com' });
   assert.equal(refused.status, 400);
   assert.equal(refused.body.error, 'invalid_target');
   assert.match(metrics.toPrometheus(), /^mrrt_exchanges_total\{outcome="refused",reason="deny_listed"\} 1$/m);
-  console.log(`consumer smoke: MRRT exchange over HTTP: 200, aud ${claims.aud}, scope "${exchange.body.scope}"; deny-listed audience: 400 ${refused.body.error}`);
+  console.log(
+    `consumer smoke: MRRT exchange over HTTP: 200, aud ${claims.aud}, scope "${exchange.body.scope}"; deny-listed audience: 400 ${refused.body.error}`,
+  );
 
   assert.equal(typeof createPolicyRouter, 'function');
   let stack = '';

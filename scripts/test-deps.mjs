@@ -91,9 +91,7 @@ function apt(args, env) {
  * apt-get (once, one line logged), or throws naming what to install. Sets CHROMIUM_PATH for the test
  * processes to the Chromium found. Returns what was found. `root` says whether this process may install.
  */
-export function ensureTestDependencies({
-  env = process.env, log = (line) => process.stderr.write(`${line}\n`), root = process.getuid?.() === 0,
-} = {}) {
+export function ensureTestDependencies({ env = process.env, log = (line) => process.stderr.write(`${line}\n`), root = process.getuid?.() === 0 } = {}) {
   let found = findTestDependencies(env);
   let missing = REQUIREMENTS.filter(({ name }) => !found[name]);
   if (missing.length > 0) {

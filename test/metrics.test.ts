@@ -31,7 +31,12 @@ function samples(text: string): Map<string, number> {
   for (const line of text.split('\n')) {
     const match = /^([a-z_]+)(?:\{(.*)\})? (\S+)$/.exec(line);
     if (!match) continue;
-    const labels = match[2] ? match[2].split(/,(?=[a-z_]+=")/).sort().join(',') : '';
+    const labels = match[2]
+      ? match[2]
+          .split(/,(?=[a-z_]+=")/)
+          .sort()
+          .join(',')
+      : '';
     map.set(`${match[1]}{${labels}}`, Number(match[3]));
   }
   return map;
@@ -62,7 +67,10 @@ test('exchanges are counted by outcome and reason, with a latency histogram, in 
   expect(values.get('mrrt_exchange_duration_seconds_bucket{le="+Inf",outcome="issued"}')).toBe(3);
   expect(values.get('mrrt_exchange_duration_seconds_sum{outcome="issued"}')).toBeGreaterThan(0);
   expect(values.get('mrrt_store_errors_total{}')).toBe(0);
-  const buckets = text.split('\n').filter((l) => l.startsWith('mrrt_exchange_duration_seconds_bucket{outcome="refused"')).map((l) => Number(l.split(' ')[1]));
+  const buckets = text
+    .split('\n')
+    .filter((l) => l.startsWith('mrrt_exchange_duration_seconds_bucket{outcome="refused"'))
+    .map((l) => Number(l.split(' ')[1]));
   expect(buckets).toHaveLength(10);
   expect(buckets).toEqual([...buckets].sort((a, b) => a - b));
   expect(text).toMatch(/# TYPE mrrt_exchange_duration_seconds histogram/);
@@ -120,8 +128,16 @@ test('an OpenMetrics registry gets its counter naming (family without _total, sa
   registry.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
   const metrics = new MrrtMetrics({ registers: [registry] });
   metrics.observe({
-    outcome: 'issued', reason: 'policy', clientId: 'app', subject: 'alice', grantId: 'g', requestedAudience: API.B,
-    resolvedAudience: API.B, requestedScope: undefined, grantedScope: 'b:read', durationMs: 12,
+    outcome: 'issued',
+    reason: 'policy',
+    clientId: 'app',
+    subject: 'alice',
+    grantId: 'g',
+    requestedAudience: API.B,
+    resolvedAudience: API.B,
+    requestedScope: undefined,
+    grantedScope: 'b:read',
+    durationMs: 12,
   });
   const text = await registry.metrics();
   expect(text).toContain('# TYPE mrrt_exchanges counter');

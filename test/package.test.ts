@@ -22,7 +22,9 @@ function walk(dir: string): string[] {
 }
 
 beforeAll(() => {
-  const [report] = JSON.parse(execFileSync(npm, ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT, encoding: 'utf8' })) as [{ files: { path: string }[] }];
+  const [report] = JSON.parse(execFileSync(npm, ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT, encoding: 'utf8' })) as [
+    { files: { path: string }[] },
+  ];
   packed = new Set(report.files.map((file) => file.path));
 }, 60_000);
 
@@ -53,7 +55,11 @@ test('every source map in the tarball, and every file pointing to one, resolves 
 
 test('main, types and every exports target are packed', () => {
   const manifest = JSON.parse(read('package.json')) as { main: string; types: string; exports: Record<string, string | Record<string, string>> };
-  const targets = [manifest.main, manifest.types, ...Object.values(manifest.exports).flatMap((entry) => (typeof entry === 'string' ? [entry] : Object.values(entry)))];
+  const targets = [
+    manifest.main,
+    manifest.types,
+    ...Object.values(manifest.exports).flatMap((entry) => (typeof entry === 'string' ? [entry] : Object.values(entry))),
+  ];
   for (const target of targets) expect({ target, packed: packed.has(path.posix.normalize(target)) }).toEqual({ target, packed: true });
 });
 

@@ -36,7 +36,9 @@ test('everything on PATH: found, nothing installed, nothing logged, CHROMIUM_PAT
   fake('chromium-browser');
   const environment = env();
   expect(ensure({ env: environment, log: (line) => logs.push(line) })).toEqual({
-    'redis-server': path.join(bin, 'redis-server'), 'redis-cli': path.join(bin, 'redis-cli'), chromium: path.join(bin, 'chromium-browser'),
+    'redis-server': path.join(bin, 'redis-server'),
+    'redis-cli': path.join(bin, 'redis-cli'),
+    chromium: path.join(bin, 'chromium-browser'),
   });
   expect(environment.CHROMIUM_PATH).toBe(path.join(bin, 'chromium-browser'));
   expect(logs).toEqual([]);
@@ -49,19 +51,23 @@ test('CHROMIUM_PATH wins over PATH, and one that is not executable is an error r
   fake('redis-server');
   fake('redis-cli');
   fake('apt-get', `echo "$@" >> ${bin}/apt.log`);
-  expect(() => ensure({ env: env({ CHROMIUM_PATH: path.join(bin, 'nothing') }), log: (line) => logs.push(line) }))
-    .toThrow(/chromium, for the real-browser tests[\s\S]*CHROMIUM_PATH=.*nothing is not an executable file/);
+  expect(() => ensure({ env: env({ CHROMIUM_PATH: path.join(bin, 'nothing') }), log: (line) => logs.push(line) })).toThrow(
+    /chromium, for the real-browser tests[\s\S]*CHROMIUM_PATH=.*nothing is not an executable file/,
+  );
   expect(existsSync(path.join(bin, 'apt.log'))).toBe(false);
 });
 
 test('missing programs are installed with one apt-get update and one apt-get install of the missing packages only', () => {
   fake('redis-server');
   // The stand-in apt-get records its arguments; "install" puts the packages' programs on PATH.
-  fake('apt-get', [
-    `echo "$@" >> ${bin}/apt.log`,
-    `case "$*" in *install*chromium*) echo "#!/bin/sh" > ${bin}/chromium; /bin/chmod +x ${bin}/chromium;; esac`,
-    `case "$*" in *install*redis-tools*) echo "#!/bin/sh" > ${bin}/redis-cli; /bin/chmod +x ${bin}/redis-cli;; esac`,
-  ].join('\n'));
+  fake(
+    'apt-get',
+    [
+      `echo "$@" >> ${bin}/apt.log`,
+      `case "$*" in *install*chromium*) echo "#!/bin/sh" > ${bin}/chromium; /bin/chmod +x ${bin}/chromium;; esac`,
+      `case "$*" in *install*redis-tools*) echo "#!/bin/sh" > ${bin}/redis-cli; /bin/chmod +x ${bin}/redis-cli;; esac`,
+    ].join('\n'),
+  );
   const environment = env();
   if (!DEBIAN) {
     expect(() => ensure({ env: environment, log: (line) => logs.push(line), root: true })).toThrow(/this is not a Debian system/);
@@ -82,8 +88,9 @@ test('missing programs are installed with one apt-get update and one apt-get ins
 
 test('an apt-get that fails is reported with its output and what to install by hand', () => {
   fake('apt-get', 'echo "E: Unable to locate package chromium" >&2; exit 100');
-  expect(() => ensure({ env: env(), log: (line) => logs.push(line), root: true }))
-    .toThrow(DEBIAN ? /apt-get update -qq failed \(exit 100\):\nE: Unable to locate package chromium/ : /this is not a Debian system/);
+  expect(() => ensure({ env: env(), log: (line) => logs.push(line), root: true })).toThrow(
+    DEBIAN ? /apt-get update -qq failed \(exit 100\):\nE: Unable to locate package chromium/ : /this is not a Debian system/,
+  );
 });
 
 test('MRRT_TEST_NO_INSTALL: never installs, names every missing program and how to install it', () => {
@@ -94,7 +101,9 @@ test('MRRT_TEST_NO_INSTALL: never installs, names every missing program and how 
   } catch (err) {
     message = (err as Error).message;
   }
-  expect(message).toMatch(/^The tests need programs that are missing:\n {2}- redis-server, .*\n {2}- redis-cli, .*\n {2}- chromium, .*\nThey are not installed automatically: MRRT_TEST_NO_INSTALL is set\./);
+  expect(message).toMatch(
+    /^The tests need programs that are missing:\n {2}- redis-server, .*\n {2}- redis-cli, .*\n {2}- chromium, .*\nThey are not installed automatically: MRRT_TEST_NO_INSTALL is set\./,
+  );
   expect(message).toContain('apt-get install --no-install-recommends redis-server chromium');
   expect(message).toContain('brew install redis');
   expect(existsSync(path.join(bin, 'apt.log'))).toBe(false);
@@ -102,8 +111,9 @@ test('MRRT_TEST_NO_INSTALL: never installs, names every missing program and how 
 
 test('not root: never installs, says why', () => {
   fake('apt-get', `echo "$@" >> ${bin}/apt.log`);
-  expect(() => ensure({ env: env(), log: (line) => logs.push(line), root: false }))
-    .toThrow(/The tests need programs that are missing:[\s\S]*installing needs root/);
+  expect(() => ensure({ env: env(), log: (line) => logs.push(line), root: false })).toThrow(
+    /The tests need programs that are missing:[\s\S]*installing needs root/,
+  );
   expect(existsSync(path.join(bin, 'apt.log'))).toBe(false);
 });
 
