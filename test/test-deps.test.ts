@@ -121,13 +121,12 @@ test('the command line prints what it found, or fails with the message and exit 
   fake('redis-server', 'echo "Redis server v=7.0.15"');
   fake('redis-cli');
   fake('chromium');
-  const nodeDir = path.dirname(process.execPath);
   const ok = spawnSync(process.execPath, [SCRIPT], { env: { PATH: bin }, encoding: 'utf8' });
   expect(ok.status).toBe(0);
   expect(ok.stdout).toBe(`redis-server: ${bin}/redis-server\nredis-cli: ${bin}/redis-cli\nchromium: ${bin}/chromium\nRedis server v=7.0.15\n`);
 
   rmSync(path.join(bin, 'chromium'));
-  const failed = spawnSync(process.execPath, [SCRIPT], { env: { PATH: `${bin}:${nodeDir}`, MRRT_TEST_NO_INSTALL: '1', CHROMIUM_PATH: '' }, encoding: 'utf8' });
+  const failed = spawnSync(process.execPath, [SCRIPT], { env: { PATH: bin, MRRT_TEST_NO_INSTALL: '1', CHROMIUM_PATH: '' }, encoding: 'utf8' });
   expect(failed.status).toBe(1);
   expect(failed.stdout).toBe('');
   expect(failed.stderr).toMatch(/^The tests need programs that are missing:\n {2}- chromium, /);
