@@ -17,7 +17,11 @@ export default tseslint.config(
     files: ['bench/**/*.mjs'],
     languageOptions: {
       globals: {
-        Buffer: 'readonly', clearTimeout: 'readonly', fetch: 'readonly', performance: 'readonly', URLSearchParams: 'readonly',
+        Buffer: 'readonly',
+        clearTimeout: 'readonly',
+        fetch: 'readonly',
+        performance: 'readonly',
+        URLSearchParams: 'readonly',
       },
     },
   },

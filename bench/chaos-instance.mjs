@@ -21,7 +21,9 @@ if (!config) {
 const { name, issuer, jwks, cookieKeys, redisUrl, adapterPrefix, storePrefix, clients, resourceServers, skipConsent, denyList, port = 0 } = config;
 
 const unhandled = [];
-process.on('unhandledRejection', (reason) => { unhandled.push(String(reason?.stack ?? reason).slice(0, 500)); });
+process.on('unhandledRejection', (reason) => {
+  unhandled.push(String(reason?.stack ?? reason).slice(0, 500));
+});
 
 const redis = new Redis(redisUrl, {
   maxRetriesPerRequest: 1,
@@ -31,7 +33,9 @@ const redis = new Redis(redisUrl, {
   connectionName: `mrrt-chaos-${name}`,
 });
 let redisErrors = 0;
-redis.on('error', () => { redisErrors += 1; });
+redis.on('error', () => {
+  redisErrors += 1;
+});
 const store = new RedisPolicyStore(redis, { prefix: storePrefix });
 
 const MrrtProvider = withMrrt(Provider, { store, allowSkippingConsent: skipConsent, denyList, storeTimeout: 300 });
@@ -59,8 +63,12 @@ const provider = new MrrtProvider(issuer, {
 });
 
 const stats = { serverErrors: 0, storeErrors: 0 };
-provider.on('server_error', () => { stats.serverErrors += 1; });
-provider.on('mrrt.store_error', () => { stats.storeErrors += 1; });
+provider.on('server_error', () => {
+  stats.serverErrors += 1;
+});
+provider.on('mrrt.store_error', () => {
+  stats.storeErrors += 1;
+});
 
 const app = express();
 app.get('/__chaos/stats', (_req, res) => {
@@ -69,7 +77,9 @@ app.get('/__chaos/stats', (_req, res) => {
 app.post('/interaction/:uid/login', async (req, res, next) => {
   try {
     await provider.interactionFinished(req, res, { login: { accountId: String(req.query.sub ?? 'alice') } }, { mergeWithLastSubmission: false });
-  } catch (err) { next(err); }
+  } catch (err) {
+    next(err);
+  }
 });
 app.post('/interaction/:uid/consent', async (req, res, next) => {
   try {
@@ -78,7 +88,9 @@ app.post('/interaction/:uid/consent', async (req, res, next) => {
     if (prompt.details.missingOIDCScope) grant.addOIDCScope(prompt.details.missingOIDCScope.join(' '));
     for (const [indicator, scopes] of Object.entries(prompt.details.missingResourceScopes ?? {})) grant.addResourceScope(indicator, scopes.join(' '));
     await provider.interactionFinished(req, res, { consent: { grantId: await grant.save() } }, { mergeWithLastSubmission: true });
-  } catch (err) { next(err); }
+  } catch (err) {
+    next(err);
+  }
 });
 app.use(provider.callback());
 
@@ -97,7 +109,13 @@ async function shutdown() {
   await redis.quit().catch(() => redis.disconnect());
   process.exit(0);
 }
-process.on('SIGTERM', () => { void shutdown(); });
-process.on('SIGINT', () => { void shutdown(); });
-process.stdin.on('end', () => { void shutdown(); });
+process.on('SIGTERM', () => {
+  void shutdown();
+});
+process.on('SIGINT', () => {
+  void shutdown();
+});
+process.stdin.on('end', () => {
+  void shutdown();
+});
 process.stdin.resume();

@@ -65,30 +65,45 @@ const RESOURCE_SERVERS = {
   [API.ADMIN]: { scope: 'admin:write', accessTokenFormat: 'jwt' },
 };
 const CLIENTS = {
-  app: { client_id: 'app', client_secret: 'app-secret-app-secret-app-secret', first_party: true, redirect_uris: ['https://app.example.com/cb'], token_endpoint_auth_method: 'client_secret_post' },
-  probe: { client_id: 'probe', client_secret: 'probe-secret-probe-secret-probe-s', first_party: true, redirect_uris: ['https://probe.example.com/cb'], token_endpoint_auth_method: 'client_secret_post' },
+  app: {
+    client_id: 'app',
+    client_secret: 'app-secret-app-secret-app-secret',
+    first_party: true,
+    redirect_uris: ['https://app.example.com/cb'],
+    token_endpoint_auth_method: 'client_secret_post',
+  },
+  probe: {
+    client_id: 'probe',
+    client_secret: 'probe-secret-probe-secret-probe-s',
+    first_party: true,
+    redirect_uris: ['https://probe.example.com/cb'],
+    token_endpoint_auth_method: 'client_secret_post',
+  },
 };
-const APP_POLICIES = [
-  [{ audience: API.B, scope: ['b:read'] }],
-  [{ audience: API.B, scope: ['b:read', 'b:write'] }],
+const APP_POLICIES = [[{ audience: API.B, scope: ['b:read'] }], [{ audience: API.B, scope: ['b:read', 'b:write'] }]];
+const PROBE_WITH_C = [
+  { audience: API.B, scope: ['b:read'] },
+  { audience: API.C, scope: ['c:read'] },
 ];
-const PROBE_WITH_C = [{ audience: API.B, scope: ['b:read'] }, { audience: API.C, scope: ['c:read'] }];
 const PROBE_WITHOUT_C = [{ audience: API.B, scope: ['b:read'] }];
 
-const freePort = () => new Promise((resolve, reject) => {
-  const server = net.createServer();
-  server.once('error', reject);
-  server.listen(0, HOST, () => {
-    const { port } = server.address();
-    server.close(() => resolve(port));
+const freePort = () =>
+  new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, HOST, () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
   });
-});
 
 // ---------------------------------------------------------------------------------------------
 // Redis and provider processes
 
 const children = new Set();
-process.once('exit', () => { for (const child of children) child.kill('SIGKILL'); });
+process.once('exit', () => {
+  for (const child of children) child.kill('SIGKILL');
+});
 
 const redisDir = mkdtempSync(path.join(os.tmpdir(), 'mrrt-chaos-'));
 const redisPort = await freePort();
@@ -109,10 +124,28 @@ async function redisAnswers() {
 }
 
 async function startRedis() {
-  redisChild = spawn('redis-server', [
-    '--port', String(redisPort), '--bind', HOST, '--dir', redisDir, '--save', '', '--appendonly', 'yes',
-    '--appendfsync', 'everysec', '--enable-debug-command', 'local', '--protected-mode', 'yes',
-  ], { stdio: 'ignore' });
+  redisChild = spawn(
+    'redis-server',
+    [
+      '--port',
+      String(redisPort),
+      '--bind',
+      HOST,
+      '--dir',
+      redisDir,
+      '--save',
+      '',
+      '--appendonly',
+      'yes',
+      '--appendfsync',
+      'everysec',
+      '--enable-debug-command',
+      'local',
+      '--protected-mode',
+      'yes',
+    ],
+    { stdio: 'ignore' },
+  );
   children.add(redisChild);
   redisChild.once('exit', () => children.delete(redisChild));
   for (let i = 0; i < 200; i += 1) {
@@ -135,10 +168,16 @@ const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true }
 const jwks = { keys: [{ ...(await jose.exportJWK(privateKey)), kid: 'chaos', alg: 'RS256', use: 'sig' }] };
 const run = randomBytes(4).toString('hex');
 const instanceConfig = {
-  issuer, jwks, cookieKeys: ['a-chaos-cookie-key'], redisUrl,
-  adapterPrefix: `chaos-${run}:`, storePrefix: `chaos:{${run}}:`,
-  clients: Object.values(CLIENTS), resourceServers: RESOURCE_SERVERS,
-  skipConsent: [API.A, API.B, API.C], denyList: [API.ADMIN],
+  issuer,
+  jwks,
+  cookieKeys: ['a-chaos-cookie-key'],
+  redisUrl,
+  adapterPrefix: `chaos-${run}:`,
+  storePrefix: `chaos:{${run}}:`,
+  clients: Object.values(CLIENTS),
+  resourceServers: RESOURCE_SERVERS,
+  skipConsent: [API.A, API.B, API.C],
+  denyList: [API.ADMIN],
 };
 
 /** { name, url, child, alive } */
@@ -146,13 +185,20 @@ const instances = [];
 
 function startInstance(name) {
   const child = spawn(process.execPath, [path.join(ROOT, 'bench', 'chaos-instance.mjs')], {
-    cwd: ROOT, env: { ...process.env, CHAOS_INSTANCE: JSON.stringify({ ...instanceConfig, name }) }, stdio: ['pipe', 'pipe', 'pipe'],
+    cwd: ROOT,
+    env: { ...process.env, CHAOS_INSTANCE: JSON.stringify({ ...instanceConfig, name }) },
+    stdio: ['pipe', 'pipe', 'pipe'],
   });
   children.add(child);
   let stderr = '';
-  child.stderr.on('data', (chunk) => { stderr = (stderr + chunk).slice(-4000); });
+  child.stderr.on('data', (chunk) => {
+    stderr = (stderr + chunk).slice(-4000);
+  });
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`instance ${name} did not start:\n${stderr}`)); }, 20_000);
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`instance ${name} did not start:\n${stderr}`));
+    }, 20_000);
     let out = '';
     const onData = (chunk) => {
       out += chunk;
@@ -162,11 +208,17 @@ function startInstance(name) {
       child.stdout.resume();
       clearTimeout(timer);
       const instance = { name, url: `http://${HOST}:${JSON.parse(line).port}`, child, alive: true };
-      child.once('exit', () => { instance.alive = false; children.delete(child); });
+      child.once('exit', () => {
+        instance.alive = false;
+        children.delete(child);
+      });
       resolve(instance);
     };
     child.stdout.on('data', onData);
-    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`instance ${name} exited (${code}):\n${stderr}`)); });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`instance ${name} exited (${code}):\n${stderr}`));
+    });
   });
 }
 
@@ -183,7 +235,9 @@ async function signIn(base, client, sub) {
   const jar = new Map();
   const call = async (url, init = {}) => {
     const res = await fetch(`${base}${url}`, {
-      ...init, redirect: 'manual', signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+      ...init,
+      redirect: 'manual',
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
       headers: { ...(init.headers ?? {}), cookie: [...jar].map(([k, v]) => `${k}=${v}`).join('; ') },
     });
     for (const cookie of res.headers.getSetCookie()) {
@@ -201,8 +255,15 @@ async function signIn(base, client, sub) {
   };
   const verifier = randomBytes(32).toString('base64url');
   const query = new URLSearchParams({
-    client_id: client.client_id, response_type: 'code', scope: 'openid offline_access a:read', redirect_uri: client.redirect_uris[0],
-    code_challenge: createHash('sha256').update(verifier).digest('base64url'), code_challenge_method: 'S256', prompt: 'consent', state: 'st', resource: API.A,
+    client_id: client.client_id,
+    response_type: 'code',
+    scope: 'openid offline_access a:read',
+    redirect_uri: client.redirect_uris[0],
+    code_challenge: createHash('sha256').update(verifier).digest('base64url'),
+    code_challenge_method: 'S256',
+    prompt: 'consent',
+    state: 'st',
+    resource: API.A,
   });
   let next = expectRedirect(await call(`/auth?${query}`), 'authorization request');
   next = expectRedirect(await call(`${next}/login?sub=${sub}`, { method: 'POST' }), 'login');
@@ -212,8 +273,17 @@ async function signIn(base, client, sub) {
   const code = new URL(callback, issuer).searchParams.get('code');
   if (!code) throw new Error(`no code in ${callback}`);
   const res = await fetch(`${base}/token`, {
-    method: 'POST', signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
-    body: new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: client.redirect_uris[0], code_verifier: verifier, client_id: client.client_id, client_secret: client.client_secret, resource: API.A }),
+    method: 'POST',
+    signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+    body: new URLSearchParams({
+      grant_type: 'authorization_code',
+      code,
+      redirect_uri: client.redirect_uris[0],
+      code_verifier: verifier,
+      client_id: client.client_id,
+      client_secret: client.client_secret,
+      resource: API.A,
+    }),
   });
   const body = await res.json();
   if (res.status !== 200 || !body.refresh_token) throw new Error(`code exchange: ${res.status} ${JSON.stringify(body)}`);
@@ -224,12 +294,23 @@ async function signIn(base, client, sub) {
 async function tokenRequest(base, client, refreshToken, params) {
   try {
     const res = await fetch(`${base}/token`, {
-      method: 'POST', signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
-      body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken, client_id: client.client_id, client_secret: client.client_secret, ...params }),
+      method: 'POST',
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+      body: new URLSearchParams({
+        grant_type: 'refresh_token',
+        refresh_token: refreshToken,
+        client_id: client.client_id,
+        client_secret: client.client_secret,
+        ...params,
+      }),
     });
     const text = await res.text();
     let body;
-    try { body = JSON.parse(text); } catch { body = undefined; }
+    try {
+      body = JSON.parse(text);
+    } catch {
+      body = undefined;
+    }
     const oauth = res.status === 200 ? typeof body?.refresh_token === 'string' : typeof body?.error === 'string';
     return { status: res.status, error: body?.error ?? '', oauth, body: body ?? {} };
   } catch (err) {
@@ -261,7 +342,9 @@ async function signInSomewhere(client, sub) {
     const instance = pick();
     try {
       if (instance) return await signIn(instance.url, client, sub);
-    } catch { /* a fault is going on: try again */ }
+    } catch {
+      /* a fault is going on: try again */
+    }
     if (stopLoad) throw new Error('stopped');
     await sleep(100);
   }
@@ -272,7 +355,10 @@ async function worker(id) {
   let uncertain = false;
   for (let i = 0; !stopLoad && totalRequests < MAX_REQUESTS; i += 1) {
     const instance = pick();
-    if (!instance) { await sleep(20); continue; }
+    if (!instance) {
+      await sleep(20);
+      continue;
+    }
     const op = i % 2 === 0 ? 'mrrt' : 'refresh';
     const start = Date.now();
     const res = await tokenRequest(instance.url, CLIENTS.app, token, op === 'mrrt' ? { audience: API.B } : { resource: API.A });
@@ -366,7 +452,9 @@ const FAULTS = [
   },
   {
     name: 'pub/sub connections killed (CLIENT KILL TYPE pubsub)',
-    inject: async () => { await admin.call('CLIENT', 'KILL', 'TYPE', 'pubsub'); },
+    inject: async () => {
+      await admin.call('CLIENT', 'KILL', 'TYPE', 'pubsub');
+    },
   },
   {
     name: `slow Redis (DEBUG SLEEP ${SLEEP_SECONDS})`,
@@ -381,12 +469,14 @@ const FAULTS = [
     name: `burst of ${BURST} policy edits`,
     inject: async () => {
       let n = 0;
-      await Promise.all(Array.from({ length: 4 }, async (_, writer) => {
-        while (n < BURST - 1) {
-          n += 1;
-          await adminStore.set('probe', (n + writer) % 2 ? PROBE_WITH_C : PROBE_WITHOUT_C).catch(() => {});
-        }
-      }));
+      await Promise.all(
+        Array.from({ length: 4 }, async (_, writer) => {
+          while (n < BURST - 1) {
+            n += 1;
+            await adminStore.set('probe', (n + writer) % 2 ? PROBE_WITH_C : PROBE_WITHOUT_C).catch(() => {});
+          }
+        }),
+      );
       // the burst's last edit, alone, so that its content is known
       probeHasC = !probeHasC;
       const written = Date.now();
@@ -433,7 +523,10 @@ function summarize(name, phaseSamples, injectedAt, recoveredAt, stalenessMs, ext
     connectionsCut: cut.length,
     fivexx: fivexx.length,
     fivexxWindowMs: fivexx.length ? Math.max(...fivexx.map((s) => s.end)) - Math.min(...fivexx.map((s) => s.start)) : 0,
-    p99Ms: percentile(phaseSamples.map((s) => s.end - s.start), 0.99),
+    p99Ms: percentile(
+      phaseSamples.map((s) => s.end - s.start),
+      0.99,
+    ),
     maxMs: Math.max(0, ...phaseSamples.map((s) => s.end - s.start)),
     recoveryMs: recoveredAt === undefined ? null : Math.max(0, recoveredAt - injectedAt),
     stalenessMs,
@@ -475,16 +568,23 @@ try {
       const bad = samples.filter((s) => s.end >= fault.at && (s.status >= 500 || s.status === 0));
       const last = bad.length ? Math.max(...bad.map((s) => s.end)) : fault.at;
       const good = samples.filter((s) => s.start > last && s.status === 200).length;
-      if (Date.now() - last >= CLEAN_MS && good >= 10) { recoveredAt = last; break; }
+      if (Date.now() - last >= CLEAN_MS && good >= 10) {
+        recoveredAt = last;
+        break;
+      }
       await sleep(100);
     }
-    const stalenessMs = burstStaleness ?? await staleness();
+    const stalenessMs = burstStaleness ?? (await staleness());
     const phase = samples;
     samples = [];
     const entry = summarize(f.name, phase, fault.at, recoveredAt, stalenessMs, {
       tokensLost: tokens.lost - before.lost,
       tokensInFlight: tokens.inFlight - before.inFlight,
-      adminWrites: { ok: adminWrites.ok - writesBefore.ok, conflict: adminWrites.conflict - writesBefore.conflict, failed: adminWrites.failed - writesBefore.failed },
+      adminWrites: {
+        ok: adminWrites.ok - writesBefore.ok,
+        conflict: adminWrites.conflict - writesBefore.conflict,
+        failed: adminWrites.failed - writesBefore.failed,
+      },
     });
     report.faults.push(entry);
     log(`${f.name}: ${JSON.stringify(entry)}`);
@@ -520,7 +620,14 @@ if (JSON_OUT) {
     '',
     '| fault | requests | non-OAuth errors | 5xx | 5xx window ms | recovered after ms | p99 / max ms | policy staleness after recovery ms | refresh tokens lost (not in flight) | in flight at the fault | admin writes ok / conflict / failed | outcomes |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |',
-    ...report.faults.map((f) => `| ${f.fault} | ${f.requests} | ${f.nonOAuthErrors}${f.connectionsCut ? ` (+${f.connectionsCut} cut with the killed instance)` : ''} | ${f.fivexx} | ${f.fivexxWindowMs} | ${ms(f.recoveryMs)} | ${f.p99Ms} / ${f.maxMs} | ${ms(f.stalenessMs)} | ${f.tokensLost} | ${f.tokensInFlight} | ${f.adminWrites.ok} / ${f.adminWrites.conflict} / ${f.adminWrites.failed} | ${Object.entries(f.outcomes).map(([k, v]) => `${k}: ${v}`).join(', ')} |`),
+    ...report.faults.map(
+      (f) =>
+        `| ${f.fault} | ${f.requests} | ${f.nonOAuthErrors}${f.connectionsCut ? ` (+${f.connectionsCut} cut with the killed instance)` : ''} | ${f.fivexx} | ${f.fivexxWindowMs} | ${ms(f.recoveryMs)} | ${f.p99Ms} / ${f.maxMs} | ${ms(f.stalenessMs)} | ${f.tokensLost} | ${f.tokensInFlight} | ${f.adminWrites.ok} / ${f.adminWrites.conflict} / ${f.adminWrites.failed} | ${Object.entries(
+          f.outcomes,
+        )
+          .map(([k, v]) => `${k}: ${v}`)
+          .join(', ')} |`,
+    ),
     '',
     `instances: ${(report.instances ?? []).map((s) => `${s.name} server_error events ${s.serverErrors}, store errors ${s.storeErrors}, unhandled rejections ${s.unhandled.length}`).join('; ')}`,
     `chaos: ${failed ? 'FAILED' : 'OK'}`,

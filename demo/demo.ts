@@ -29,8 +29,14 @@ const TIMEOUT_MS = 10_000;
 
 class DemoFailure extends Error {}
 
-const out = (line = ''): void => { process.stdout.write(`${line}\n`); };
-const indent = (text: string, by = '     '): string => text.split('\n').map((line) => by + line).join('\n');
+const out = (line = ''): void => {
+  process.stdout.write(`${line}\n`);
+};
+const indent = (text: string, by = '     '): string =>
+  text
+    .split('\n')
+    .map((line) => by + line)
+    .join('\n');
 const fingerprint = (token: string): string => `sha256:${createHash('sha256').update(token).digest('base64url').slice(0, 12)}`;
 
 // ---------------------------------------------------------------------------------------------------
@@ -63,11 +69,11 @@ function expect(condition: boolean, message: string): void {
 async function callApi(configuration: oidc.Configuration, url: URL, token: string): Promise<{ status: number; body: unknown; challenge?: string }> {
   try {
     const response = await oidc.fetchProtectedResource(configuration, token, url, 'GET');
-    return { status: response.status, body: await response.json() as unknown };
+    return { status: response.status, body: (await response.json()) as unknown };
   } catch (err) {
     // openid-client turns a response with a WWW-Authenticate challenge into this error
     if (err instanceof oidc.WWWAuthenticateChallengeError) {
-      return { status: err.status, body: await err.response.json() as unknown, challenge: err.response.headers.get('www-authenticate') ?? undefined };
+      return { status: err.status, body: (await err.response.json()) as unknown, challenge: err.response.headers.get('www-authenticate') ?? undefined };
     }
     throw err;
   }
@@ -110,7 +116,9 @@ async function run(base: string): Promise<void> {
 
   out(`1. Discovery of ${issuer.href}`);
   const configuration = await oidc.discovery(
-    issuer, client.client_id, undefined,
+    issuer,
+    client.client_id,
+    undefined,
     client.token_endpoint_auth_method === 'client_secret_post' ? oidc.ClientSecretPost(client.client_secret) : oidc.ClientSecretBasic(client.client_secret),
     // the example's issuer is plain HTTP on loopback
     { execute: [oidc.allowInsecureRequests], timeout: TIMEOUT_MS / 1000 },
@@ -137,9 +145,17 @@ async function run(base: string): Promise<void> {
     prompt: 'consent',
   });
   const callback = await signInThroughTheForms(authorizationUrl, redirectUri, user.username, user.password, out);
-  const signIn = await oidc.authorizationCodeGrant(configuration, callback, {
-    pkceCodeVerifier: codeVerifier, expectedState: state, expectedNonce: nonce, idTokenExpected: true,
-  }, { resource: MESSAGES_API });
+  const signIn = await oidc.authorizationCodeGrant(
+    configuration,
+    callback,
+    {
+      pkceCodeVerifier: codeVerifier,
+      expectedState: state,
+      expectedNonce: nonce,
+      idTokenExpected: true,
+    },
+    { resource: MESSAGES_API },
+  );
   const refreshToken = signIn.refresh_token;
   expect(typeof refreshToken === 'string', 'the code exchange returned no refresh token');
   const idClaims = signIn.claims();
@@ -160,9 +176,13 @@ async function run(base: string): Promise<void> {
   out(`4. MRRT: the same refresh token for the billing API (never asked for at sign-in; allowed by ${client.client_id}'s MRRT policy)`);
   out(`     refreshTokenGrant(config, <refresh token ${fingerprint(refreshToken!)}>, { audience: '${BILLING_API}' })`);
   const exchange = await oidc.refreshTokenGrant(configuration, refreshToken!, { audience: BILLING_API });
-  out(`     → 200  scope ${exchange.scope ?? ''}, expires_in ${String(exchange.expires_in)}, ${exchange.refresh_token && exchange.refresh_token !== refreshToken
-    ? `refresh token rotated to ${fingerprint(exchange.refresh_token)}`
-    : 'the refresh token stays the same'}`);
+  out(
+    `     → 200  scope ${exchange.scope ?? ''}, expires_in ${String(exchange.expires_in)}, ${
+      exchange.refresh_token && exchange.refresh_token !== refreshToken
+        ? `refresh token rotated to ${fingerprint(exchange.refresh_token)}`
+        : 'the refresh token stays the same'
+    }`,
+  );
   const billingClaims = printToken('access token for the billing API', exchange.access_token);
   expect(billingClaims.aud === BILLING_API, `the MRRT access token is for ${JSON.stringify(billingClaims.aud)}, not ${BILLING_API}`);
   const currentRefreshToken = exchange.refresh_token ?? refreshToken!;
@@ -216,9 +236,11 @@ async function main(): Promise<number> {
     return 1;
   }
   if (!(await reachable(base))) {
-    process.stderr.write(`demo: nothing answers at ${base}.\n`
-      + 'Start the example server first, in another terminal:  npm start\n'
-      + `then run  npm run demo  again (set DEMO_URL when the server runs elsewhere than ${DEFAULT_URL}).\n`);
+    process.stderr.write(
+      `demo: nothing answers at ${base}.\n` +
+        'Start the example server first, in another terminal:  npm start\n' +
+        `then run  npm run demo  again (set DEMO_URL when the server runs elsewhere than ${DEFAULT_URL}).\n`,
+    );
     return 1;
   }
   try {

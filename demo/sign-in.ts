@@ -6,7 +6,11 @@ export class SignInFailure extends Error {}
 
 const TIMEOUT_MS = 10_000;
 
-interface StoredCookie { readonly name: string; readonly value: string; readonly path: string }
+interface StoredCookie {
+  readonly name: string;
+  readonly value: string;
+  readonly path: string;
+}
 
 /** Enough of RFC 6265 for one origin: name, value, Path, expiry by Max-Age / Expires. */
 class CookieJar {
@@ -44,14 +48,23 @@ class CookieJar {
   }
 }
 
-export const unescapeHtml = (value: string): string => value
-  .replace(/&quot;/g, '"').replace(/&#39;/g, "'").replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&amp;/g, '&');
+export const unescapeHtml = (value: string): string =>
+  value
+    .replace(/&quot;/g, '"')
+    .replace(/&#39;/g, "'")
+    .replace(/&lt;/g, '<')
+    .replace(/&gt;/g, '>')
+    .replace(/&amp;/g, '&');
 const attribute = (tag: string, name: string): string | undefined => {
   const match = new RegExp(`\\b${name}\\s*=\\s*"([^"]*)"`, 'i').exec(tag);
   return match ? unescapeHtml(match[1]!) : undefined;
 };
 
-interface HtmlForm { readonly action: string; readonly method: string; readonly inputs: Map<string, string> }
+interface HtmlForm {
+  readonly action: string;
+  readonly method: string;
+  readonly inputs: Map<string, string>;
+}
 
 /** The forms of a page: action, method and the named inputs with their values. */
 function formsOf(page: string): HtmlForm[] {
@@ -68,11 +81,22 @@ function formsOf(page: string): HtmlForm[] {
 }
 
 /** A path with its long random segments (interaction ids) shortened, for printing. */
-export const shortPath = (url: URL): string => url.pathname.split('/').map((segment) => (segment.length > 16 ? `${segment.slice(0, 6)}…` : segment)).join('/');
+export const shortPath = (url: URL): string =>
+  url.pathname
+    .split('/')
+    .map((segment) => (segment.length > 16 ? `${segment.slice(0, 6)}…` : segment))
+    .join('/');
 
-export const pageText = (page: string): string => unescapeHtml(page.replace(/<style[\s\S]*?<\/style>/gi, '').replace(/<[^>]+>/g, ' ')).replace(/\s+/g, ' ').trim();
+export const pageText = (page: string): string =>
+  unescapeHtml(page.replace(/<style[\s\S]*?<\/style>/gi, '').replace(/<[^>]+>/g, ' '))
+    .replace(/\s+/g, ' ')
+    .trim();
 
-interface Hop { readonly method: string; readonly url: URL; readonly body?: URLSearchParams }
+interface Hop {
+  readonly method: string;
+  readonly url: URL;
+  readonly body?: URLSearchParams;
+}
 
 /**
  * Acts as the user's browser from the authorization URL to the redirect to `redirectUri`: GETs every
@@ -80,7 +104,11 @@ interface Hop { readonly method: string; readonly url: URL; readonly body?: URLS
  * (with `code`, `state`, `iss`) without requesting it.
  */
 export async function signInThroughTheForms(
-  authorizationUrl: URL, redirectUri: string, username: string, password: string, out: (line: string) => void = () => {},
+  authorizationUrl: URL,
+  redirectUri: string,
+  username: string,
+  password: string,
+  out: (line: string) => void = () => {},
 ): Promise<URL> {
   const jar = new CookieJar();
   const origin = authorizationUrl.origin;
@@ -91,7 +119,11 @@ export async function signInThroughTheForms(
     if (cookie) headers.cookie = cookie;
     if (hop.body) headers['content-type'] = 'application/x-www-form-urlencoded';
     const response = await fetch(hop.url, {
-      method: hop.method, headers, body: hop.body?.toString(), redirect: 'manual', signal: AbortSignal.timeout(TIMEOUT_MS),
+      method: hop.method,
+      headers,
+      body: hop.body?.toString(),
+      redirect: 'manual',
+      signal: AbortSignal.timeout(TIMEOUT_MS),
     });
     jar.store(hop.url, response);
     const page = await response.text();
@@ -131,4 +163,3 @@ export async function signInThroughTheForms(
   }
   throw new SignInFailure('too many redirects and forms before the redirect back to the client');
 }
-

@@ -29,7 +29,10 @@ export interface BffOptions {
   readonly sessionTtl?: number;
 }
 
-interface Decoded { readonly header: jose.ProtectedHeaderParameters; readonly payload: jose.JWTPayload }
+interface Decoded {
+  readonly header: jose.ProtectedHeaderParameters;
+  readonly payload: jose.JWTPayload;
+}
 interface ApiCall {
   readonly url: string;
   readonly token: string;
@@ -85,11 +88,11 @@ function decode(token: string | undefined): Decoded | undefined {
 /** A token response with every token replaced by its fingerprint. */
 function redact(body: unknown): unknown {
   if (typeof body !== 'object' || body === null) return body;
-  return Object.fromEntries(Object.entries(body).map(([key, value]) => (
-    ['access_token', 'refresh_token', 'id_token'].includes(key) && typeof value === 'string'
-      ? [key, `<${fingerprint(value)}>`]
-      : [key, value]
-  )));
+  return Object.fromEntries(
+    Object.entries(body).map(([key, value]) =>
+      ['access_token', 'refresh_token', 'id_token'].includes(key) && typeof value === 'string' ? [key, `<${fingerprint(value)}>`] : [key, value],
+    ),
+  );
 }
 
 async function readBody(response: globalThis.Response): Promise<unknown> {
@@ -140,7 +143,10 @@ export function bffRoutes(options: BffOptions): Router {
       signal: AbortSignal.timeout(10_000),
     });
     const body = await readBody(response);
-    return { status: response.status, body: (typeof body === 'object' && body !== null ? body : { error: 'invalid_response', error_description: String(body) }) as Record<string, unknown> };
+    return {
+      status: response.status,
+      body: (typeof body === 'object' && body !== null ? body : { error: 'invalid_response', error_description: String(body) }) as Record<string, unknown>,
+    };
   };
 
   const callApi = async (url: string, label: string, token: string): Promise<ApiCall> => {
@@ -149,11 +155,19 @@ export function bffRoutes(options: BffOptions): Router {
       headers: { authorization: `Bearer ${token}`, accept: 'application/json' },
       signal: AbortSignal.timeout(10_000),
     });
-    return { url, token: label, status: response.status, wwwAuthenticate: response.headers.get('www-authenticate') ?? undefined, body: await readBody(response) };
+    return {
+      url,
+      token: label,
+      status: response.status,
+      wwwAuthenticate: response.headers.get('www-authenticate') ?? undefined,
+      body: await readBody(response),
+    };
   };
 
   // back to the step the user acted on, so its result is where they are looking
-  const back = (res: Response, step?: string): void => { res.redirect(303, step ? `/#${step}` : '/'); };
+  const back = (res: Response, step?: string): void => {
+    res.redirect(303, step ? `/#${step}` : '/');
+  };
 
   router.get('/', (req, res) => {
     sendPage(res, 'MRRT demo', homePage(options, sessionOf(req), { messagesUrl, billingUrl }));
@@ -187,19 +201,33 @@ export function bffRoutes(options: BffOptions): Router {
     const pending = session?.pending;
     const state = typeof req.query.state === 'string' ? req.query.state : undefined;
     if (!session || !pending || state !== pending.state) {
-      sendPage(res, 'Sign-in failed', html`<h1>Sign-in failed</h1><p>This sign-in response does not belong to a sign-in started here (state mismatch or expired session).</p><p><a href="/">Start again</a></p>`, 400);
+      sendPage(
+        res,
+        'Sign-in failed',
+        html`<h1>Sign-in failed</h1>
+          <p>This sign-in response does not belong to a sign-in started here (state mismatch or expired session).</p>
+          <p><a href="/">Start again</a></p>`,
+        400,
+      );
       return;
     }
     delete session.pending;
     if (typeof req.query.error === 'string') {
       const description = typeof req.query.error_description === 'string' ? req.query.error_description : '';
-      session.error = req.query.error === 'access_denied' ? `Sign-in ${description.includes('denied') ? 'denied' : 'cancelled'}: ${description}` : `${req.query.error}: ${description}`;
+      session.error =
+        req.query.error === 'access_denied'
+          ? `Sign-in ${description.includes('denied') ? 'denied' : 'cancelled'}: ${description}`
+          : `${req.query.error}: ${description}`;
       back(res, 'step-1');
       return;
     }
     const code = typeof req.query.code === 'string' ? req.query.code : '';
     const { status, body } = await tokenRequest({
-      grant_type: 'authorization_code', code, redirect_uri: redirectUri, code_verifier: pending.verifier, resource: demo.loginAudience,
+      grant_type: 'authorization_code',
+      code,
+      redirect_uri: redirectUri,
+      code_verifier: pending.verifier,
+      resource: demo.loginAudience,
     });
     if (status !== 200 || typeof body.access_token !== 'string' || typeof body.refresh_token !== 'string' || typeof body.id_token !== 'string') {
       session.error = `code exchange failed (${status}): ${String(body.error ?? '')} ${String(body.error_description ?? '')}`;
@@ -251,7 +279,12 @@ export function bffRoutes(options: BffOptions): Router {
       delete session.steps.billing;
     }
     session.steps.exchange = {
-      request: { grant_type: 'refresh_token', refresh_token: `<${fingerprint(before)}>`, audience: demo.mrrtAudience, client_id: `${client.client_id} (HTTP Basic)` },
+      request: {
+        grant_type: 'refresh_token',
+        refresh_token: `<${fingerprint(before)}>`,
+        audience: demo.mrrtAudience,
+        client_id: `${client.client_id} (HTTP Basic)`,
+      },
       status,
       body: redact(body),
       decoded: status === 200 && typeof body.access_token === 'string' ? decode(body.access_token) : undefined,
@@ -310,21 +343,26 @@ export function bffRoutes(options: BffOptions): Router {
   return router;
 }
 
-const button = (action: string, label: string): Html => html`<form class="inline" method="post" action="${action}"><button type="submit">${label}</button></form>`;
+const button = (action: string, label: string): Html =>
+  html`<form class="inline" method="post" action="${action}"><button type="submit">${label}</button></form>`;
 
 function tokenView(title: string, token: string | undefined): Html {
   const decoded = decode(token);
   if (!decoded || !token) return html``;
-  return html`<details open><summary>${title} <code>${fingerprint(token)}</code></summary>
-<p class="muted">header</p>${json(decoded.header)}<p class="muted">payload</p>${json(decoded.payload)}</details>`;
+  return html`<details open>
+    <summary>${title} <code>${fingerprint(token)}</code></summary>
+    <p class="muted">header</p>
+    ${json(decoded.header)}
+    <p class="muted">payload</p>
+    ${json(decoded.payload)}
+  </details>`;
 }
 
 function callView(call: ApiCall | undefined): Html {
   if (!call) return html``;
   const ok = call.status >= 200 && call.status < 300;
-  return html`<p>GET <code>${call.url}</code> with ${call.token} →
-<strong class="${ok ? 'ok' : 'bad'}">${call.status}</strong></p>
-${call.wwwAuthenticate ? html`<p><code>WWW-Authenticate: ${call.wwwAuthenticate}</code></p>` : ''}${json(call.body)}`;
+  return html`<p>GET <code>${call.url}</code> with ${call.token} → <strong class="${ok ? 'ok' : 'bad'}">${call.status}</strong></p>
+    ${call.wwwAuthenticate ? html`<p><code>WWW-Authenticate: ${call.wwwAuthenticate}</code></p>` : ''}${json(call.body)}`;
 }
 
 function homePage(options: BffOptions, session: DemoSession | undefined, urls: { messagesUrl: string; billingUrl: string }): Html {
@@ -333,56 +371,95 @@ function homePage(options: BffOptions, session: DemoSession | undefined, urls: {
   const signedIn = Boolean(session?.refreshToken);
   const exchange = session?.steps.exchange;
   return html`<h1>Multi-Resource Refresh Tokens: the demo</h1>
-<p>This one process runs an OpenID Provider (<a href="${issuer}/.well-known/openid-configuration">${issuer}</a>) with the MRRT
-extension, two APIs (<code>${urls.messagesUrl}</code> for <code>${demo.loginAudience}</code> and <code>${urls.billingUrl}</code> for
-<code>${demo.mrrtAudience}</code>), the MRRT admin API at <code>/admin</code>, and this page, a server-side app (client
-<code>${demo.clientId}</code>) that keeps the tokens on the server. The story: sign in for the messages API, call it, then exchange
-<em>the same refresh token</em> for a billing API token, which the sign-in never asked for: the app's MRRT policy allows it.</p>
-<p>The same story in the browser with Auth0's own SDK (<code>@auth0/auth0-spa-js</code>, <code>useMrrt: true</code>), unmodified:
-<a href="/spa">the SPA page</a>.</p>
-${session?.error ? html`<p class="error" role="alert">${session.error}</p>` : ''}
+    <p>
+      This one process runs an OpenID Provider (<a href="${issuer}/.well-known/openid-configuration">${issuer}</a>) with the MRRT extension, two APIs (<code
+        >${urls.messagesUrl}</code
+      >
+      for <code>${demo.loginAudience}</code> and <code>${urls.billingUrl}</code> for <code>${demo.mrrtAudience}</code>), the MRRT admin API at
+      <code>/admin</code>, and this page, a server-side app (client <code>${demo.clientId}</code>) that keeps the tokens on the server. The story: sign in for
+      the messages API, call it, then exchange <em>the same refresh token</em> for a billing API token, which the sign-in never asked for: the app's MRRT policy
+      allows it.
+    </p>
+    <p>
+      The same story in the browser with Auth0's own SDK (<code>@auth0/auth0-spa-js</code>, <code>useMrrt: true</code>), unmodified:
+      <a href="/spa">the SPA page</a>.
+    </p>
+    ${session?.error ? html`<p class="error" role="alert">${session.error}</p>` : ''}
 
-<div class="step" id="step-1"><h2>1. Sign in for the messages API</h2>
-${signedIn && session
-    ? html`<p>Signed in as <strong>${String(session.idToken?.name ?? session.idToken?.sub)}</strong> (sub <code>${String(session.idToken?.sub)}</code>).
-Granted scope: <code>${session.grantedScope ?? ''}</code>. Refresh token: <code>${fingerprint(session.refreshToken ?? '')}</code> (kept on the server; shown as a fingerprint).</p>
-${button('/signout', 'Sign out')}`
-    : html`<p>Authorization code flow with PKCE, <code>scope=${demo.loginScope}</code>, <code>resource=${demo.loginAudience}</code>.</p>
-${button('/signin', 'Sign in')}`}
-</div>
+    <div class="step" id="step-1">
+      <h2>1. Sign in for the messages API</h2>
+      ${
+        signedIn && session
+          ? html`<p>
+                Signed in as <strong>${String(session.idToken?.name ?? session.idToken?.sub)}</strong> (sub <code>${String(session.idToken?.sub)}</code>).
+                Granted scope: <code>${session.grantedScope ?? ''}</code>. Refresh token: <code>${fingerprint(session.refreshToken ?? '')}</code> (kept on the
+                server; shown as a fingerprint).
+              </p>
+              ${button('/signout', 'Sign out')}`
+          : html`<p>Authorization code flow with PKCE, <code>scope=${demo.loginScope}</code>, <code>resource=${demo.loginAudience}</code>.</p>
+              ${button('/signin', 'Sign in')}`
+      }
+    </div>
 
-${signedIn && session ? html`
-<div class="step" id="step-2"><h2>2. Call the messages API</h2>
-${tokenView('Access token for the messages API', session.tokens.messages)}
-${button('/demo/messages', 'Call the messages API')}
-${callView(session.steps.messages)}
-</div>
+    ${
+      signedIn && session
+        ? html` <div class="step" id="step-2">
+              <h2>2. Call the messages API</h2>
+              ${tokenView('Access token for the messages API', session.tokens.messages)} ${button('/demo/messages', 'Call the messages API')}
+              ${callView(session.steps.messages)}
+            </div>
 
-<div class="step" id="step-3"><h2>3. Exchange the same refresh token for the billing API (MRRT)</h2>
-<p><code>POST ${issuer}/token</code> with <code>grant_type=refresh_token</code>, the refresh token from step 1 and
-<code>audience=${demo.mrrtAudience}</code>.</p>
-${button('/demo/exchange', 'Exchange the same refresh token for billing (MRRT)')}
-${exchange ? html`<p>request</p>${json(exchange.request)}<p>response <strong class="${exchange.status === 200 ? 'ok' : 'bad'}">${exchange.status}</strong></p>${json(exchange.body)}
-<p>Refresh token before <code>${exchange.refreshTokenBefore}</code>, after <code>${exchange.refreshTokenAfter}</code>
-${exchange.refreshTokenBefore === exchange.refreshTokenAfter ? '(the same refresh token, still valid)' : '(rotated by the provider; the new one carries exactly the original grant)'}.</p>
-${exchange.decoded ? html`<p class="muted">decoded access token header</p>${json(exchange.decoded.header)}<p class="muted">payload</p>${json(exchange.decoded.payload)}` : ''}` : ''}
-</div>
+            <div class="step" id="step-3">
+              <h2>3. Exchange the same refresh token for the billing API (MRRT)</h2>
+              <p>
+                <code>POST ${issuer}/token</code> with <code>grant_type=refresh_token</code>, the refresh token from step 1 and
+                <code>audience=${demo.mrrtAudience}</code>.
+              </p>
+              ${button('/demo/exchange', 'Exchange the same refresh token for billing (MRRT)')}
+              ${
+                exchange
+                  ? html`<p>request</p>
+                      ${json(exchange.request)}
+                      <p>response <strong class="${exchange.status === 200 ? 'ok' : 'bad'}">${exchange.status}</strong></p>
+                      ${json(exchange.body)}
+                      <p>
+                        Refresh token before <code>${exchange.refreshTokenBefore}</code>, after
+                        <code>${exchange.refreshTokenAfter}</code>
+                        ${exchange.refreshTokenBefore === exchange.refreshTokenAfter ? '(the same refresh token, still valid)' : '(rotated by the provider; the new one carries exactly the original grant)'}.
+                      </p>
+                      ${
+                        exchange.decoded
+                          ? html`<p class="muted">decoded access token header</p>
+                              ${json(exchange.decoded.header)}
+                              <p class="muted">payload</p>
+                              ${json(exchange.decoded.payload)}`
+                          : ''
+                      }`
+                  : ''
+              }
+            </div>
 
-<div class="step" id="step-4"><h2>4. Call the billing API</h2>
-${session.tokens.billing ? button('/demo/billing', 'Call the billing API with the billing token') : html`<p class="muted">Do step 3 first.</p>`}
-${callView(session.steps.billing)}
-</div>
+            <div class="step" id="step-4">
+              <h2>4. Call the billing API</h2>
+              ${session.tokens.billing ? button('/demo/billing', 'Call the billing API with the billing token') : html`<p class="muted">Do step 3 first.</p>`}
+              ${callView(session.steps.billing)}
+            </div>
 
-<div class="step" id="step-5"><h2>5. Send the messages token to the billing API</h2>
-<p>Each access token is for exactly one API. The billing API verifies <code>aud</code>, so a token for the messages API is refused.</p>
-${button('/demo/mixup', 'Send the messages token to the billing API')}
-${callView(session.steps.mixup)}
-</div>` : ''}
+            <div class="step" id="step-5">
+              <h2>5. Send the messages token to the billing API</h2>
+              <p>Each access token is for exactly one API. The billing API verifies <code>aud</code>, so a token for the messages API is refused.</p>
+              ${button('/demo/mixup', 'Send the messages token to the billing API')} ${callView(session.steps.mixup)}
+            </div>`
+        : ''
+    }
 
-<h2>Behind the scenes</h2>
-<ul>
-<li>MRRT policy of <code>${demo.clientId}</code>: managed through the admin API at <code>/admin/clients/${demo.clientId}/policy</code>
-(client credentials token for <code>${config.admin.clientId}</code>, scope <code>${config.admin.scope}</code>, audience <code>${config.admin.audience}</code>; see the README).</li>
-<li>Provider keys: <a href="${issuer}/jwks">${issuer}/jwks</a>. Server logs: one JSON line per request and per MRRT exchange on stdout.</li>
-</ul>`;
+    <h2>Behind the scenes</h2>
+    <ul>
+      <li>
+        MRRT policy of <code>${demo.clientId}</code>: managed through the admin API at <code>/admin/clients/${demo.clientId}/policy</code> (client credentials
+        token for <code>${config.admin.clientId}</code>, scope <code>${config.admin.scope}</code>, audience <code>${config.admin.audience}</code>; see the
+        README).
+      </li>
+      <li>Provider keys: <a href="${issuer}/jwks">${issuer}/jwks</a>. Server logs: one JSON line per request and per MRRT exchange on stdout.</li>
+    </ul>`;
 }

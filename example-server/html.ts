@@ -5,7 +5,9 @@ const ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;'
 /** A piece of HTML that is already safe to emit. */
 export class Html {
   constructor(readonly value: string) {}
-  toString(): string { return this.value; }
+  toString(): string {
+    return this.value;
+  }
 }
 
 export const escape = (value: unknown): string => String(value).replace(/[&<>"']/g, (c) => ESCAPES[c]!);
@@ -41,14 +43,27 @@ table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.25rem .6rem;
 
 /** Sends a complete HTML page with a strict Content-Security-Policy (no scripts at all). */
 export function sendPage(res: Response, title: string, body: Html, status = 200): void {
-  res.status(status)
+  res
+    .status(status)
     .set('Content-Type', 'text/html; charset=utf-8')
     .set('Content-Security-Policy', "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
     .set('Cache-Control', 'no-store')
     .set('X-Content-Type-Options', 'nosniff')
     .set('Referrer-Policy', 'no-referrer')
-    .send(html`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>${title}</title><style>${new Html(STYLE)}</style></head>
-<body>${body}</body></html>`.value);
+    .send(
+      html`<!doctype html>
+        <html lang="en">
+          <head>
+            <meta charset="utf-8" />
+            <meta name="viewport" content="width=device-width,initial-scale=1" />
+            <title>${title}</title>
+            <style>
+              ${new Html(STYLE)}
+            </style>
+          </head>
+          <body>
+            ${body}
+          </body>
+        </html>`.value,
+    );
 }

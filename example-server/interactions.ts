@@ -29,33 +29,49 @@ interface ConsentDetails {
 
 function loginPage(config: ExampleConfig, uid: string, clientName: string, error?: string, username = ''): Html {
   return html`<h1>Sign in</h1>
-<p><strong>${clientName}</strong> asks you to sign in.</p>
-${error ? html`<p class="error" role="alert">${error}</p>` : ''}
-<form method="post" action="/interaction/${encodeURIComponent(uid)}/login">
-  <label>Username <input name="username" autocomplete="username" required autofocus value="${username}"></label>
-  <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
-  <button type="submit">Sign in</button>
-</form>
-<form method="post" action="/interaction/${encodeURIComponent(uid)}/abort"><button type="submit">Cancel</button></form>
-<h2>Demo credentials</h2>
-<table><tr><th>username</th><th>password</th></tr>
-${config.users.map((user) => html`<tr><td><code>${user.username}</code></td><td><code>${user.password}</code></td></tr>`)}
-</table>`;
+    <p><strong>${clientName}</strong> asks you to sign in.</p>
+    ${error ? html`<p class="error" role="alert">${error}</p>` : ''}
+    <form method="post" action="/interaction/${encodeURIComponent(uid)}/login">
+      <label>Username <input name="username" autocomplete="username" required autofocus value="${username}" /></label>
+      <label>Password <input name="password" type="password" autocomplete="current-password" required /></label>
+      <button type="submit">Sign in</button>
+    </form>
+    <form method="post" action="/interaction/${encodeURIComponent(uid)}/abort"><button type="submit">Cancel</button></form>
+    <h2>Demo credentials</h2>
+    <table>
+      <tr>
+        <th>username</th>
+        <th>password</th>
+      </tr>
+      ${config.users.map(
+        (user) =>
+          html`<tr>
+            <td><code>${user.username}</code></td>
+            <td><code>${user.password}</code></td>
+          </tr>`,
+      )}
+    </table>`;
 }
 
 function consentPage(uid: string, clientName: string, user: string, details: ConsentDetails, policyAudiences: readonly string[]): Html {
   const oidc = details.missingOIDCScope ?? [];
   const resources = Object.entries(details.missingResourceScopes ?? {});
   return html`<h1>Allow access?</h1>
-<p>Signed in as <strong>${user}</strong>. <strong>${clientName}</strong> asks for:</p>
-<ul>
-${oidc.length ? html`<li>your identity: <code>${oidc.join(' ')}</code>${details.missingOIDCClaims?.length ? html` (claims <code>${details.missingOIDCClaims.join(' ')}</code>)` : ''}</li>` : ''}
-${resources.map(([api, scopes]) => html`<li><code>${api}</code>: <code>${scopes.join(' ')}</code></li>`)}
-</ul>
-${policyAudiences.length ? html`<p class="muted">This first-party app has a Multi-Resource Refresh Token policy: with the refresh token it receives it
-may also obtain access tokens for ${policyAudiences.map((audience, i) => html`${i ? ', ' : ''}<code>${audience}</code>`)} without asking you again.</p>` : ''}
-<form class="inline" method="post" action="/interaction/${encodeURIComponent(uid)}/confirm"><button type="submit">Allow</button></form>
-<form class="inline" method="post" action="/interaction/${encodeURIComponent(uid)}/deny"><button type="submit">Deny</button></form>`;
+    <p>Signed in as <strong>${user}</strong>. <strong>${clientName}</strong> asks for:</p>
+    <ul>
+      ${oidc.length ? html`<li>your identity: <code>${oidc.join(' ')}</code>${details.missingOIDCClaims?.length ? html` (claims <code>${details.missingOIDCClaims.join(' ')}</code>)` : ''}</li>` : ''}
+      ${resources.map(([api, scopes]) => html`<li><code>${api}</code>: <code>${scopes.join(' ')}</code></li>`)}
+    </ul>
+    ${
+      policyAudiences.length
+        ? html`<p class="muted">
+            This first-party app has a Multi-Resource Refresh Token policy: with the refresh token it receives it may also obtain access tokens for
+            ${policyAudiences.map((audience, i) => html`${i ? ', ' : ''}<code>${audience}</code>`)} without asking you again.
+          </p>`
+        : ''
+    }
+    <form class="inline" method="post" action="/interaction/${encodeURIComponent(uid)}/confirm"><button type="submit">Allow</button></form>
+    <form class="inline" method="post" action="/interaction/${encodeURIComponent(uid)}/deny"><button type="submit">Deny</button></form>`;
 }
 
 /**
@@ -82,7 +98,13 @@ export function interactionRoutes(provider: Provider, config: ExampleConfig, sto
   router.get('/:uid', async (req: Request, res: Response) => {
     const { uid, prompt, params, session } = await provider.interactionDetails(req, res);
     if (uid !== req.params.uid) {
-      sendPage(res, 'Error', html`<h1>Wrong sign-in step</h1><p>Start again from <a href="/">the home page</a>.</p>`, 400);
+      sendPage(
+        res,
+        'Error',
+        html`<h1>Wrong sign-in step</h1>
+          <p>Start again from <a href="/">the home page</a>.</p>`,
+        400,
+      );
       return;
     }
     const name = await clientName(params.client_id);
@@ -91,20 +113,41 @@ export function interactionRoutes(provider: Provider, config: ExampleConfig, sto
       return;
     }
     const user = config.users.find((candidate) => candidate.id === session?.accountId);
-    sendPage(res, 'Allow access', consentPage(uid, name, user?.name ?? session?.accountId ?? '', prompt.details as ConsentDetails, await policyAudiences(params.client_id)));
+    sendPage(
+      res,
+      'Allow access',
+      consentPage(uid, name, user?.name ?? session?.accountId ?? '', prompt.details as ConsentDetails, await policyAudiences(params.client_id)),
+    );
   });
 
   router.post('/:uid/login', form, async (req: Request, res: Response) => {
     const { uid, prompt, params } = await provider.interactionDetails(req, res);
     if (uid !== req.params.uid || prompt.name !== 'login') {
-      sendPage(res, 'Error', html`<h1>Wrong sign-in step</h1><p>Start again from <a href="/">the home page</a>.</p>`, 400);
+      sendPage(
+        res,
+        'Error',
+        html`<h1>Wrong sign-in step</h1>
+          <p>Start again from <a href="/">the home page</a>.</p>`,
+        400,
+      );
       return;
     }
     const body = (req.body ?? {}) as Record<string, unknown>;
     const user = authenticate(config.users, body.username, body.password);
     if (!user) {
       logger.warn({ event: 'login.failed', client_id: params.client_id });
-      sendPage(res, 'Sign in', loginPage(config, uid, await clientName(params.client_id), 'Unknown username or wrong password.', typeof body.username === 'string' ? body.username : ''), 401);
+      sendPage(
+        res,
+        'Sign in',
+        loginPage(
+          config,
+          uid,
+          await clientName(params.client_id),
+          'Unknown username or wrong password.',
+          typeof body.username === 'string' ? body.username : '',
+        ),
+        401,
+      );
       return;
     }
     logger.info({ event: 'login.succeeded', subject: user.id, client_id: params.client_id });
@@ -114,7 +157,13 @@ export function interactionRoutes(provider: Provider, config: ExampleConfig, sto
   router.post('/:uid/confirm', async (req: Request, res: Response) => {
     const { uid, prompt, params, session, grantId } = await provider.interactionDetails(req, res);
     if (uid !== req.params.uid || prompt.name !== 'consent' || !session) {
-      sendPage(res, 'Error', html`<h1>Wrong sign-in step</h1><p>Start again from <a href="/">the home page</a>.</p>`, 400);
+      sendPage(
+        res,
+        'Error',
+        html`<h1>Wrong sign-in step</h1>
+          <p>Start again from <a href="/">the home page</a>.</p>`,
+        400,
+      );
       return;
     }
     const existing = grantId ? await provider.Grant.find(grantId) : undefined;
@@ -130,13 +179,23 @@ export function interactionRoutes(provider: Provider, config: ExampleConfig, sto
 
   router.post('/:uid/abort', async (req: Request, res: Response) => {
     await provider.interactionDetails(req, res);
-    await provider.interactionFinished(req, res, { error: 'access_denied', error_description: 'the user cancelled the sign-in' }, { mergeWithLastSubmission: false });
+    await provider.interactionFinished(
+      req,
+      res,
+      { error: 'access_denied', error_description: 'the user cancelled the sign-in' },
+      { mergeWithLastSubmission: false },
+    );
   });
 
   router.post('/:uid/deny', async (req: Request, res: Response) => {
     const { session, params } = await provider.interactionDetails(req, res);
     logger.info({ event: 'consent.denied', subject: session?.accountId, client_id: params.client_id });
-    await provider.interactionFinished(req, res, { error: 'access_denied', error_description: 'the user denied the app access' }, { mergeWithLastSubmission: false });
+    await provider.interactionFinished(
+      req,
+      res,
+      { error: 'access_denied', error_description: 'the user denied the app access' },
+      { mergeWithLastSubmission: false },
+    );
   });
 
   return router;

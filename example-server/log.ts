@@ -21,17 +21,21 @@ export function isLogLevel(value: unknown): value is LogLevel {
 }
 
 /** One JSON object per line on stdout. */
-export const stdoutSink: LogSink = (entry) => { process.stdout.write(`${JSON.stringify(entry)}\n`); };
+export const stdoutSink: LogSink = (entry) => {
+  process.stdout.write(`${JSON.stringify(entry)}\n`);
+};
 
 /**
  * A structured logger: every call writes one entry `{ time, level, event, ... }`. Callers never
  * pass token values; the request log records the path without its query string.
  */
 export function createLogger(level: LogLevel = 'info', sink: LogSink = stdoutSink): Logger {
-  const write = (entryLevel: Exclude<LogLevel, 'silent'>) => (entry: LogEntry): void => {
-    if (RANK[entryLevel] < RANK[level]) return;
-    sink({ time: new Date().toISOString(), level: entryLevel, ...entry });
-  };
+  const write =
+    (entryLevel: Exclude<LogLevel, 'silent'>) =>
+    (entry: LogEntry): void => {
+      if (RANK[entryLevel] < RANK[level]) return;
+      sink({ time: new Date().toISOString(), level: entryLevel, ...entry });
+    };
   return { debug: write('debug'), info: write('info'), warn: write('warn'), error: write('error') };
 }
 

@@ -34,7 +34,11 @@ if (env.JWKS) {
     fail('JWKS must be a JSON Web Key Set: {"keys":[...]}');
   }
 }
-const cookieKeys = env.COOKIE_KEYS ? env.COOKIE_KEYS.split(',').map((key) => key.trim()).filter(Boolean) : undefined;
+const cookieKeys = env.COOKIE_KEYS
+  ? env.COOKIE_KEYS.split(',')
+      .map((key) => key.trim())
+      .filter(Boolean)
+  : undefined;
 
 try {
   const running = await startExampleServer({
@@ -48,8 +52,12 @@ try {
     logLevel,
   });
   running.logger.info({
-    event: 'server.started', url: running.url, issuer: running.issuer, stores: running.mode,
-    signing_keys: jwks ? 'JWKS' : 'generated', cookie_keys: cookieKeys?.length ? 'COOKIE_KEYS' : 'random',
+    event: 'server.started',
+    url: running.url,
+    issuer: running.issuer,
+    stores: running.mode,
+    signing_keys: jwks ? 'JWKS' : 'generated',
+    cookie_keys: cookieKeys?.length ? 'COOKIE_KEYS' : 'random',
   });
   process.stderr.write(`\nMRRT example server: open ${running.url}/  (issuer ${running.issuer}, ${running.mode} stores)\n\n`);
 
@@ -58,7 +66,10 @@ try {
     if (stopping) return;
     stopping = true;
     running.logger.info({ event: 'server.stopping', signal });
-    running.close().then(() => process.exit(0), () => process.exit(1));
+    running.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
   };
   process.once('SIGINT', () => stop('SIGINT'));
   process.once('SIGTERM', () => stop('SIGTERM'));

@@ -67,7 +67,10 @@ export function requireAccessToken(options: ResourceServerOptions): RequestHandl
     let payload: VerifiedToken;
     try {
       ({ payload } = await jose.jwtVerify<VerifiedToken>(match[1]!, keys, {
-        issuer, audience, typ: 'at+jwt', algorithms: ['RS256'],
+        issuer,
+        audience,
+        typ: 'at+jwt',
+        algorithms: ['RS256'],
       }));
     } catch (err) {
       challenge(res, 401, realm, 'invalid_token', describe(err));
@@ -97,10 +100,14 @@ export function demoApis(config: ExampleConfig, keys: jose.JWTVerifyGetKey, issu
   const billing = apiOf(config, audiences.billing);
   const common = (token: VerifiedToken) => ({ subject: token.sub, client_id: token.client_id, scope: token.scope });
 
-  router.get('/messages', requireAccessToken({ keys, issuer, audience: messages.audience, scopes: ['messages:read'], realm: messages.audience }), (_req, res) => {
-    const token = res.locals.accessToken as VerifiedToken;
-    res.json({ api: messages.name, audience: messages.audience, ...common(token), messages: config.data.messages[token.sub ?? ''] ?? [] });
-  });
+  router.get(
+    '/messages',
+    requireAccessToken({ keys, issuer, audience: messages.audience, scopes: ['messages:read'], realm: messages.audience }),
+    (_req, res) => {
+      const token = res.locals.accessToken as VerifiedToken;
+      res.json({ api: messages.name, audience: messages.audience, ...common(token), messages: config.data.messages[token.sub ?? ''] ?? [] });
+    },
+  );
   router.get('/billing', requireAccessToken({ keys, issuer, audience: billing.audience, scopes: ['billing:read'], realm: billing.audience }), (_req, res) => {
     const token = res.locals.accessToken as VerifiedToken;
     res.json({ api: billing.name, audience: billing.audience, ...common(token), invoices: config.data.invoices[token.sub ?? ''] ?? [] });

@@ -8,7 +8,16 @@ import * as jose from 'jose';
 import Provider, { errors, type ClientMetadata, type Configuration, type ResourceServer } from 'oidc-provider';
 
 import {
-  MemoryAdapter, MemoryPolicyStore, MemoryStorage, MrrtMetrics, PolicyConflictError, RedisAdapter, RedisPolicyStore, parsePolicies, withMrrt, type PolicyStore,
+  MemoryAdapter,
+  MemoryPolicyStore,
+  MemoryStorage,
+  MrrtMetrics,
+  PolicyConflictError,
+  RedisAdapter,
+  RedisPolicyStore,
+  parsePolicies,
+  withMrrt,
+  type PolicyStore,
 } from '../lib/index.js';
 import { createPolicyRouter, jwtAuthorizer } from '../lib/express.js';
 import { bffRoutes } from './bff.js';
@@ -99,7 +108,7 @@ export async function createExampleApp(options: ExampleOptions): Promise<Example
   const internalUrl = new URL(options.internalUrl ?? baseUrl).origin;
   const issuer = `${baseUrl}/oidc`;
   const logger = createLogger(options.logLevel ?? 'info', options.logSink);
-  const { privateJwks, publicJwks } = prepareKeys(options.jwks ?? await generateJwks());
+  const { privateJwks, publicJwks } = prepareKeys(options.jwks ?? (await generateJwks()));
   const keySet = jose.createLocalJWKSet(publicJwks);
   const cookieKeys = options.cookieKeys?.length ? [...options.cookieKeys] : [randomBytes(32).toString('base64url')];
 
@@ -125,12 +134,21 @@ export async function createExampleApp(options: ExampleOptions): Promise<Example
     const api = apis.get(resource);
     // an API may restrict which clients get tokens for it at all (the admin API: only admin-cli)
     if (!api || (api.clients && !api.clients.includes(clientId))) throw new errors.InvalidTarget();
-    return { scope: api.scopes.join(' '), audience: api.audience, accessTokenFormat: 'jwt', accessTokenTTL: api.accessTokenTTL, jwt: { sign: { alg: 'RS256' } } };
+    return {
+      scope: api.scopes.join(' '),
+      audience: api.audience,
+      accessTokenFormat: 'jwt',
+      accessTokenTTL: api.accessTokenTTL,
+      jwt: { sign: { alg: 'RS256' } },
+    };
   };
   const clientMetadata = (client: DemoClient) => {
     const { redirect_paths: paths, ...metadata } = client;
     return {
-      ...metadata, grant_types: [...client.grant_types], response_types: [...client.response_types], redirect_uris: paths.map((path) => new URL(path, baseUrl).href),
+      ...metadata,
+      grant_types: [...client.grant_types],
+      response_types: [...client.response_types],
+      redirect_uris: paths.map((path) => new URL(path, baseUrl).href),
       // clients that sign users in come back to the home page after the provider's logout
       ...(paths.length ? { post_logout_redirect_uris: [new URL('/', baseUrl).href] } : {}),
     } as ClientMetadata;
@@ -175,14 +193,25 @@ export async function createExampleApp(options: ExampleOptions): Promise<Example
       resourceIndicators: {
         enabled: true,
         // admin-cli's client credentials default to the admin API; everything else names its API
-        defaultResource: (_ctx, client, oneOf) => oneOf ?? (config.admin.clientId === client.clientId ? config.admin.audience : (undefined as unknown as string)),
+        defaultResource: (_ctx, client, oneOf) =>
+          oneOf ?? (config.admin.clientId === client.clientId ? config.admin.audience : (undefined as unknown as string)),
         getResourceServerInfo: (_ctx, resource, client) => resourceServer(resource, client.clientId),
       },
     },
     renderError: (ctx, out) => {
       ctx.type = 'html';
-      ctx.body = html`<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Error</title></head><body>
-<h1>${out.error}</h1><p>${out.error_description ?? ''}</p><p><a href="/">Back to the demo</a></p></body></html>`.value;
+      ctx.body = html`<!doctype html>
+        <html lang="en">
+          <head>
+            <meta charset="utf-8" />
+            <title>Error</title>
+          </head>
+          <body>
+            <h1>${out.error}</h1>
+            <p>${out.error_description ?? ''}</p>
+            <p><a href="/">Back to the demo</a></p>
+          </body>
+        </html>`.value;
     },
   };
   const provider = new MrrtProvider(issuer, configuration);
@@ -194,7 +223,12 @@ export async function createExampleApp(options: ExampleOptions): Promise<Example
     logger.info({ event: 'oidc.grant', grant_type: ctx.oidc.params?.grant_type, client_id: ctx.oidc.client?.clientId });
   });
   provider.on('grant.error', (ctx, error) => {
-    logger.info({ event: 'oidc.grant_error', grant_type: ctx.oidc.params?.grant_type, client_id: ctx.oidc.client?.clientId, error: (error as { error?: string }).error });
+    logger.info({
+      event: 'oidc.grant_error',
+      grant_type: ctx.oidc.params?.grant_type,
+      client_id: ctx.oidc.client?.clientId,
+      error: (error as { error?: string }).error,
+    });
   });
 
   // seed policies: only where the client has none yet, so changes made through the admin API survive restarts on Redis
@@ -211,18 +245,26 @@ export async function createExampleApp(options: ExampleOptions): Promise<Example
   const app = express();
   app.disable('x-powered-by');
   app.use(requestLogger(logger));
-  app.get('/healthz', (_req, res) => { res.json({ status: 'ok', mode: redis ? 'redis' : 'memory' }); });
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok', mode: redis ? 'redis' : 'memory' });
+  });
   // exchange counters and latency (SPEC O2), Prometheus text format
   const metrics = new MrrtMetrics();
   metrics.attach(provider);
-  app.get('/metrics', (_req, res) => { res.type(metrics.contentType).send(metrics.toPrometheus()); });
+  app.get('/metrics', (_req, res) => {
+    res.type(metrics.contentType).send(metrics.toPrometheus());
+  });
   app.use('/api', demoApis(config, keySet, issuer, { messages: config.demoApp.loginAudience, billing: config.demoApp.mrrtAudience }));
-  app.use('/admin', createPolicyRouter({
-    provider,
-    audience: config.admin.audience,
-    authorize: jwtAuthorizer({ key: keySet, issuer, audience: config.admin.audience, scope: config.admin.scope, algorithms: ['RS256'] }),
-    onAudit: (event) => logger.info({ event: 'mrrt.policy_changed', action: event.action, client_id: event.clientId, actor: event.actor, version: event.version }),
-  }));
+  app.use(
+    '/admin',
+    createPolicyRouter({
+      provider,
+      audience: config.admin.audience,
+      authorize: jwtAuthorizer({ key: keySet, issuer, audience: config.admin.audience, scope: config.admin.scope, algorithms: ['RS256'] }),
+      onAudit: (event) =>
+        logger.info({ event: 'mrrt.policy_changed', action: event.action, client_id: event.clientId, actor: event.actor, version: event.version }),
+    }),
+  );
   app.use('/interaction', interactionRoutes(provider, config, store, logger));
   const demoClient = config.clients.find((client) => client.client_id === config.demoApp.clientId);
   if (!demoClient) throw new Error(`example config: no client ${config.demoApp.clientId}`);
@@ -230,7 +272,12 @@ export async function createExampleApp(options: ExampleOptions): Promise<Example
   app.use('/oidc', provider.callback());
   // the SPA page on Auth0's own SDK, with its Auth0-style tenant at the root of this origin (spa.ts)
   const spa = await createSpaTenant({
-    baseUrl, config, jwks: privateJwks, keys: keySet, cookieKeys, logger,
+    baseUrl,
+    config,
+    jwks: privateJwks,
+    keys: keySet,
+    cookieKeys,
+    logger,
     ...(redis ? { redis: { client: redis, prefix: `${options.redisPrefix ?? 'mrrt-example:'}spa:` } } : {}),
   });
   app.use(spa.router);
@@ -243,12 +290,24 @@ export async function createExampleApp(options: ExampleOptions): Promise<Example
     const oidcError = err instanceof errors.OIDCProviderError ? err : undefined;
     if (!oidcError) logger.error({ event: 'http.error', path: req.originalUrl.split('?')[0], message: (err as Error).message });
     const status = oidcError?.statusCode ?? 500;
-    sendPage(res, 'Error', html`<h1>${oidcError ? oidcError.error : 'Something went wrong'}</h1>
-<p>${oidcError?.error_description ?? 'The request could not be completed.'}</p><p><a href="/">Back to the demo</a></p>`, status);
+    sendPage(
+      res,
+      'Error',
+      html`<h1>${oidcError ? oidcError.error : 'Something went wrong'}</h1>
+        <p>${oidcError?.error_description ?? 'The request could not be completed.'}</p>
+        <p><a href="/">Back to the demo</a></p>`,
+      status,
+    );
   });
 
   return {
-    app, provider, issuer, store, publicJwks, logger, mode: redis ? 'redis' : 'memory',
+    app,
+    provider,
+    issuer,
+    store,
+    publicJwks,
+    logger,
+    mode: redis ? 'redis' : 'memory',
     close: async () => {
       await spa.close();
       // a store may hold connections of its own (RedisPolicyStore's change subscriber)
@@ -282,13 +341,17 @@ export async function startExampleServer(options: StartOptions = {}): Promise<Ru
   const server = http.createServer();
   // requests that arrive while the app is being built get a 503 instead of hanging
   const starting = (_req: http.IncomingMessage, res: http.ServerResponse): void => {
-    res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' })
+    res
+      .writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' })
       .end('{"error":"temporarily_unavailable","error_description":"the server is starting"}');
   };
   server.on('request', starting);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, host, () => { server.off('error', reject); resolve(); });
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
   });
   const { port: actualPort } = server.address() as AddressInfo;
   const internalUrl = `http://${WILDCARD.has(host) ? '127.0.0.1' : hostForUrl(host)}:${actualPort}`;
@@ -296,7 +359,9 @@ export async function startExampleServer(options: StartOptions = {}): Promise<Ru
   try {
     example = await createExampleApp({ ...rest, baseUrl: publicUrl ?? internalUrl, internalUrl });
   } catch (err) {
-    await new Promise<void>((resolve) => { server.close(() => resolve()); });
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve());
+    });
     throw err;
   }
   server.off('request', starting);
@@ -306,7 +371,10 @@ export async function startExampleServer(options: StartOptions = {}): Promise<Ru
     url: publicUrl ? new URL(publicUrl).origin : internalUrl,
     server,
     close: async () => {
-      await new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); });
+      await new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      });
       await example.close();
     },
   };

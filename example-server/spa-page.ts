@@ -20,44 +20,66 @@ export interface SpaPageSettings {
 }
 
 /** The page's Content-Security-Policy: scripts from this origin only; the SDK runs its token worker from a blob URL. */
-export const SPA_CSP = "default-src 'none'; script-src 'self'; connect-src 'self'; worker-src blob:; style-src 'unsafe-inline'; "
-  + "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+export const SPA_CSP =
+  "default-src 'none'; script-src 'self'; connect-src 'self'; worker-src blob:; style-src 'unsafe-inline'; " +
+  "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 export function spaPage(settings: SpaPageSettings): Html {
   const { domain, clientId, path, loginAudience, loginScope, mrrtAudience, mrrtScope, sdkVersion } = settings;
-  return html`<main id="spa" data-domain="${domain}" data-client-id="${clientId}" data-path="${path}"
-  data-login-audience="${loginAudience}" data-login-scope="${loginScope}" data-mrrt-audience="${mrrtAudience}" data-mrrt-scope="${mrrtScope}">
-<h1>MRRT with Auth0's own SPA SDK</h1>
-<p>This page is a single-page app built on <code>@auth0/auth0-spa-js</code> ${sdkVersion}, unmodified, served from
-<code>node_modules</code>. It is configured exactly as for an Auth0 tenant, with only <code>domain</code> and
-<code>clientId</code> changed: <code>createAuth0Client({ domain: '${domain}', clientId: '${clientId}',
-useRefreshTokens: true, useMrrt: true })</code>. The tenant it talks to is oidc-provider with <code>withMrrt</code>
-(<code>profile: 'auth0'</code>) and <code>auth0Configuration</code>, at the root of this origin. <a href="/">Back to the demo</a></p>
-<p id="status" class="muted">Loading the SDK…</p>
-<p id="dpop-mode" class="muted"></p>
+  return html`<main
+      id="spa"
+      data-domain="${domain}"
+      data-client-id="${clientId}"
+      data-path="${path}"
+      data-login-audience="${loginAudience}"
+      data-login-scope="${loginScope}"
+      data-mrrt-audience="${mrrtAudience}"
+      data-mrrt-scope="${mrrtScope}"
+    >
+      <h1>MRRT with Auth0's own SPA SDK</h1>
+      <p>
+        This page is a single-page app built on <code>@auth0/auth0-spa-js</code> ${sdkVersion}, unmodified, served from <code>node_modules</code>. It is
+        configured exactly as for an Auth0 tenant, with only <code>domain</code> and <code>clientId</code> changed:
+        <code>createAuth0Client({ domain: '${domain}', clientId: '${clientId}', useRefreshTokens: true, useMrrt: true })</code>. The tenant it talks to is
+        oidc-provider with <code>withMrrt</code> (<code>profile: 'auth0'</code>) and <code>auth0Configuration</code>, at the root of this origin.
+        <a href="/">Back to the demo</a>
+      </p>
+      <p id="status" class="muted">Loading the SDK…</p>
+      <p id="dpop-mode" class="muted"></p>
 
-<div class="step"><h2>1. Sign in</h2>
-<p><code>loginWithRedirect({ authorizationParams: { scope: '${loginScope}' } })</code> for the messages API (the client's
-<code>audience: '${loginAudience}'</code>; the SDK adds <code>openid profile email offline_access</code>).</p>
-<button type="button" id="login">Sign in</button> <button type="button" id="logout">Sign out</button>
-<pre id="user" hidden></pre></div>
+      <div class="step">
+        <h2>1. Sign in</h2>
+        <p>
+          <code>loginWithRedirect({ authorizationParams: { scope: '${loginScope}' } })</code> for the messages API (the client's
+          <code>audience: '${loginAudience}'</code>; the SDK adds <code>openid profile email offline_access</code>).
+        </p>
+        <button type="button" id="login">Sign in</button> <button type="button" id="logout">Sign out</button>
+        <pre id="user" hidden></pre>
+      </div>
 
-<div class="step"><h2>2. Call the messages API</h2>
-<p><code>getTokenSilently()</code>: the token from sign-in, refreshed with the refresh token when it is close to expiry.</p>
-<button type="button" id="messages">Call the messages API</button>
-<pre id="messages-token" hidden></pre><pre id="messages-answer" hidden></pre></div>
+      <div class="step">
+        <h2>2. Call the messages API</h2>
+        <p><code>getTokenSilently()</code>: the token from sign-in, refreshed with the refresh token when it is close to expiry.</p>
+        <button type="button" id="messages">Call the messages API</button>
+        <pre id="messages-token" hidden></pre>
+        <pre id="messages-answer" hidden></pre>
+      </div>
 
-<div class="step"><h2>3. A token for the billing API through MRRT</h2>
-<p><code>getTokenSilently({ authorizationParams: { audience: '${mrrtAudience}', scope: '${mrrtScope}' } })</code>:
-the SDK sends the refresh token from step 1 to <code>/oauth/token</code> with the new audience (never asked for at sign-in);
-the app's MRRT policy allows it.</p>
-<button type="button" id="billing">Get a billing token and call the billing API</button>
-<pre id="billing-token" hidden></pre><pre id="billing-answer" hidden></pre></div>
+      <div class="step">
+        <h2>3. A token for the billing API through MRRT</h2>
+        <p>
+          <code>getTokenSilently({ authorizationParams: { audience: '${mrrtAudience}', scope: '${mrrtScope}' } })</code>: the SDK sends the refresh token from
+          step 1 to <code>/oauth/token</code> with the new audience (never asked for at sign-in); the app's MRRT policy allows it.
+        </p>
+        <button type="button" id="billing">Get a billing token and call the billing API</button>
+        <pre id="billing-token" hidden></pre>
+        <pre id="billing-answer" hidden></pre>
+      </div>
 
-<p id="error" class="error" role="alert" hidden></p>
-</main>
-<script src="${path}/auth0-spa-js.production.js"></script>
-<script src="${path}/app.js"></script>`;
+      <p id="error" class="error" role="alert" hidden></p>
+    </main>
+    <script src="${path}/auth0-spa-js.production.js"></script>
+    <script src="${path}/app.js"></script>`;
 }
 
 export const SPA_SCRIPT = `'use strict';

@@ -19,8 +19,17 @@ import type * as jose from 'jose';
 import Provider, { errors, type Configuration, type ResourceServer } from 'oidc-provider';
 
 import {
-  MemoryAdapter, MemoryPolicyStore, MemoryStorage, PolicyConflictError, RedisAdapter, RedisPolicyStore,
-  auth0Configuration, auth0LogoutParameters, parsePolicies, withMrrt, type PolicyStore,
+  MemoryAdapter,
+  MemoryPolicyStore,
+  MemoryStorage,
+  PolicyConflictError,
+  RedisAdapter,
+  RedisPolicyStore,
+  auth0Configuration,
+  auth0LogoutParameters,
+  parsePolicies,
+  withMrrt,
+  type PolicyStore,
 } from '../lib/index.js';
 import { spaApp, type ExampleConfig } from './config.js';
 import { html, sendPage, type Html } from './html.js';
@@ -61,17 +70,27 @@ export interface SpaTenant {
 
 function loginPage(config: ExampleConfig, uid: string, error?: string, username = ''): Html {
   return html`<h1>Sign in</h1>
-<p><strong>${spaApp.clientName}</strong> asks you to sign in (the tenant's login page, where Auth0 has its Universal Login).</p>
-${error ? html`<p class="error" role="alert">${error}</p>` : ''}
-<form method="post" action="/u/${encodeURIComponent(uid)}">
-  <label>Username <input name="username" autocomplete="username" required autofocus value="${username}"></label>
-  <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
-  <button type="submit">Sign in</button>
-</form>
-<h2>Demo credentials</h2>
-<table><tr><th>username</th><th>password</th></tr>
-${config.users.map((user) => html`<tr><td><code>${user.username}</code></td><td><code>${user.password}</code></td></tr>`)}
-</table>`;
+    <p><strong>${spaApp.clientName}</strong> asks you to sign in (the tenant's login page, where Auth0 has its Universal Login).</p>
+    ${error ? html`<p class="error" role="alert">${error}</p>` : ''}
+    <form method="post" action="/u/${encodeURIComponent(uid)}">
+      <label>Username <input name="username" autocomplete="username" required autofocus value="${username}" /></label>
+      <label>Password <input name="password" type="password" autocomplete="current-password" required /></label>
+      <button type="submit">Sign in</button>
+    </form>
+    <h2>Demo credentials</h2>
+    <table>
+      <tr>
+        <th>username</th>
+        <th>password</th>
+      </tr>
+      ${config.users.map(
+        (user) =>
+          html`<tr>
+            <td><code>${user.username}</code></td>
+            <td><code>${user.password}</code></td>
+          </tr>`,
+      )}
+    </table>`;
 }
 
 export async function createSpaTenant(options: SpaTenantOptions): Promise<SpaTenant> {
@@ -91,24 +110,28 @@ export async function createSpaTenant(options: SpaTenantOptions): Promise<SpaTen
     adapter = (name: string) => new MemoryAdapter(name, storage);
   }
 
-  const apis = new Map(config.apis.filter((api) => api.audience === spaApp.loginAudience || api.audience === spaApp.mrrtAudience).map((api) => [api.audience, api]));
+  const apis = new Map(
+    config.apis.filter((api) => api.audience === spaApp.loginAudience || api.audience === spaApp.mrrtAudience).map((api) => [api.audience, api]),
+  );
   const users = new Map(config.users.map((user) => [user.id, user]));
   const skipConsent = [...apis.values()].filter((api) => api.skipConsent).map((api) => api.audience);
 
   const MrrtProvider = withMrrt(Provider, { store, allowSkippingConsent: skipConsent, profile: 'auth0' });
   const configuration: Configuration = {
     adapter,
-    clients: [{
-      client_id: spaApp.clientId,
-      client_name: spaApp.clientName,
-      first_party: true,
-      application_type: 'web',
-      token_endpoint_auth_method: 'none',
-      grant_types: ['authorization_code', 'refresh_token'],
-      response_types: ['code'],
-      redirect_uris: [pageUrl],
-      post_logout_redirect_uris: [pageUrl],
-    }] as Configuration['clients'],
+    clients: [
+      {
+        client_id: spaApp.clientId,
+        client_name: spaApp.clientName,
+        first_party: true,
+        application_type: 'web',
+        token_endpoint_auth_method: 'none',
+        grant_types: ['authorization_code', 'refresh_token'],
+        response_types: ['code'],
+        redirect_uris: [pageUrl],
+        post_logout_redirect_uris: [pageUrl],
+      },
+    ] as Configuration['clients'],
     jwks: options.jwks as Configuration['jwks'],
     cookies: {
       keys: [...options.cookieKeys],
@@ -139,14 +162,30 @@ export async function createSpaTenant(options: SpaTenantOptions): Promise<SpaTen
         getResourceServerInfo: (_ctx, resource): ResourceServer => {
           const api = apis.get(resource);
           if (!api) throw new errors.InvalidTarget();
-          return { scope: api.scopes.join(' '), audience: api.audience, accessTokenFormat: 'jwt', accessTokenTTL: api.accessTokenTTL, jwt: { sign: { alg: 'RS256' } } };
+          return {
+            scope: api.scopes.join(' '),
+            audience: api.audience,
+            accessTokenFormat: 'jwt',
+            accessTokenTTL: api.accessTokenTTL,
+            jwt: { sign: { alg: 'RS256' } },
+          };
         },
       },
     },
     renderError: (ctx, out) => {
       ctx.type = 'html';
-      ctx.body = html`<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Error</title></head><body>
-<h1>${out.error}</h1><p>${out.error_description ?? ''}</p><p><a href="${spaApp.path}">Back to the SPA</a></p></body></html>`.value;
+      ctx.body = html`<!doctype html>
+        <html lang="en">
+          <head>
+            <meta charset="utf-8" />
+            <title>Error</title>
+          </head>
+          <body>
+            <h1>${out.error}</h1>
+            <p>${out.error_description ?? ''}</p>
+            <p><a href="${spaApp.path}">Back to the SPA</a></p>
+          </body>
+        </html>`.value;
     },
   };
   const provider = new MrrtProvider(issuer, auth0Configuration(configuration, { allowSkippingConsent: skipConsent }));
@@ -157,7 +196,13 @@ export async function createSpaTenant(options: SpaTenantOptions): Promise<SpaTen
     logger.info({ event: 'oidc.grant', issuer, grant_type: ctx.oidc.params?.grant_type, client_id: ctx.oidc.client?.clientId });
   });
   provider.on('grant.error', (ctx, error) => {
-    logger.info({ event: 'oidc.grant_error', issuer, grant_type: ctx.oidc.params?.grant_type, client_id: ctx.oidc.client?.clientId, error: (error as { error?: string }).error });
+    logger.info({
+      event: 'oidc.grant_error',
+      issuer,
+      grant_type: ctx.oidc.params?.grant_type,
+      client_id: ctx.oidc.client?.clientId,
+      error: (error as { error?: string }).error,
+    });
   });
 
   try {
@@ -169,33 +214,90 @@ export async function createSpaTenant(options: SpaTenantOptions): Promise<SpaTen
   const router = express.Router();
   const form = express.urlencoded({ extended: false, limit: '8kb', parameterLimit: 10 });
   const wrongStep = (res: Response): void => {
-    sendPage(res, 'Error', html`<h1>Wrong sign-in step</h1><p>Start again from <a href="${spaApp.path}">the SPA</a>.</p>`, 400);
+    sendPage(
+      res,
+      'Error',
+      html`<h1>Wrong sign-in step</h1>
+        <p>Start again from <a href="${spaApp.path}">the SPA</a>.</p>`,
+      400,
+    );
   };
 
   router.get(spaApp.path, (_req: Request, res: Response) => {
-    res.status(200)
+    res
+      .status(200)
       .set('Content-Type', 'text/html; charset=utf-8')
       .set('Content-Security-Policy', SPA_CSP)
       .set('Cache-Control', 'no-store')
       .set('X-Content-Type-Options', 'nosniff')
       .set('Referrer-Policy', 'no-referrer')
-      .send(html`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>MRRT SPA (auth0-spa-js)</title><style>
-body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1d1d1f;line-height:1.45}
-pre{background:#f4f4f6;padding:.75rem;overflow-x:auto;font-size:.85rem;border-radius:4px}button{font-size:1rem;padding:.4rem .9rem;margin:.2rem 0}
-.step{border-left:4px solid #0a66c2;padding:.2rem 1rem;margin:1rem 0}.muted{color:#666}.error{background:#fdecea;padding:.5rem 1rem;border-radius:4px}
-</style></head><body>${spaPage({
-        domain: baseUrl, clientId: spaApp.clientId, path: spaApp.path, loginAudience: spaApp.loginAudience, loginScope: spaApp.loginScope,
-        mrrtAudience: spaApp.mrrtAudience, mrrtScope: spaApp.mrrtScope, sdkVersion: SDK_VERSION,
-      })}</body></html>`.value);
+      .send(
+        html`<!doctype html>
+          <html lang="en">
+            <head>
+              <meta charset="utf-8" />
+              <meta name="viewport" content="width=device-width,initial-scale=1" />
+              <title>MRRT SPA (auth0-spa-js)</title>
+              <style>
+                body {
+                  font-family: system-ui, sans-serif;
+                  max-width: 60rem;
+                  margin: 2rem auto;
+                  padding: 0 1rem;
+                  color: #1d1d1f;
+                  line-height: 1.45;
+                }
+                pre {
+                  background: #f4f4f6;
+                  padding: 0.75rem;
+                  overflow-x: auto;
+                  font-size: 0.85rem;
+                  border-radius: 4px;
+                }
+                button {
+                  font-size: 1rem;
+                  padding: 0.4rem 0.9rem;
+                  margin: 0.2rem 0;
+                }
+                .step {
+                  border-left: 4px solid #0a66c2;
+                  padding: 0.2rem 1rem;
+                  margin: 1rem 0;
+                }
+                .muted {
+                  color: #666;
+                }
+                .error {
+                  background: #fdecea;
+                  padding: 0.5rem 1rem;
+                  border-radius: 4px;
+                }
+              </style>
+            </head>
+            <body>
+              ${spaPage({
+                domain: baseUrl,
+                clientId: spaApp.clientId,
+                path: spaApp.path,
+                loginAudience: spaApp.loginAudience,
+                loginScope: spaApp.loginScope,
+                mrrtAudience: spaApp.mrrtAudience,
+                mrrtScope: spaApp.mrrtScope,
+                sdkVersion: SDK_VERSION,
+              })}
+            </body>
+          </html>`.value,
+      );
   });
   router.get(`${spaApp.path}/app.js`, (_req, res) => {
     res.type('text/javascript').set('Cache-Control', 'no-store').send(SPA_SCRIPT);
   });
   // the SDK's own production bundle, as the lock file pins it
   router.get(`${spaApp.path}/auth0-spa-js.production.js`, (_req, res) => {
-    res.type('text/javascript').set('Cache-Control', 'no-cache').sendFile(path.join(SDK_DIR, 'dist', 'auth0-spa-js.production.js'));
+    res
+      .type('text/javascript')
+      .set('Cache-Control', 'no-cache')
+      .sendFile(path.join(SDK_DIR, 'dist', 'auth0-spa-js.production.js'));
   });
   router.use(`${spaApp.path}/api`, demoApis(config, options.keys, issuer, { messages: spaApp.loginAudience, billing: spaApp.mrrtAudience }));
 
@@ -203,7 +305,14 @@ pre{background:#f4f4f6;padding:.75rem;overflow-x:auto;font-size:.85rem;border-ra
     const { uid, prompt } = await provider.interactionDetails(req, res);
     if (uid !== req.params.uid) return wrongStep(res);
     // first-party and only APIs that allow skipping consent: auth0Configuration never asks for consent here
-    if (prompt.name !== 'login') return sendPage(res, 'Error', html`<h1>Unexpected step: ${prompt.name}</h1><p><a href="${spaApp.path}">Back to the SPA</a></p>`, 400);
+    if (prompt.name !== 'login')
+      return sendPage(
+        res,
+        'Error',
+        html`<h1>Unexpected step: ${prompt.name}</h1>
+          <p><a href="${spaApp.path}">Back to the SPA</a></p>`,
+        400,
+      );
     return sendPage(res, 'Sign in', loginPage(config, uid));
   });
   router.post('/u/:uid', form, async (req: Request, res: Response) => {
@@ -213,7 +322,12 @@ pre{background:#f4f4f6;padding:.75rem;overflow-x:auto;font-size:.85rem;border-ra
     const user = authenticate(config.users, body.username, body.password);
     if (!user) {
       logger.warn({ event: 'login.failed', issuer, client_id: params.client_id });
-      return sendPage(res, 'Sign in', loginPage(config, uid, 'Unknown username or wrong password.', typeof body.username === 'string' ? body.username : ''), 401);
+      return sendPage(
+        res,
+        'Sign in',
+        loginPage(config, uid, 'Unknown username or wrong password.', typeof body.username === 'string' ? body.username : ''),
+        401,
+      );
     }
     logger.info({ event: 'login.succeeded', issuer, subject: user.id, client_id: params.client_id });
     return provider.interactionFinished(req, res, { login: { accountId: user.id } }, { mergeWithLastSubmission: false });
@@ -229,7 +343,10 @@ pre{background:#f4f4f6;padding:.75rem;overflow-x:auto;font-size:.85rem;border-ra
   });
 
   return {
-    provider, issuer, store, router,
+    provider,
+    issuer,
+    store,
+    router,
     close: async () => {
       await (store as { close?: () => Promise<void> }).close?.();
     },

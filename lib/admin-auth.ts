@@ -32,8 +32,13 @@ const deny = (status: 401 | 403, error: string, description: string): AdminDenia
 export function jwtAuthorizer(options: JwtAuthorizerOptions): AdminAuthorize {
   if (typeof options !== 'object' || options === null) throw new MrrtTypeError('jwtAuthorizer options must be an object');
   const { key, issuer, audience, scope, algorithms = ['RS256', 'PS256', 'ES256', 'EdDSA'] } = options;
-  if (key === undefined || key === null || (typeof key !== 'function' && typeof key !== 'object')) throw new MrrtTypeError('"key" option must be a jose key or key set');
-  for (const [name, value] of [['issuer', issuer], ['audience', audience], ['scope', scope]] as const) {
+  if (key === undefined || key === null || (typeof key !== 'function' && typeof key !== 'object'))
+    throw new MrrtTypeError('"key" option must be a jose key or key set');
+  for (const [name, value] of [
+    ['issuer', issuer],
+    ['audience', audience],
+    ['scope', scope],
+  ] as const) {
     if (typeof value !== 'string' || value.length === 0) throw new MrrtTypeError(`"${name}" option must be a non-empty string`);
   }
   if (!Array.isArray(algorithms) || algorithms.length === 0 || algorithms.some((alg) => typeof alg !== 'string' || alg.toLowerCase() === 'none')) {

@@ -8,8 +8,13 @@ import { isResourceIndicator, parseWithin, type Policy } from './policy.js';
 import type { MrrtClient } from './options.js';
 import { mrrtInstallation, type MrrtInstallation } from './provider.js';
 import {
-  askResourceServer, audienceRefusal, clientRefusal, definedScopes, resourceServerRefusal,
-  type ResourceServerAnswer, type TargetRefusal,
+  askResourceServer,
+  audienceRefusal,
+  clientRefusal,
+  definedScopes,
+  resourceServerRefusal,
+  type ResourceServerAnswer,
+  type TargetRefusal,
 } from './rules.js';
 import type { PolicyAuditEvent, PolicyRecord, PolicyStore } from './store.js';
 
@@ -133,14 +138,18 @@ export function createPolicyRouter(options: PolicyRouterOptions): Router {
   if (!installation) throw new MrrtTypeError('"provider" option must be a provider built with withMrrt');
   if (installation.inactive) throw new MrrtTypeError(`"provider" option: MRRT is inactive on this provider (${installation.inactive})`);
   if (audience === undefined) {
-    throw new MrrtTypeError('"audience" option is required: the admin API\'s own audience, which must be on withMrrt\'s denyList (null if the admin API accepts no OAuth access tokens)');
+    throw new MrrtTypeError(
+      '"audience" option is required: the admin API\'s own audience, which must be on withMrrt\'s denyList (null if the admin API accepts no OAuth access tokens)',
+    );
   }
   if (audience !== null && (typeof audience !== 'string' || !isResourceIndicator(audience))) {
     throw new MrrtTypeError('"audience" option must be an absolute URI or null');
   }
   // SPEC P5: a refresh token must never become an admin token; the provider's own list says so
   if (audience !== null && !installation.config.denyList.has(audience)) {
-    throw new MrrtTypeError(`"audience" option: ${audience} must be on the provider's MRRT denyList (withMrrt's options or its configuration's mrrt key), so that no refresh token can be exchanged for an admin token`);
+    throw new MrrtTypeError(
+      `"audience" option: ${audience} must be on the provider's MRRT denyList (withMrrt's options or its configuration's mrrt key), so that no refresh token can be exchanged for an admin token`,
+    );
   }
   const store = storeOption ?? installation.config.store;
   if (typeof store !== 'object' || store === null || typeof store.set !== 'function' || typeof store.list !== 'function') {
@@ -173,10 +182,12 @@ export function createPolicyRouter(options: PolicyRouterOptions): Router {
     await authorizeRequest(req, res);
     next();
   };
-  const methodNotAllowed = (allowed: string) => (_req: Request, res: Response): void => {
-    res.set('Allow', allowed);
-    throw new AdminError(405, 'invalid_request', `this path accepts ${allowed}`);
-  };
+  const methodNotAllowed =
+    (allowed: string) =>
+    (_req: Request, res: Response): void => {
+      res.set('Allow', allowed);
+      throw new AdminError(405, 'invalid_request', `this path accepts ${allowed}`);
+    };
 
   const router = express.Router();
   const list = router.route('/clients').all(guard);
@@ -219,8 +230,19 @@ export function createPolicyRouter(options: PolicyRouterOptions): Router {
     if (precondition === '*' && !current) throw new AdminError(412, 'precondition_failed', 'the client has no policy to replace');
     const ifMatch = precondition === '*' ? current?.version : precondition;
     const record = await store.set(clientId, policies, { ifMatch });
-    audit({ action: 'put', clientId, actor: actorOf(res), previousVersion: current?.version, version: record.version, policies: record.policies, at: new Date().toISOString() });
-    res.status(current ? 200 : 201).set('ETag', etag(record.version)).json(recordBody(record));
+    audit({
+      action: 'put',
+      clientId,
+      actor: actorOf(res),
+      previousVersion: current?.version,
+      version: record.version,
+      policies: record.policies,
+      at: new Date().toISOString(),
+    });
+    res
+      .status(current ? 200 : 201)
+      .set('ETag', etag(record.version))
+      .json(recordBody(record));
   });
 
   policy.delete(async (req, res) => {
@@ -234,7 +256,15 @@ export function createPolicyRouter(options: PolicyRouterOptions): Router {
     if (precondition !== undefined && !current) throw new AdminError(412, 'precondition_failed', 'the client has no policy');
     const deleted = await store.delete(clientId, precondition === undefined ? {} : { ifMatch: precondition === '*' ? current!.version : precondition });
     if (!deleted) throw new AdminError(404, 'not_found', 'this client has no MRRT policy');
-    audit({ action: 'delete', clientId, actor: actorOf(res), previousVersion: current?.version, version: undefined, policies: undefined, at: new Date().toISOString() });
+    audit({
+      action: 'delete',
+      clientId,
+      actor: actorOf(res),
+      previousVersion: current?.version,
+      version: undefined,
+      policies: undefined,
+      at: new Date().toISOString(),
+    });
     res.status(204).end();
   });
 
@@ -246,11 +276,14 @@ export function createPolicyRouter(options: PolicyRouterOptions): Router {
     const failure = toAdminError(err);
     // RFC 6750 §3.1: a request without credentials gets the scheme only, no error code
     if (failure.status === 401) res.set('WWW-Authenticate', req.get('authorization') === undefined ? 'Bearer' : `Bearer error="${failure.error}"`);
-    res.status(failure.status).set('Cache-Control', 'no-store').json({
-      error: failure.error,
-      error_description: failure.description,
-      ...(failure.issues ? { issues: failure.issues } : {}),
-    });
+    res
+      .status(failure.status)
+      .set('Cache-Control', 'no-store')
+      .json({
+        error: failure.error,
+        error_description: failure.description,
+        ...(failure.issues ? { issues: failure.issues } : {}),
+      });
   });
 
   return router;
@@ -258,7 +291,8 @@ export function createPolicyRouter(options: PolicyRouterOptions): Router {
 
 function toAdminError(err: unknown): AdminError {
   if (err instanceof AdminError) return err;
-  if (err instanceof PolicyConflictError) return new AdminError(412, 'precondition_failed', 'the policy was changed by someone else; read it again and retry with its ETag');
+  if (err instanceof PolicyConflictError)
+    return new AdminError(412, 'precondition_failed', 'the policy was changed by someone else; read it again and retry with its ETag');
   if (err instanceof PolicyValidationError) return new AdminError(400, 'invalid_request', err.message, err.issues);
   if (err instanceof PolicyStoreError) {
     return err.code === 'ERR_MRRT_STORE_UNAVAILABLE'
@@ -269,7 +303,7 @@ function toAdminError(err: unknown): AdminError {
   const status = (err as { status?: unknown }).status;
   if (type === 'entity.too.large') return new AdminError(413, 'invalid_request', 'the request body is too large');
   if (type === 'entity.parse.failed') return new AdminError(400, 'invalid_request', 'the request body is not valid JSON');
-  if (typeof type === 'string' && type.startsWith('encoding.') || type === 'charset.unsupported') {
+  if ((typeof type === 'string' && type.startsWith('encoding.')) || type === 'charset.unsupported') {
     return new AdminError(415, 'invalid_request', 'unsupported body encoding');
   }
   if (typeof status === 'number' && status >= 400 && status < 500) {
@@ -279,11 +313,20 @@ function toAdminError(err: unknown): AdminError {
   return new AdminError(500, 'server_error', 'the request could not be processed');
 }
 
-async function validateWrite(provider: ProviderLike, installation: MrrtInstallation, clientId: string, body: unknown, req: Request, res: Response): Promise<Policy> {
+async function validateWrite(
+  provider: ProviderLike,
+  installation: MrrtInstallation,
+  clientId: string,
+  body: unknown,
+  req: Request,
+  res: Response,
+): Promise<Policy> {
   const { config } = installation;
   const issues: PolicyIssue[] = [];
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
-    throw new AdminError(400, 'invalid_request', 'the body must be an object { "policies": [...] }', [{ path: '$', message: 'must be an object with "policies"' }]);
+    throw new AdminError(400, 'invalid_request', 'the body must be an object { "policies": [...] }', [
+      { path: '$', message: 'must be an object with "policies"' },
+    ]);
   }
   for (const key of Object.keys(body)) {
     if (key !== 'policies') issues.push({ path: `$[${JSON.stringify(key)}]`, message: 'is not an allowed property (only "policies")' });
@@ -296,7 +339,7 @@ async function validateWrite(provider: ProviderLike, installation: MrrtInstallat
     issues.push(...err.issues.map((issue) => ({ path: `$.policies${issue.path.slice(1)}`, message: issue.message })));
   }
   if (issues.length === 0 && policies) {
-    issues.push(...await checkAgainstProvider(provider, installation, clientId, policies, req, res));
+    issues.push(...(await checkAgainstProvider(provider, installation, clientId, policies, req, res)));
   }
   if (issues.length !== 0) {
     throw new AdminError(400, 'invalid_request', `invalid MRRT policy: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
@@ -345,7 +388,7 @@ async function checkAgainstProvider(
   req: Request,
   res: Response,
 ): Promise<PolicyIssue[]> {
-  const client = await provider.Client.find(clientId).catch(() => undefined) as MrrtClient | undefined;
+  const client = (await provider.Client.find(clientId).catch(() => undefined)) as MrrtClient | undefined;
   if (!client) return [{ path: 'client_id', message: `no client "${clientId}" is registered` }];
   const ineligible = await clientRefusal(isFirstParty, client);
   if (ineligible) return [{ path: 'client_id', message: ADMIN_REFUSALS[ineligible] }];
@@ -376,7 +419,8 @@ async function checkAgainstProvider(
     }
     const defined = definedScopes(answer!);
     entry.scope.forEach((scope, j) => {
-      if (oidcScopes.has(scope)) issues.push({ path: `${at}.scope[${j}]`, message: `"${scope}" is an OpenID scope of the provider, never part of an API token` });
+      if (oidcScopes.has(scope))
+        issues.push({ path: `${at}.scope[${j}]`, message: `"${scope}" is an OpenID scope of the provider, never part of an API token` });
       else if (!defined.has(scope)) issues.push({ path: `${at}.scope[${j}]`, message: `"${scope}" is not a scope defined by ${entry.audience}` });
     });
   }

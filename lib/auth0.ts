@@ -138,7 +138,7 @@ export function auth0Configuration(configuration: Configuration, options?: Auth0
     if (audience !== undefined && params.resource !== undefined && params.resource !== audience) {
       throw new errors.InvalidRequest('audience and resource must name the same API when both are given');
     }
-    if (OFFLINE_ROUTES.has(ctx.oidc.route) && offlineAccessDropped(ctx, client) && await firstParty(client)) {
+    if (OFFLINE_ROUTES.has(ctx.oidc.route) && offlineAccessDropped(ctx, client) && (await firstParty(client))) {
       params.scope = `${String(params.scope ?? '')} offline_access`.trim();
     }
     if (operatorAudience) await operatorAudience(ctx, audience, client);
@@ -149,11 +149,12 @@ export function auth0Configuration(configuration: Configuration, options?: Auth0
     routes: { ...AUTH0_ROUTES, ...configuration.routes },
     extraParams: { ...extraParams, audience: validateAudience },
     clientDefaults: { ...configuration.clientDefaults, id_token_signed_response_alg: 'RS256' },
-    clientBasedCORS: configuration.clientBasedCORS ?? ((_ctx, origin, client) => client.redirectUris?.some((uri) => URL.parse(uri)?.origin === origin) ?? false),
+    clientBasedCORS:
+      configuration.clientBasedCORS ?? ((_ctx, origin, client) => client.redirectUris?.some((uri) => URL.parse(uri)?.origin === origin) ?? false),
     loadExistingGrant: async (ctx) => {
       const existing = operatorLoadGrant ? await operatorLoadGrant(ctx) : await defaultLoadGrant(ctx);
       const { client, session } = ctx.oidc;
-      if (!session?.accountId || !await firstParty(client)) return existing;
+      if (!session?.accountId || !(await firstParty(client))) return existing;
       const resources = Object.entries(ctx.oidc.resourceServers ?? {});
       for (const [indicator] of resources) {
         if ((await skipConsent(indicator, client!)) !== true) return existing;
@@ -200,8 +201,17 @@ function offlineAccessDropped(ctx: KoaContextWithOIDC, client: Auth0Client): boo
   const params = ctx.oidc.params!;
   const raw = (ctx.method === 'POST' ? ctx.oidc.body : ctx.query) as Record<string, unknown> | undefined;
   const requested = typeof raw?.scope === 'string' && raw.scope.split(' ').includes('offline_access');
-  const kept = String(params.scope ?? '').split(' ').includes('offline_access');
-  return requested && !kept && String(params.response_type ?? '').split(' ').includes('code') && client.grantTypeAllowed('refresh_token');
+  const kept = String(params.scope ?? '')
+    .split(' ')
+    .includes('offline_access');
+  return (
+    requested &&
+    !kept &&
+    String(params.response_type ?? '')
+      .split(' ')
+      .includes('code') &&
+    client.grantTypeAllowed('refresh_token')
+  );
 }
 
 /**

@@ -4,8 +4,20 @@ import { PolicyStoreError } from './errors.js';
 import type { MrrtClient, MrrtConfiguration } from './options.js';
 import { PolicyCache } from './policy-cache.js';
 import {
-  TARGET_REFUSALS, askResourceServer, consentRefusal, definedScopes, denyListRefusal, firstPartyRefusal, isWellFormedAnswer, policyScopes,
-  resourceServerRefusal, splitScope, union, type MrrtReason, type ResourceServerAnswer, type TargetRefusal,
+  TARGET_REFUSALS,
+  askResourceServer,
+  consentRefusal,
+  definedScopes,
+  denyListRefusal,
+  firstPartyRefusal,
+  isWellFormedAnswer,
+  policyScopes,
+  resourceServerRefusal,
+  splitScope,
+  union,
+  type MrrtReason,
+  type ResourceServerAnswer,
+  type TargetRefusal,
 } from './rules.js';
 import type { PolicyRecord } from './store.js';
 
@@ -44,9 +56,7 @@ export interface ExchangeSetup {
 type Handler = (ctx: KoaContextWithOIDC) => Promise<void>;
 
 /** What the policy says of the target before any token is read. */
-type Plan =
-  | { readonly kind: 'policy'; readonly policyScopes: readonly string[] }
-  | Refusal;
+type Plan = { readonly kind: 'policy'; readonly policyScopes: readonly string[] } | Refusal;
 
 /** A refusal decided before any token is read; `unlessGranted`: void when the refresh token holds the target. */
 interface Refusal {
@@ -229,7 +239,8 @@ export class Exchange {
 
   /** The Grant's scope for `resource` filtered by `filter`, as this request presents it: the policy scopes the user never rejected join the target's. */
   presentGrantScope(grant: GrantLike, resource: string, filter: Iterable<string>, scope: string): string {
-    if (resource !== this.target || this.plan.kind !== 'policy' || this.#withdrawn || grant.jti === undefined || grant.jti !== this.#held?.grantId) return scope;
+    if (resource !== this.target || this.plan.kind !== 'policy' || this.#withdrawn || grant.jti === undefined || grant.jti !== this.#held?.grantId)
+      return scope;
     const wanted = new Set(filter);
     const rejected = rejectedScopes(grant);
     const added = this.plan.policyScopes.filter((value) => wanted.has(value) && !rejected.has(value));
@@ -342,22 +353,30 @@ function withTimeout<T>(promise: Promise<T>, ms: number, timedOut: () => Error):
  * request, so that every check of oidc-provider runs and wins and a refusal is raised before
  * anything is written; reports the outcome.
  */
-export function createExchangeHandler(setup: ExchangeSetup, install: (ctx: KoaContextWithOIDC, exchange: Exchange | undefined) => void): (builtin: Handler) => Handler {
+export function createExchangeHandler(
+  setup: ExchangeSetup,
+  install: (ctx: KoaContextWithOIDC, exchange: Exchange | undefined) => void,
+): (builtin: Handler) => Handler {
   const { config } = setup;
   const cache = config.cache === false ? undefined : new PolicyCache(config.store, { ...config.cache, readTimeout: config.storeTimeout });
   const lookup = (clientId: string): Promise<PolicyRecord | undefined> => {
     const hit = cache?.peek(clientId);
     if (hit) return Promise.resolve(hit.record);
-    return cache ? cache.get(clientId) : withTimeout(config.store.get(clientId), config.storeTimeout, () => (
-      new PolicyStoreError('ERR_MRRT_STORE_UNAVAILABLE', `policy store did not answer within ${config.storeTimeout}ms`)
-    ));
+    return cache
+      ? cache.get(clientId)
+      : withTimeout(
+          config.store.get(clientId),
+          config.storeTimeout,
+          () => new PolicyStoreError('ERR_MRRT_STORE_UNAVAILABLE', `policy store did not answer within ${config.storeTimeout}ms`),
+        );
   };
   // the operator's isFirstParty / allowSkippingConsent may ask a database: bounded like the store,
   // and a failure refuses only what needs their answer (a granted target is still served)
   // a synchronous answer is used as it is (no timer); a thenable is awaited for at most storeTimeout
   const check = (question: () => unknown): unknown => {
     const answer = question();
-    const thenable = (typeof answer === 'object' || typeof answer === 'function') && answer !== null && typeof (answer as PromiseLike<unknown>).then === 'function';
+    const thenable =
+      (typeof answer === 'object' || typeof answer === 'function') && answer !== null && typeof (answer as PromiseLike<unknown>).then === 'function';
     if (!thenable) return answer;
     return withTimeout(Promise.resolve(answer), config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
   };
@@ -397,51 +416,57 @@ export function createExchangeHandler(setup: ExchangeSetup, install: (ctx: KoaCo
     return { kind: 'policy', policyScopes: policyScopes(entry.scope, setup.oidcScopes) };
   }
 
-  return (builtin) => async function mrrtRefreshTokenHandler(ctx) {
-    const started = performance.now();
-    const params = ctx.oidc.params!;
-    const resources = readValues(params.resource);
-    const audiences = readValues(params.audience);
-    if (resources.length === 0 && audiences.length === 0) return builtin(ctx);
-    if (resources.length === 1 && audiences.length === 1 && resources[0] !== audiences[0]) {
-      throw new errors.InvalidRequest('"audience" and "resource" must have the same value when both are sent');
-    }
-    const targets = resources.length === 0 ? audiences : audiences.length === 0 || resources.length === 1 && audiences.length === 1 ? resources : [...resources, ...audiences];
-    // oidc-provider resolves the target from `resource`: Auth0's `audience` names the same thing
-    if (resources.length === 0) params.resource = audiences.length === 1 ? audiences[0] : audiences;
-    const value = params.refresh_token;
-    if (typeof value !== 'string' || value.length === 0) return builtin(ctx);
+  return (builtin) =>
+    async function mrrtRefreshTokenHandler(ctx) {
+      const started = performance.now();
+      const params = ctx.oidc.params!;
+      const resources = readValues(params.resource);
+      const audiences = readValues(params.audience);
+      if (resources.length === 0 && audiences.length === 0) return builtin(ctx);
+      if (resources.length === 1 && audiences.length === 1 && resources[0] !== audiences[0]) {
+        throw new errors.InvalidRequest('"audience" and "resource" must have the same value when both are sent');
+      }
+      const targets =
+        resources.length === 0
+          ? audiences
+          : audiences.length === 0 || (resources.length === 1 && audiences.length === 1)
+            ? resources
+            : [...resources, ...audiences];
+      // oidc-provider resolves the target from `resource`: Auth0's `audience` names the same thing
+      if (resources.length === 0) params.resource = audiences.length === 1 ? audiences[0] : audiences;
+      const value = params.refresh_token;
+      if (typeof value !== 'string' || value.length === 0) return builtin(ctx);
 
-    const request = { targets, refreshTokenValue: value, requestedScope: typeof params.scope === 'string' ? params.scope : undefined, started };
-    if (targets.length !== 1) {
-      // SPEC E1: one target per access token; refused before oidc-provider reads or writes anything
-      const refused = new Exchange(setup, request, { kind: 'refusal', reason: 'multiple_targets', unlessGranted: false }, () => {});
-      throw report(ctx, refused, refusalError('multiple_targets'));
-    }
-    const plan = await decide(ctx, targets[0]!);
-    const exchange = new Exchange(setup, request, plan, (released) => install(released, undefined));
+      const request = { targets, refreshTokenValue: value, requestedScope: typeof params.scope === 'string' ? params.scope : undefined, started };
+      if (targets.length !== 1) {
+        // SPEC E1: one target per access token; refused before oidc-provider reads or writes anything
+        const refused = new Exchange(setup, request, { kind: 'refusal', reason: 'multiple_targets', unlessGranted: false }, () => {});
+        throw report(ctx, refused, refusalError('multiple_targets'));
+      }
+      const plan = await decide(ctx, targets[0]!);
+      const exchange = new Exchange(setup, request, plan, (released) => install(released, undefined));
 
-    install(ctx, exchange);
-    try {
-      await builtin(ctx);
-    } catch (err) {
-      throw report(ctx, exchange, err);
-    } finally {
-      install(ctx, undefined);
-    }
-    if (plan.kind !== 'policy' || !exchange.held || exchange.withdrawn) return;
-    const body = ctx.body as Record<string, unknown>;
-    body.resource = exchange.target;
-    const tokenScope = typeof body.scope === 'string' ? body.scope : undefined;
-    if (config.profile === 'auth0' && params.scope) {
-      // Auth0 answers with the requested OpenID scopes too; the access token's own `scope` claim keeps API scopes only
-      const held = exchange.held.scopes;
-      const oidc = [...ctx.oidc.requestParamOIDCScopes].filter((scope) => held.has(scope));
-      body.scope = union(splitScope(body.scope), oidc).join(' ');
-    }
-    // the event reports what the access token grants, whatever the response's profile adds
-    emit(ctx, () => event(ctx, exchange, 'issued', 'policy', { resolvedAudience: exchange.target, grantedScope: tokenScope }));
-  };
+      install(ctx, exchange);
+      try {
+        await builtin(ctx);
+      } catch (err) {
+        throw report(ctx, exchange, err);
+      } finally {
+        install(ctx, undefined);
+      }
+      if (plan.kind !== 'policy' || !exchange.held || exchange.withdrawn) return;
+      const body = ctx.body as Record<string, unknown>;
+      body.resource = exchange.target;
+      const tokenScope = typeof body.scope === 'string' ? body.scope : undefined;
+      if (config.profile === 'auth0' && params.scope) {
+        // Auth0 answers with the requested OpenID scopes too; the access token's own `scope` claim keeps API scopes only
+        const held = exchange.held.scopes;
+        const oidc = [...ctx.oidc.requestParamOIDCScopes].filter((scope) => held.has(scope));
+        body.scope = union(splitScope(body.scope), oidc).join(' ');
+      }
+      // the event reports what the access token grants, whatever the response's profile adds
+      emit(ctx, () => event(ctx, exchange, 'issued', 'policy', { resolvedAudience: exchange.target, grantedScope: tokenScope }));
+    };
 }
 
 /** The error a failed exchange answers with, reported as an `mrrt.exchange` event when MRRT decided it. */
@@ -485,7 +510,13 @@ function emit(ctx: KoaContextWithOIDC, build: () => MrrtExchangeEvent): void {
   if (ctx.oidc.provider.listenerCount('mrrt.exchange') !== 0) ctx.oidc.provider.emit('mrrt.exchange', ctx, build());
 }
 
-function event(ctx: KoaContextWithOIDC, exchange: Exchange, outcome: MrrtExchangeEvent['outcome'], reason: MrrtReason, extra: Partial<MrrtExchangeEvent>): MrrtExchangeEvent {
+function event(
+  ctx: KoaContextWithOIDC,
+  exchange: Exchange,
+  outcome: MrrtExchangeEvent['outcome'],
+  reason: MrrtReason,
+  extra: Partial<MrrtExchangeEvent>,
+): MrrtExchangeEvent {
   return {
     outcome,
     reason,

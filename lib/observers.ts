@@ -24,7 +24,8 @@ function getterOf(proto: object, name: string): Getter {
 
 function methodOf<T extends (...args: never[]) => unknown>(target: object, name: string, owner: string): T {
   const method = (target as Record<string, unknown>)[name];
-  if (typeof method !== 'function') throw new MrrtTypeError(`oidc-provider-mrrt: ${owner}.${name} is not a function; this oidc-provider version is not supported`);
+  if (typeof method !== 'function')
+    throw new MrrtTypeError(`oidc-provider-mrrt: ${owner}.${name} is not a function; this oidc-provider version is not supported`);
   return method as T;
 }
 
@@ -48,7 +49,12 @@ export function observeModels(provider: Provider, exchangeOf: ExchangeOf): void 
       const found = find.call(this, value, ...rest);
       const exchange = exchangeOf();
       const ctx = (provider.constructor as typeof Provider).ctx;
-      return exchange && ctx ? found.then((token) => { exchange.sawRefreshToken(ctx, value, token as never); return token; }) : found;
+      return exchange && ctx
+        ? found.then((token) => {
+            exchange.sawRefreshToken(ctx, value, token as never);
+            return token;
+          })
+        : found;
     },
   });
 
@@ -78,7 +84,11 @@ export function observeModels(provider: Provider, exchangeOf: ExchangeOf): void 
   });
 
   const grantProto = Grant.prototype;
-  const getResourceScopeFiltered = methodOf<(this: unknown, resource: string, filter: Iterable<string>) => string>(grantProto, 'getResourceScopeFiltered', 'Grant.prototype');
+  const getResourceScopeFiltered = methodOf<(this: unknown, resource: string, filter: Iterable<string>) => string>(
+    grantProto,
+    'getResourceScopeFiltered',
+    'Grant.prototype',
+  );
   define(grantProto, 'getResourceScopeFiltered', {
     writable: true,
     value: function getResourceScopeFilteredForExchange(this: object, resource: string, filter: Iterable<string>): string {
@@ -101,9 +111,8 @@ export function observeResourceServerInfo(configuration: Configuration, exchange
   const getResourceServerInfo = resourceIndicators?.getResourceServerInfo;
   // without one, oidc-provider's own default (which knows no API) stays in place and an exchange finds no API
   if (!getResourceServerInfo) return configuration;
-  const ask = (ctx: KoaContextWithOIDC, resource: string, client: Parameters<GetResourceServerInfo>[2]): ReturnType<GetResourceServerInfo> => (
-    getResourceServerInfo(ctx, resource, client)
-  );
+  const ask = (ctx: KoaContextWithOIDC, resource: string, client: Parameters<GetResourceServerInfo>[2]): ReturnType<GetResourceServerInfo> =>
+    getResourceServerInfo(ctx, resource, client);
   return {
     ...configuration,
     features: {

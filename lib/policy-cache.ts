@@ -44,9 +44,10 @@ export class PolicyCache {
   /** The key inserted last into `#entries` (stale once deleted), so that repeated hits on one client move nothing. */
   #newest: string | undefined;
 
-  constructor(store: PolicyStore, {
-    maxAge = DEFAULTS.cache.maxAge, maxEntries = DEFAULTS.cache.maxEntries, readTimeout = DEFAULTS.storeTimeout,
-  }: PolicyCacheSettings = {}) {
+  constructor(
+    store: PolicyStore,
+    { maxAge = DEFAULTS.cache.maxAge, maxEntries = DEFAULTS.cache.maxEntries, readTimeout = DEFAULTS.storeTimeout }: PolicyCacheSettings = {},
+  ) {
     this.#store = store;
     this.#maxAge = maxAge;
     this.#maxEntries = maxEntries;
@@ -84,20 +85,23 @@ export class PolicyCache {
         reject(new PolicyStoreError('ERR_MRRT_STORE_UNAVAILABLE', `policy store did not answer within ${this.#readTimeout}ms`));
       }, this.#readTimeout);
       timer.unref();
-      read.then((record) => {
-        clearTimeout(timer);
-        // only the read still in charge may be remembered: one that was superseded by an invalidation
-        // or given up may be older than what a later read has already cached
-        if (this.#inflight.get(clientId) === lookup) {
-          this.#inflight.delete(clientId);
-          this.#remember(clientId, { record, at });
-        }
-        resolve(record);
-      }, (err: unknown) => {
-        clearTimeout(timer);
-        if (this.#inflight.get(clientId) === lookup) this.#inflight.delete(clientId);
-        reject(err);
-      });
+      read.then(
+        (record) => {
+          clearTimeout(timer);
+          // only the read still in charge may be remembered: one that was superseded by an invalidation
+          // or given up may be older than what a later read has already cached
+          if (this.#inflight.get(clientId) === lookup) {
+            this.#inflight.delete(clientId);
+            this.#remember(clientId, { record, at });
+          }
+          resolve(record);
+        },
+        (err: unknown) => {
+          clearTimeout(timer);
+          if (this.#inflight.get(clientId) === lookup) this.#inflight.delete(clientId);
+          reject(err);
+        },
+      );
     });
     this.#inflight.set(clientId, lookup);
     return lookup;

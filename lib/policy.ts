@@ -58,14 +58,7 @@ const SCHEME = /^[A-Za-z][A-Za-z0-9+.-]*:/;
 
 /** Whether `value` is an absolute URI without a fragment, usable as a resource indicator. */
 export function isResourceIndicator(value: string): boolean {
-  return (
-    value.length > 0
-    && value.length <= MAX_AUDIENCE_LENGTH
-    && URI_CHARS.test(value)
-    && SCHEME.test(value)
-    && !value.includes('#')
-    && URL.canParse(value)
-  );
+  return value.length > 0 && value.length <= MAX_AUDIENCE_LENGTH && URI_CHARS.test(value) && SCHEME.test(value) && !value.includes('#') && URL.canParse(value);
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
@@ -165,4 +158,3 @@ export function parseWithin(input: unknown, { maxEntries, maxScopesPerEntry }: R
 function pathKey(key: string): string {
   return key !== '__proto__' && /^[A-Za-z_$][\w$]*$/.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`;
 }
-

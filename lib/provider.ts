@@ -60,7 +60,8 @@ function warnOnce(message: string): void {
 
 const INACTIVE = {
   resourceIndicators: 'features.resourceIndicators is disabled, MRRT is inactive for this provider (it names the target API with a resource indicator)',
-  refreshToken: 'the configuration has no refresh_token grant (add "offline_access" to scopes or configure issueRefreshToken), MRRT is inactive for this provider',
+  refreshToken:
+    'the configuration has no refresh_token grant (add "offline_access" to scopes or configure issueRefreshToken), MRRT is inactive for this provider',
 } as const;
 
 /**

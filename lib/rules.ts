@@ -41,7 +41,7 @@ export const MRRT_REASONS = Object.freeze([
 ] as const);
 
 /** Why an MRRT exchange ended as it did (`MrrtExchangeEvent.reason`). */
-export type MrrtReason = typeof MRRT_REASONS[number];
+export type MrrtReason = (typeof MRRT_REASONS)[number];
 
 /** The reasons for which a target is not reachable through MRRT, each with the description a client sees. */
 export const TARGET_REFUSALS = {
@@ -85,7 +85,8 @@ export const firstPartyRefusal = (answer: unknown): TargetRefusal | undefined =>
 /** The operator's `allowSkippingConsent` answer, settled. */
 export const consentRefusal = (answer: unknown): TargetRefusal | undefined => (answer === true ? undefined : 'consent_required');
 /** A target on the deny-list. */
-export const denyListRefusal = (config: MrrtConfiguration, target: string): TargetRefusal | undefined => (config.denyList.has(target) ? 'deny_listed' : undefined);
+export const denyListRefusal = (config: MrrtConfiguration, target: string): TargetRefusal | undefined =>
+  config.denyList.has(target) ? 'deny_listed' : undefined;
 
 /**
  * Whether an answer has the shape oidc-provider accepts for issuance (`scope` string; `audience`,
@@ -93,10 +94,12 @@ export const denyListRefusal = (config: MrrtConfiguration, target: string): Targ
  * anything is written rather than by oidc-provider after rotation.
  */
 export function isWellFormedAnswer(answer: ResourceServerAnswer & { readonly accessTokenTTL?: unknown; readonly accessTokenFormat?: unknown }): boolean {
-  return typeof answer.scope === 'string'
-    && (answer.audience === undefined || typeof answer.audience === 'string')
-    && (answer.accessTokenTTL === undefined || (Number.isSafeInteger(answer.accessTokenTTL) && (answer.accessTokenTTL as number) > 0))
-    && (answer.accessTokenFormat === undefined || answer.accessTokenFormat === 'opaque' || answer.accessTokenFormat === 'jwt');
+  return (
+    typeof answer.scope === 'string' &&
+    (answer.audience === undefined || typeof answer.audience === 'string') &&
+    (answer.accessTokenTTL === undefined || (Number.isSafeInteger(answer.accessTokenTTL) && (answer.accessTokenTTL as number) > 0)) &&
+    (answer.accessTokenFormat === undefined || answer.accessTokenFormat === 'opaque' || answer.accessTokenFormat === 'jwt')
+  );
 }
 
 /** The deployment's answer for the target: a known API, whose token audience is not deny-listed. */
@@ -109,7 +112,7 @@ export function resourceServerRefusal(config: MrrtConfiguration, answer: Resourc
 export async function askResourceServer(ask: () => unknown): Promise<ResourceServerAnswer | undefined> {
   try {
     const answer = await ask();
-    return typeof answer === 'object' && answer !== null ? answer as ResourceServerAnswer : undefined;
+    return typeof answer === 'object' && answer !== null ? (answer as ResourceServerAnswer) : undefined;
   } catch (err) {
     if (err instanceof errors.InvalidTarget) return undefined;
     throw err;
@@ -147,7 +150,7 @@ export function staticFirstParty(configuration: { readonly clients?: unknown }):
   const ids = new Set<string>();
   // whatever oidc-provider will reject (not an array, null entries) it reports itself, with its own error
   const clients: unknown = configuration.clients;
-  for (const client of Array.isArray(clients) ? clients as unknown[] : []) {
+  for (const client of Array.isArray(clients) ? (clients as unknown[]) : []) {
     if (typeof client !== 'object' || client === null) continue;
     const { first_party: firstParty, client_id: clientId } = client as { first_party?: unknown; client_id?: unknown };
     if (firstParty === true && typeof clientId === 'string') ids.add(clientId);

@@ -71,7 +71,9 @@ export class ChangeNotifier {
     if (typeof listener !== 'function') throw new MrrtTypeError('"listener" must be a function');
     const entry: ChangeListener = (clientId) => listener(clientId);
     this.#listeners.add(entry);
-    return () => { this.#listeners.delete(entry); };
+    return () => {
+      this.#listeners.delete(entry);
+    };
   }
 
   notify(clientId: string | undefined): void {

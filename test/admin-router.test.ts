@@ -22,10 +22,15 @@ let key: { privateKey: jose.CryptoKey; publicKey: jose.CryptoKey };
 const store = new MemoryPolicyStore();
 const audits: PolicyAuditEvent[] = [];
 
-async function token(claims: jose.JWTPayload = {}, { typ = 'at+jwt', signWith = key.privateKey, exp = '5m' }: { typ?: string; signWith?: jose.CryptoKey; exp?: string | number } = {}): Promise<string> {
+async function token(
+  claims: jose.JWTPayload = {},
+  { typ = 'at+jwt', signWith = key.privateKey, exp = '5m' }: { typ?: string; signWith?: jose.CryptoKey; exp?: string | number } = {},
+): Promise<string> {
   return new jose.SignJWT({ scope: ADMIN_SCOPE, client_id: 'admin-cli', iss: ISSUER, aud: API.ADMIN, ...claims })
     .setProtectedHeader({ alg: 'ES256', typ })
-    .setIssuedAt().setJti(randomUUID()).setExpirationTime(exp)
+    .setIssuedAt()
+    .setJti(randomUUID())
+    .setExpirationTime(exp)
     .sign(signWith);
 }
 
@@ -33,13 +38,16 @@ beforeAll(async () => {
   key = await jose.generateKeyPair('ES256');
   server = await startServer({ mrrt: { store, allowSkippingConsent: SKIP_CONSENT, denyList: [API.ADMIN], limits: { maxEntries: 3 } } });
   const app = express();
-  app.use('/admin', createPolicyRouter({
-    provider: server.provider,
-    audience: API.ADMIN,
-    authorize: jwtAuthorizer({ key: key.publicKey, issuer: ISSUER, audience: API.ADMIN, scope: ADMIN_SCOPE }),
-    bodyLimit: '4kb',
-    onAudit: (event) => audits.push(event),
-  }));
+  app.use(
+    '/admin',
+    createPolicyRouter({
+      provider: server.provider,
+      audience: API.ADMIN,
+      authorize: jwtAuthorizer({ key: key.publicKey, issuer: ISSUER, audience: API.ADMIN, scope: ADMIN_SCOPE }),
+      bodyLimit: '4kb',
+      onAudit: (event) => audits.push(event),
+    }),
+  );
   admin = http.createServer(app);
   await new Promise<void>((resolve) => admin.listen(0, '127.0.0.1', resolve));
   url = `http://127.0.0.1:${(admin.address() as AddressInfo).port}`;
@@ -71,8 +79,16 @@ describe('policy CRUD with optimistic concurrency', () => {
     expect(read.status).toBe(200);
     expect(read.headers.etag).toBe(created.headers.etag);
 
-    const replaced = await request(url).put('/admin/clients/app/policy').set(headers).set('If-Match', created.headers.etag!)
-      .send({ policies: [{ audience: API.B, scope: ['b:read', 'b:write'] }, { audience: API.C, scope: ['c:read'] }] });
+    const replaced = await request(url)
+      .put('/admin/clients/app/policy')
+      .set(headers)
+      .set('If-Match', created.headers.etag!)
+      .send({
+        policies: [
+          { audience: API.B, scope: ['b:read', 'b:write'] },
+          { audience: API.C, scope: ['c:read'] },
+        ],
+      });
     expect(replaced.status).toBe(200);
     expect(replaced.headers.etag).not.toBe(created.headers.etag);
 
@@ -86,7 +102,10 @@ describe('policy CRUD with optimistic concurrency', () => {
     expect(await store.get('app')).toBeUndefined();
 
     expect(audits.slice(-4).map((e) => [e.action, e.clientId, e.actor])).toEqual([
-      ['put', 'app', 'admin-cli'], ['put', 'app', 'admin-cli'], ['put', 'other', 'admin-cli'], ['delete', 'app', 'admin-cli'],
+      ['put', 'app', 'admin-cli'],
+      ['put', 'app', 'admin-cli'],
+      ['put', 'other', 'admin-cli'],
+      ['delete', 'app', 'admin-cli'],
     ]);
   });
 
@@ -99,7 +118,11 @@ describe('policy CRUD with optimistic concurrency', () => {
     const created = await request(url).put('/admin/clients/app/policy').set(headers).send(VALID);
     const before = await store.get('app');
     const auditsBefore = audits.length;
-    const res = await request(url)[method]('/admin/clients/app/policy').set(headers).set(extra).send({ policies: [{ audience: API.C, scope: ['c:read'] }] });
+    const agent = request(url);
+    const res = await agent[method]('/admin/clients/app/policy')
+      .set(headers)
+      .set(extra)
+      .send({ policies: [{ audience: API.C, scope: ['c:read'] }] });
     expect(res.status).toBe(412);
     expect(res.body.error).toBe('precondition_failed');
     expect(await store.get('app')).toEqual(before);
@@ -110,8 +133,15 @@ describe('policy CRUD with optimistic concurrency', () => {
   test('two writers with the same If-Match: exactly one wins', async () => {
     const headers = await auth();
     const created = await request(url).put('/admin/clients/app/policy').set(headers).send(VALID);
-    const results = await Promise.all(Array.from({ length: 8 }, (_, i) => request(url).put('/admin/clients/app/policy').set(headers)
-      .set('If-Match', created.headers.etag!).send({ policies: [{ audience: API.B, scope: i % 2 ? ['b:read'] : ['b:write'] }] })));
+    const results = await Promise.all(
+      Array.from({ length: 8 }, (_, i) =>
+        request(url)
+          .put('/admin/clients/app/policy')
+          .set(headers)
+          .set('If-Match', created.headers.etag!)
+          .send({ policies: [{ audience: API.B, scope: i % 2 ? ['b:read'] : ['b:write'] }] }),
+      ),
+    );
     expect(results.map((r) => r.status).sort()).toEqual([200, 412, 412, 412, 412, 412, 412, 412]);
   });
 });
@@ -123,18 +153,39 @@ describe('writes are validated against the provider, with JSON paths', () => {
     ['a deny-listed audience (the admin API itself)', 'app', { policies: [{ audience: API.ADMIN, scope: ['admin:write'] }] }, 400, ['$.policies[0].audience']],
     ['an audience that is not a known API', 'app', { policies: [{ audience: API.GONE, scope: ['g:read'] }] }, 400, ['$.policies[0].audience']],
     ['an API that does not allow skipping consent', 'app', { policies: [{ audience: API.CONSENT, scope: ['x:read'] }] }, 400, ['$.policies[0].audience']],
-    ['scopes the API does not define', 'app', { policies: [{ audience: API.B, scope: ['b:read', 'b:admin', 'openid'] }] }, 400, ['$.policies[0].scope[1]', '$.policies[0].scope[2]']],
+    [
+      'scopes the API does not define',
+      'app',
+      { policies: [{ audience: API.B, scope: ['b:read', 'b:admin', 'openid'] }] },
+      400,
+      ['$.policies[0].scope[1]', '$.policies[0].scope[2]'],
+    ],
     ['an empty policy', 'app', { policies: [] }, 400, ['$.policies']],
     ['no policies key', 'app', {}, 400, ['$.policies']],
     ['an unknown key', 'app', { ...VALID, extra: 1 }, 400, ['$["extra"]']],
-    ['more entries than the limit', 'app', { policies: [API.A, API.B, API.C, 'https://d.example.com'].map((audience) => ({ audience, scope: ['s'] })) }, 400, ['$.policies']],
-    ['a relative audience and a scope with a space', 'app', { policies: [{ audience: 'billing', scope: ['a b'] }] }, 400, ['$.policies[0].audience', '$.policies[0].scope[0]']],
+    [
+      'more entries than the limit',
+      'app',
+      { policies: [API.A, API.B, API.C, 'https://d.example.com'].map((audience) => ({ audience, scope: ['s'] })) },
+      400,
+      ['$.policies'],
+    ],
+    [
+      'a relative audience and a scope with a space',
+      'app',
+      { policies: [{ audience: 'billing', scope: ['a b'] }] },
+      400,
+      ['$.policies[0].audience', '$.policies[0].scope[0]'],
+    ],
     ['a bare array body', 'app', VALID.policies, 400, ['$']],
   ];
 
   test.each(cases)('%s is refused and changes nothing', async (_name, clientId, body, status, paths) => {
     const before = await store.get(clientId === 'nobody' ? 'app' : clientId);
-    const res = await request(url).put(`/admin/clients/${clientId}/policy`).set(await auth()).send(body as object);
+    const res = await request(url)
+      .put(`/admin/clients/${clientId}/policy`)
+      .set(await auth())
+      .send(body as object);
     expect(res.status).toBe(status);
     expect(res.body.error).toBe('invalid_request');
     expect((res.body.issues as Array<{ path: string }>).map((i) => i.path)).toEqual(paths);
@@ -142,7 +193,10 @@ describe('writes are validated against the provider, with JSON paths', () => {
   });
 
   test('a __proto__ key is reported, not merged', async () => {
-    const res = await request(url).put('/admin/clients/app/policy').set(await auth()).set('Content-Type', 'application/json')
+    const res = await request(url)
+      .put('/admin/clients/app/policy')
+      .set(await auth())
+      .set('Content-Type', 'application/json')
       .send('{"policies":[{"audience":"https://api-b.example.com","scope":["b:read"],"__proto__":{"admin":true}}]}');
     expect(res.status).toBe(400);
     expect(res.body.issues).toEqual([{ path: '$.policies[0]["__proto__"]', message: expect.any(String) }]);
@@ -151,10 +205,19 @@ describe('writes are validated against the provider, with JSON paths', () => {
 
   test.each([
     ['malformed JSON', 'application/json', '{"policies": [', 400],
-    ['a body over the limit', 'application/json', JSON.stringify({ policies: [{ audience: API.B, scope: Array.from({ length: 600 }, (_, i) => `s${i}`) }] }), 413],
+    [
+      'a body over the limit',
+      'application/json',
+      JSON.stringify({ policies: [{ audience: API.B, scope: Array.from({ length: 600 }, (_, i) => `s${i}`) }] }),
+      413,
+    ],
     ['a non-JSON content type', 'text/plain', JSON.stringify(VALID), 415],
   ])('%s is refused and changes nothing', async (_name, type, body, status) => {
-    const res = await request(url).put('/admin/clients/app/policy').set(await auth()).set('Content-Type', type).send(body);
+    const res = await request(url)
+      .put('/admin/clients/app/policy')
+      .set(await auth())
+      .set('Content-Type', type)
+      .send(body);
     expect(res.status).toBe(status);
     expect(res.body.error).toBe('invalid_request');
     expect(await store.get('app')).toBeUndefined();
@@ -168,11 +231,28 @@ describe('authorization', () => {
     ['a token for another audience', async () => ({ Authorization: `Bearer ${await token({ aud: API.B })}` }), 401, 'invalid_token'],
     ['a token without the admin scope', async () => ({ Authorization: `Bearer ${await token({ scope: 'b:read' })}` }), 403, 'insufficient_scope'],
     ['an expired token', async () => ({ Authorization: `Bearer ${await token({}, { exp: Math.floor(Date.now() / 1000) - 60 })}` }), 401, 'invalid_token'],
-    ['alg none', async () => ({ Authorization: `Bearer ${new jose.UnsecuredJWT({ scope: ADMIN_SCOPE }).setIssuer(ISSUER).setAudience(API.ADMIN).setExpirationTime('5m').encode()}` }), 401, 'invalid_token'],
-    ['a token signed by another key', async () => ({ Authorization: `Bearer ${await token({}, { signWith: (await jose.generateKeyPair('ES256')).privateKey })}` }), 401, 'invalid_token'],
+    [
+      'alg none',
+      async () => ({
+        Authorization: `Bearer ${new jose.UnsecuredJWT({ scope: ADMIN_SCOPE }).setIssuer(ISSUER).setAudience(API.ADMIN).setExpirationTime('5m').encode()}`,
+      }),
+      401,
+      'invalid_token',
+    ],
+    [
+      'a token signed by another key',
+      async () => ({ Authorization: `Bearer ${await token({}, { signWith: (await jose.generateKeyPair('ES256')).privateKey })}` }),
+      401,
+      'invalid_token',
+    ],
     ['a token from another issuer', async () => ({ Authorization: `Bearer ${await token({ iss: 'https://evil.example.com' })}` }), 401, 'invalid_token'],
     ['an ID token (not typ at+jwt)', async () => ({ Authorization: `Bearer ${await token({}, { typ: 'JWT' })}` }), 401, 'invalid_token'],
-    ['an opaque refresh token used as an access token', async () => ({ Authorization: 'Bearer JUgeZf3sbK5I1mzU4s8-olqv_WPmZHqYxzE3jkiPhVn' }), 401, 'invalid_token'],
+    [
+      'an opaque refresh token used as an access token',
+      async () => ({ Authorization: 'Bearer JUgeZf3sbK5I1mzU4s8-olqv_WPmZHqYxzE3jkiPhVn' }),
+      401,
+      'invalid_token',
+    ],
   ];
 
   test.each(refusals)('%s is refused on every route and changes nothing', async (_name, headers, status, error) => {
@@ -181,7 +261,9 @@ describe('authorization', () => {
     for (const req of [
       request(url).get('/admin/clients'),
       request(url).get('/admin/clients/app/policy'),
-      request(url).put('/admin/clients/app/policy').send({ policies: [{ audience: API.C, scope: ['c:read'] }] }),
+      request(url)
+        .put('/admin/clients/app/policy')
+        .send({ policies: [{ audience: API.C, scope: ['c:read'] }] }),
       request(url).delete('/admin/clients/app/policy'),
     ]) {
       const res = await req.set(await headers());
@@ -201,8 +283,8 @@ describe('authorization', () => {
   });
 });
 
-describe('the deployment\'s getResourceServerInfo at the admin API', () => {
-  test('gets a real oidc-provider context with the policy\'s client loaded, and a valid write succeeds', async () => {
+describe("the deployment's getResourceServerInfo at the admin API", () => {
+  test("gets a real oidc-provider context with the policy's client loaded, and a valid write succeeds", async () => {
     const seen: Array<{ client: string | undefined; account: unknown; params: unknown; scopes: string[] }> = [];
     const local = new MemoryPolicyStore();
     const provider = await startServer({
@@ -211,7 +293,12 @@ describe('the deployment\'s getResourceServerInfo at the admin API', () => {
         const original = configuration.features!.resourceIndicators!.getResourceServerInfo!;
         configuration.features!.resourceIndicators!.getResourceServerInfo = (ctx, resource, client) => {
           // what deployments commonly read: the context's client, account and parameters
-          seen.push({ client: ctx.oidc.client?.clientId, account: ctx.oidc.entities.Account, params: ctx.oidc.params, scopes: [...ctx.oidc.requestParamScopes] });
+          seen.push({
+            client: ctx.oidc.client?.clientId,
+            account: ctx.oidc.entities.Account,
+            params: ctx.oidc.params,
+            scopes: [...ctx.oidc.requestParamScopes],
+          });
           return original(ctx, resource, client);
         };
       },
@@ -257,8 +344,12 @@ describe('an Express router that fits Express', () => {
   const mountedAtRoot = () => {
     const app = express();
     app.use(createPolicyRouter({ provider: server.provider, authorize: (req) => req.get('authorization') === 'Bearer ok', audience: API.ADMIN }));
-    app.get('/hello', (_req, res) => { res.json({ hello: 'world' }); });
-    app.get('/broken', () => { throw new Error('not the admin API\'s error'); });
+    app.get('/hello', (_req, res) => {
+      res.json({ hello: 'world' });
+    });
+    app.get('/broken', () => {
+      throw new Error("not the admin API's error");
+    });
     return app;
   };
 
@@ -285,7 +376,7 @@ describe('an Express router that fits Express', () => {
     expect(res.headers['content-type']).not.toMatch(/json/);
   });
 
-  test('the package\'s main entry loads no express (it lives in oidc-provider-mrrt/express)', async () => {
+  test("the package's main entry loads no express (it lives in oidc-provider-mrrt/express)", async () => {
     const { readFile } = await import('node:fs/promises');
     const dist = new URL('../dist/', import.meta.url);
     const seen = new Set<string>();
@@ -313,7 +404,9 @@ describe('an Express router that fits Express', () => {
 describe('bearer tokens as the HTTP authentication RFCs have them', () => {
   test('the scheme is case-insensitive; a request without credentials gets the scheme without an error code', async () => {
     for (const scheme of ['Bearer', 'bearer', 'BEARER']) {
-      const res = await request(url).get('/admin/clients').set('Authorization', `${scheme} ${await token()}`);
+      const res = await request(url)
+        .get('/admin/clients')
+        .set('Authorization', `${scheme} ${await token()}`);
       expect({ scheme, status: res.status }).toEqual({ scheme, status: 200 });
     }
     const anonymous = await request(url).get('/admin/clients');

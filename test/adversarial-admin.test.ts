@@ -44,7 +44,9 @@ const PROTOTYPE_NAMES = Object.getOwnPropertyNames(Object.prototype).sort();
 async function token(extra: jose.JWTPayload = {}): Promise<string> {
   return new jose.SignJWT({ scope: ADMIN_SCOPE, client_id: 'admin-cli', iss: ISSUER, aud: API.ADMIN, ...extra })
     .setProtectedHeader({ alg: 'ES256', typ: 'at+jwt' })
-    .setIssuedAt().setJti(randomUUID()).setExpirationTime('5m')
+    .setIssuedAt()
+    .setJti(randomUUID())
+    .setExpirationTime('5m')
     .sign(key.privateKey);
 }
 
@@ -53,15 +55,20 @@ beforeAll(async () => {
   server = await startServer({
     mrrt: { store, allowSkippingConsent: SKIP_CONSENT, denyList: [API.ADMIN], limits: { maxEntries: 3, maxScopesPerEntry: 5 } },
   });
-  (server.provider as unknown as EventEmitter).on('mrrt.store_error', (_ctx: unknown, err: unknown) => { storeErrors.push(err); });
+  (server.provider as unknown as EventEmitter).on('mrrt.store_error', (_ctx: unknown, err: unknown) => {
+    storeErrors.push(err);
+  });
   const app = express();
-  app.use('/admin', createPolicyRouter({
-    provider: server.provider,
-    audience: API.ADMIN,
-    authorize: jwtAuthorizer({ key: key.publicKey, issuer: ISSUER, audience: API.ADMIN, scope: ADMIN_SCOPE }),
-    bodyLimit: '4kb',
-    onAudit: (event) => audits.push(event),
-  }));
+  app.use(
+    '/admin',
+    createPolicyRouter({
+      provider: server.provider,
+      audience: API.ADMIN,
+      authorize: jwtAuthorizer({ key: key.publicKey, issuer: ISSUER, audience: API.ADMIN, scope: ADMIN_SCOPE }),
+      bodyLimit: '4kb',
+      onAudit: (event) => audits.push(event),
+    }),
+  );
   admin = http.createServer(app);
   await new Promise<void>((resolve) => admin.listen(0, '127.0.0.1', resolve));
   url = `http://127.0.0.1:${(admin.address() as AddressInfo).port}`;
@@ -125,11 +132,25 @@ interface AdminRow {
 }
 
 const put = (name: string, body: unknown, status: number, error: string | undefined, issues?: string[], more: Partial<AdminRow> = {}): AdminRow => ({
-  name, method: 'put', path: P, json: body, status, error, ...(issues ? { issues } : {}), ...more,
+  name,
+  method: 'put',
+  path: P,
+  json: body,
+  status,
+  error,
+  ...(issues ? { issues } : {}),
+  ...more,
 });
 const invalid = (name: string, body: unknown, issues: string[], path = P): AdminRow => put(name, body, 400, 'invalid_request', issues, { path });
 const rawPut = (name: string, raw: string, status: number, error: string, issues?: string[], contentType = 'application/json'): AdminRow => ({
-  name, method: 'put', path: P, raw, contentType, status, error, ...(issues ? { issues } : {}),
+  name,
+  method: 'put',
+  path: P,
+  raw,
+  contentType,
+  status,
+  error,
+  ...(issues ? { issues } : {}),
 });
 
 const LONG_ID = 'c'.repeat(1025);
@@ -148,14 +169,42 @@ const ROWS: AdminRow[] = [
 
   // --- prototype pollution at every level
   rawPut('__proto__ at the root, carrying the policies', `{"__proto__": ${JSON.stringify(VALID)}}`, 400, 'invalid_request', ['$["__proto__"]', '$.policies']),
-  rawPut('__proto__ at the root next to valid policies', `{"policies": ${JSON.stringify(VALID.policies)}, "__proto__": {"admin": true}}`, 400, 'invalid_request', ['$["__proto__"]']),
-  rawPut('constructor.prototype at the root', `{"policies": ${JSON.stringify(VALID.policies)}, "constructor": {"prototype": {"polluted": true}}}`, 400, 'invalid_request', ['$["constructor"]']),
-  rawPut('prototype at the root', `{"policies": ${JSON.stringify(VALID.policies)}, "prototype": {"polluted": true}}`, 400, 'invalid_request', ['$["prototype"]']),
+  rawPut(
+    '__proto__ at the root next to valid policies',
+    `{"policies": ${JSON.stringify(VALID.policies)}, "__proto__": {"admin": true}}`,
+    400,
+    'invalid_request',
+    ['$["__proto__"]'],
+  ),
+  rawPut(
+    'constructor.prototype at the root',
+    `{"policies": ${JSON.stringify(VALID.policies)}, "constructor": {"prototype": {"polluted": true}}}`,
+    400,
+    'invalid_request',
+    ['$["constructor"]'],
+  ),
+  rawPut('prototype at the root', `{"policies": ${JSON.stringify(VALID.policies)}, "prototype": {"polluted": true}}`, 400, 'invalid_request', [
+    '$["prototype"]',
+  ]),
   rawPut('policies as an object with __proto__', `{"policies": {"__proto__": ${JSON.stringify(VALID.policies)}}}`, 400, 'invalid_request', ['$.policies']),
-  rawPut('__proto__ in an entry', `{"policies": [{"audience": "${B}", "scope": ["b:read"], "__proto__": {"scope": ["b:write"]}}]}`, 400, 'invalid_request', ['$.policies[0]["__proto__"]']),
-  rawPut('an entry made only of __proto__', `{"policies": [{"__proto__": ${JSON.stringify(VALID_ENTRY)}}]}`, 400, 'invalid_request', ['$.policies[0]["__proto__"]', '$.policies[0].audience', '$.policies[0].scope']),
-  rawPut('constructor in an entry', `{"policies": [{"audience": "${B}", "scope": ["b:read"], "constructor": {"prototype": {"polluted": 1}}}]}`, 400, 'invalid_request', ['$.policies[0].constructor']),
-  rawPut('__proto__ inside the scope list', `{"policies": [{"audience": "${B}", "scope": [{"__proto__": "b:read"}]}]}`, 400, 'invalid_request', ['$.policies[0].scope[0]']),
+  rawPut('__proto__ in an entry', `{"policies": [{"audience": "${B}", "scope": ["b:read"], "__proto__": {"scope": ["b:write"]}}]}`, 400, 'invalid_request', [
+    '$.policies[0]["__proto__"]',
+  ]),
+  rawPut('an entry made only of __proto__', `{"policies": [{"__proto__": ${JSON.stringify(VALID_ENTRY)}}]}`, 400, 'invalid_request', [
+    '$.policies[0]["__proto__"]',
+    '$.policies[0].audience',
+    '$.policies[0].scope',
+  ]),
+  rawPut(
+    'constructor in an entry',
+    `{"policies": [{"audience": "${B}", "scope": ["b:read"], "constructor": {"prototype": {"polluted": 1}}}]}`,
+    400,
+    'invalid_request',
+    ['$.policies[0].constructor'],
+  ),
+  rawPut('__proto__ inside the scope list', `{"policies": [{"audience": "${B}", "scope": [{"__proto__": "b:read"}]}]}`, 400, 'invalid_request', [
+    '$.policies[0].scope[0]',
+  ]),
   invalid('"__proto__" as a scope value', policies(entry({ scope: ['__proto__'] })), ['$.policies[0].scope[0]']),
   invalid('prototype names as scope values', policies(entry({ scope: ['constructor', 'toString'] })), ['$.policies[0].scope[0]', '$.policies[0].scope[1]']),
   invalid('"__proto__" as the audience', policies(entry({ audience: '__proto__' })), ['$.policies[0].audience']),
@@ -184,8 +233,13 @@ const ROWS: AdminRow[] = [
   invalid('a 281-character scope', policies(entry({ scope: ['s'.repeat(281)] })), ['$.policies[0].scope[0]']),
   put('a body over the 4kb limit', policies(entry({ scope: Array.from({ length: 800 }, (_, i) => `s${i}`) })), 413, 'invalid_request'),
   {
-    name: 'a gzip body that inflates over the limit', method: 'put', path: P, status: 413, error: 'invalid_request',
-    raw: gzipSync(JSON.stringify(policies(entry({ scope: Array.from({ length: 20_000 }, (_, i) => `s${i}`) })))), headers: { 'Content-Encoding': 'gzip' },
+    name: 'a gzip body that inflates over the limit',
+    method: 'put',
+    path: P,
+    status: 413,
+    error: 'invalid_request',
+    raw: gzipSync(JSON.stringify(policies(entry({ scope: Array.from({ length: 20_000 }, (_, i) => `s${i}`) })))),
+    headers: { 'Content-Encoding': 'gzip' },
   },
   invalid('a duplicate audience', policies(VALID_ENTRY, VALID_ENTRY), ['$.policies[1].audience']),
   invalid('a duplicate scope', policies(entry({ scope: ['b:read', 'b:read'] })), ['$.policies[0].scope[1]']),
@@ -201,7 +255,7 @@ const ROWS: AdminRow[] = [
   invalid('OpenID scopes', policies(entry({ scope: ['openid', 'offline_access'] })), ['$.policies[0].scope[0]', '$.policies[0].scope[1]']),
 
   // --- what the provider allows
-  invalid('the admin API\'s own audience', policies({ audience: API.ADMIN, scope: ['admin:write'] }), ['$.policies[0].audience']),
+  invalid("the admin API's own audience", policies({ audience: API.ADMIN, scope: ['admin:write'] }), ['$.policies[0].audience']),
   invalid('the admin API after a valid entry', policies(VALID_ENTRY, { audience: API.ADMIN, scope: ['admin:write'] }), ['$.policies[1].audience']),
   invalid('the admin API with a trailing slash', policies({ audience: `${API.ADMIN}/`, scope: ['admin:write'] }), ['$.policies[0].audience']),
   invalid('a third-party client', VALID, ['client_id'], '/admin/clients/partner/policy'),
@@ -218,7 +272,14 @@ const ROWS: AdminRow[] = [
 
   { name: 'a client id with an invalid UTF-8 escape', method: 'get', path: '/admin/clients/%ED%A0%80/policy', status: 400, error: 'invalid_request' },
   { name: 'a client id with a truncated escape', method: 'get', path: '/admin/clients/%E0%A4%A/policy', status: 400, error: 'invalid_request' },
-  { name: 'a client id with a non-hex escape, no token', method: 'get', path: '/admin/clients/%ZZ/policy', auth: 'none', status: 400, error: 'invalid_request' },
+  {
+    name: 'a client id with a non-hex escape, no token',
+    method: 'get',
+    path: '/admin/clients/%ZZ/policy',
+    auth: 'none',
+    status: 400,
+    error: 'invalid_request',
+  },
   put('PUT of a client id with a bad escape', VALID, 400, 'invalid_request', undefined, { path: '/admin/clients/%C0%AF/policy' }),
   { name: 'DELETE of a client id with a bad escape', method: 'delete', path: '/admin/clients/%FF/policy', status: 400, error: 'invalid_request' },
 
@@ -246,8 +307,13 @@ const ROWS: AdminRow[] = [
   put('a body that is not deflate under Content-Encoding: deflate', VALID, 400, 'invalid_request', undefined, { headers: { 'Content-Encoding': 'deflate' } }),
   put('a body that is not brotli under Content-Encoding: br', VALID, 400, 'invalid_request', undefined, { headers: { 'Content-Encoding': 'br' } }),
   {
-    name: 'a truncated gzip body', method: 'put', path: P, status: 400, error: 'invalid_request',
-    raw: gzipSync(JSON.stringify(VALID)).subarray(0, 12), headers: { 'Content-Encoding': 'gzip' },
+    name: 'a truncated gzip body',
+    method: 'put',
+    path: P,
+    status: 400,
+    error: 'invalid_request',
+    raw: gzipSync(JSON.stringify(VALID)).subarray(0, 12),
+    headers: { 'Content-Encoding': 'gzip' },
   },
 
   // --- methods and routes
@@ -276,7 +342,10 @@ const ROWS: AdminRow[] = [
   put('PUT without a token', VALID, 401, 'invalid_token', undefined, { auth: 'none' }),
   put('PUT with a token lacking the admin scope', VALID, 403, 'insufficient_scope', undefined, { auth: 'no-scope' }),
   put('PUT with a malformed bearer header', VALID, 401, 'invalid_token', undefined, { auth: 'none', headers: { Authorization: 'Bearer a b' } }),
-  put('PUT with an 8 KiB garbage bearer token', VALID, 401, 'invalid_token', undefined, { auth: 'none', headers: { Authorization: `Bearer ${'x'.repeat(8192)}` } }),
+  put('PUT with an 8 KiB garbage bearer token', VALID, 401, 'invalid_token', undefined, {
+    auth: 'none',
+    headers: { Authorization: `Bearer ${'x'.repeat(8192)}` },
+  }),
   { name: 'DELETE without a token', method: 'delete', path: P, auth: 'none', status: 401, error: 'invalid_token' },
 ];
 
@@ -328,7 +397,9 @@ describe('admin API adversarial matrix', () => {
   });
 
   test('after the matrix, the stored policy is still served and still usable', async () => {
-    const res = await request(url).get(P).set('Authorization', `Bearer ${await token()}`);
+    const res = await request(url)
+      .get(P)
+      .set('Authorization', `Bearer ${await token()}`);
     expect(res.status).toBe(200);
     expect(res.body).toEqual({ client_id: 'app', policies: VALID.policies, version: expect.any(String) });
     const tokens = await login(server);
@@ -346,7 +417,9 @@ describe('admin API adversarial matrix', () => {
 async function announce(clientId: string): Promise<void> {
   let unsubscribe = (): void => {};
   const seen = new Promise<void>((resolve) => {
-    unsubscribe = store.subscribe((id) => { if (id === clientId) resolve(); });
+    unsubscribe = store.subscribe((id) => {
+      if (id === clientId) resolve();
+    });
   });
   await redis.publish(store.channel, clientId);
   await seen;
@@ -387,9 +460,27 @@ const TAMPERED: TamperRow[] = [
   { name: 'an empty version', tamper: writeHash({ v: '', p: JSON.stringify(VALID.policies) }) },
   { name: 'the policy field missing', tamper: writeHash({ v: 'tampered-version' }) },
   { name: 'bytes that are not UTF-8', tamper: writeHash({ v: 'tampered-version', p: Buffer.from([0xff, 0xfe, 0x5b, 0x5d]) }) },
-  { name: 'a string key instead of a hash', tamper: async () => { await redis.del(policyKey()); await redis.set(policyKey(), JSON.stringify(VALID.policies)); } },
-  { name: 'a list key instead of a hash', tamper: async () => { await redis.del(policyKey()); await redis.rpush(policyKey(), 'v', 'p'); } },
-  { name: 'a set key instead of a hash', tamper: async () => { await redis.del(policyKey()); await redis.sadd(policyKey(), JSON.stringify(VALID.policies)); } },
+  {
+    name: 'a string key instead of a hash',
+    tamper: async () => {
+      await redis.del(policyKey());
+      await redis.set(policyKey(), JSON.stringify(VALID.policies));
+    },
+  },
+  {
+    name: 'a list key instead of a hash',
+    tamper: async () => {
+      await redis.del(policyKey());
+      await redis.rpush(policyKey(), 'v', 'p');
+    },
+  },
+  {
+    name: 'a set key instead of a hash',
+    tamper: async () => {
+      await redis.del(policyKey());
+      await redis.sadd(policyKey(), JSON.stringify(VALID.policies));
+    },
+  },
 ];
 
 describe('tampered policy store: fail closed, report, never crash', () => {
@@ -415,7 +506,9 @@ describe('tampered policy store: fail closed, report, never crash', () => {
     expect({ status: res.status, error: res.body.error }).toEqual({ status: 500, error: 'server_error' });
     expect(res.body).not.toHaveProperty('access_token');
     expect(res.body.error_description).toBe('the MRRT policy of this client could not be read');
-    expect(server.events.slice(eventsBefore)).toEqual([expect.objectContaining({ outcome: 'refused', reason: 'store_corrupt', error: 'server_error', clientId: 'app' })]);
+    expect(server.events.slice(eventsBefore)).toEqual([
+      expect.objectContaining({ outcome: 'refused', reason: 'store_corrupt', error: 'server_error', clientId: 'app' }),
+    ]);
     expect(storeErrors).toEqual([expect.objectContaining({ name: 'PolicyStoreError', code: 'ERR_MRRT_STORE_CORRUPT' })]);
     expect(snapshot(server, tokens.refresh_token)).toEqual(before);
 
@@ -438,7 +531,10 @@ describe('tampered policy store: fail closed, report, never crash', () => {
     expect(await dump()).toEqual(tampered);
 
     // an administrator can repair it with a PUT, and the next exchange sees the repaired policy at once
-    const repaired = await request(url).put(P).set(headers).send({ policies: [{ audience: B, scope: ['b:read', 'b:write'] }] });
+    const repaired = await request(url)
+      .put(P)
+      .set(headers)
+      .send({ policies: [{ audience: B, scope: ['b:read', 'b:write'] }] });
     expect(repaired.status).toBe(201);
     expect(await redis.type(policyKey())).toBe('hash');
     const exchanged = await refresh(server, tokens.refresh_token, { audience: B });
@@ -494,7 +590,7 @@ describe('tampered policy store: fail closed, report, never crash', () => {
 // SPEC P5: the admin API is never reachable through MRRT
 // ---------------------------------------------------------------------------------------------
 
-describe('the admin API\'s own audience is deny-listed (SPEC P5)', () => {
+describe("the admin API's own audience is deny-listed (SPEC P5)", () => {
   // The admin API is a known resource server that allows skipping consent: unless it is deny-listed,
   // a first-party app could mint itself an admin token from its refresh token and rewrite every
   // policy. The router refuses to exist unless withMrrt's denyList holds its audience.
@@ -511,11 +607,19 @@ describe('the admin API\'s own audience is deny-listed (SPEC P5)', () => {
     const providerKeys = ((await request(plain.url).get('/jwks')).body as jose.JSONWebKeySet).keys;
     const operatorKey = { ...(await jose.exportJWK(operator.publicKey)), kid: 'operator', alg: 'ES256' };
     const app = express();
-    app.use('/admin', createPolicyRouter({
-      provider: plain.provider,
-      audience: API.ADMIN,
-      authorize: jwtAuthorizer({ key: jose.createLocalJWKSet({ keys: [...providerKeys, operatorKey] }), issuer: plain.url, audience: API.ADMIN, scope: 'admin:write' }),
-    }));
+    app.use(
+      '/admin',
+      createPolicyRouter({
+        provider: plain.provider,
+        audience: API.ADMIN,
+        authorize: jwtAuthorizer({
+          key: jose.createLocalJWKSet({ keys: [...providerKeys, operatorKey] }),
+          issuer: plain.url,
+          audience: API.ADMIN,
+          scope: 'admin:write',
+        }),
+      }),
+    );
     plainAdmin = http.createServer(app);
     await new Promise<void>((resolve) => plainAdmin.listen(0, '127.0.0.1', resolve));
     plainUrl = `http://127.0.0.1:${(plainAdmin.address() as AddressInfo).port}`;
@@ -526,10 +630,15 @@ describe('the admin API\'s own audience is deny-listed (SPEC P5)', () => {
     await plain.close();
   });
 
-  const operatorToken = (): Promise<string> => new jose.SignJWT({ scope: 'admin:write', client_id: 'operator' })
-    .setProtectedHeader({ alg: 'ES256', typ: 'at+jwt', kid: 'operator' })
-    .setIssuer(plain.url).setAudience(API.ADMIN).setIssuedAt().setJti(randomUUID()).setExpirationTime('5m')
-    .sign(operator.privateKey);
+  const operatorToken = (): Promise<string> =>
+    new jose.SignJWT({ scope: 'admin:write', client_id: 'operator' })
+      .setProtectedHeader({ alg: 'ES256', typ: 'at+jwt', kid: 'operator' })
+      .setIssuer(plain.url)
+      .setAudience(API.ADMIN)
+      .setIssuedAt()
+      .setJti(randomUUID())
+      .setExpirationTime('5m')
+      .sign(operator.privateKey);
 
   test('a stored policy naming the admin API yields no admin token, and nothing is rotated', async () => {
     await memory.set('app', [{ audience: API.ADMIN, scope: ['admin:write'] }, VALID_ENTRY]);
@@ -551,7 +660,10 @@ describe('the admin API\'s own audience is deny-listed (SPEC P5)', () => {
   test('an operator cannot store a policy naming the admin API', async () => {
     await memory.delete('app');
     const headers = { Authorization: `Bearer ${await operatorToken()}` };
-    const refused = await request(plainUrl).put(P).set(headers).send(policies({ audience: API.ADMIN, scope: ['admin:write'] }));
+    const refused = await request(plainUrl)
+      .put(P)
+      .set(headers)
+      .send(policies({ audience: API.ADMIN, scope: ['admin:write'] }));
     expect({ status: refused.status, error: refused.body.error }).toEqual({ status: 400, error: 'invalid_request' });
     expect((refused.body.issues as Array<{ path: string }>).map((issue) => issue.path)).toEqual(['$.policies[0].audience']);
     expect(await memory.get('app')).toBeUndefined();
@@ -564,7 +676,9 @@ describe('the admin API\'s own audience is deny-listed (SPEC P5)', () => {
     const open = await startServer({ mrrt: { store: new MemoryPolicyStore(), allowSkippingConsent: SKIP_CONSENT } });
     try {
       expect(() => createPolicyRouter({ provider: open.provider, authorize: () => true, audience: API.ADMIN })).toThrow(TypeError);
-      expect(() => createPolicyRouter({ provider: open.provider, authorize: () => true, audience: API.ADMIN })).toThrow(/must be on the provider's MRRT denyList/);
+      expect(() => createPolicyRouter({ provider: open.provider, authorize: () => true, audience: API.ADMIN })).toThrow(
+        /must be on the provider's MRRT denyList/,
+      );
       // the provider is left as it was: its deny-list is the operator's
       const { denyList } = (open.provider as unknown as { [mrrtConfiguration]: { denyList: ReadonlySet<string> } })[mrrtConfiguration];
       expect([...denyList]).toEqual([]);

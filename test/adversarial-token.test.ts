@@ -12,9 +12,7 @@ import { errors } from 'oidc-provider';
 import request from 'supertest';
 
 import { RedisPolicyStore, type MrrtReason } from '../lib/index.js';
-import {
-  API, CLIENTS, RESOURCE_SERVERS, SKIP_CONSENT, claims, login, refresh, snapshot, startServer, type TestServer,
-} from './support/fixture.js';
+import { API, CLIENTS, RESOURCE_SERVERS, SKIP_CONSENT, claims, login, refresh, snapshot, startServer, type TestServer } from './support/fixture.js';
 import { accessTokenView, expectNothingPersisted } from './support/security.js';
 import { deleteKeys } from './support/redis-keys.js';
 
@@ -135,7 +133,12 @@ const ROWS: Row[] = [
   policyB('a duplicated scope', `${aud(B)}&${f('scope', 'b:read b:read b:read')}`),
   refused('1000 unknown scopes', `${aud(B)}&${f('scope', Array.from({ length: 1000 }, (_, i) => `s${i}`).join(' '))}`, 'invalid_scope', 'scope_not_allowed'),
   policyB('1000 copies of the policy scope', `${aud(B)}&${f('scope', Array(1000).fill('b:read').join(' '))}`),
-  refused('the policy scope among 999 unknown ones', `${aud(B)}&${f('scope', ['b:read', ...Array.from({ length: 999 }, (_, i) => `s${i}`)].join(' '))}`, 'invalid_scope', 'scope_not_allowed'),
+  refused(
+    'the policy scope among 999 unknown ones',
+    `${aud(B)}&${f('scope', ['b:read', ...Array.from({ length: 999 }, (_, i) => `s${i}`)].join(' '))}`,
+    'invalid_scope',
+    'scope_not_allowed',
+  ),
   policyB('an empty scope', `${aud(B)}&${f('scope', '')}`),
   refused('only openid for a policy-only target', `${aud(B)}&${f('scope', 'openid')}`, 'invalid_scope', 'empty_scope'),
   refused('only OpenID scopes for a policy-only target', `${aud(B)}&${f('scope', 'offline_access openid')}`, 'invalid_scope', 'empty_scope'),
@@ -146,15 +149,21 @@ const ROWS: Row[] = [
   refused('prototype names as scopes', `${aud(B)}&${f('scope', 'constructor toString hasOwnProperty')}`, 'invalid_scope', 'scope_not_allowed'),
   refused('scope sent twice', `${aud(B)}&${f('scope', 'b:read')}&${f('scope', 'b:read')}`, 'invalid_request'),
   policyB('scope[]= array syntax (ignored)', `${aud(B)}&${f('scope[]', 'b:write')}`),
-  refused('another API\'s scope on the granted API (plain oidc-provider refuses)', `${res_(API.A)}&${f('scope', 'b:read')}`, 'invalid_scope'),
+  refused("another API's scope on the granted API (plain oidc-provider refuses)", `${res_(API.A)}&${f('scope', 'b:read')}`, 'invalid_scope'),
 
   // --- repeated protocol parameters, content types and oversized bodies
   refused('refresh_token sent twice', f('refresh_token', 'x'), 'invalid_request'),
   refused('grant_type sent twice', f('grant_type', 'refresh_token'), 'invalid_request'),
-  refused('a body over oidc-provider\'s 56 KiB limit', `${aud(B)}&${f('padding', 'p'.repeat(60 * 1024))}`, 'invalid_request'),
+  refused("a body over oidc-provider's 56 KiB limit", `${aud(B)}&${f('padding', 'p'.repeat(60 * 1024))}`, 'invalid_request'),
   refused('a 1 MiB body', `${aud(B)}&${f('padding', 'p'.repeat(1024 * 1024))}`, 'invalid_request'),
   policyB('a body just under the limit', `${aud(B)}&${f('padding', 'p'.repeat(54 * 1024))}`),
-  { name: 'a JSON body', extra: '', status: 400, error: 'invalid_request', raw: { contentType: 'application/json', body: '{"grant_type":"refresh_token","audience":"https://api-b.example.com"}' } },
+  {
+    name: 'a JSON body',
+    extra: '',
+    status: 400,
+    error: 'invalid_request',
+    raw: { contentType: 'application/json', body: '{"grant_type":"refresh_token","audience":"https://api-b.example.com"}' },
+  },
   { name: 'a text/plain body', extra: '', status: 400, error: 'invalid_request', raw: { contentType: 'text/plain', body: 'grant_type=refresh_token' } },
 
   // --- controls: the same harness serves the valid requests
@@ -184,8 +193,10 @@ describe.each([
     const req = request(server.url).post('/token');
     if (row.raw) return req.set('Content-Type', row.raw.contentType).send(row.raw.body);
     const base = fields(
-      ['grant_type', 'refresh_token'], ['refresh_token', refreshToken],
-      ['client_id', CLIENTS.app.client_id], ['client_secret', CLIENTS.app.client_secret],
+      ['grant_type', 'refresh_token'],
+      ['refresh_token', refreshToken],
+      ['client_id', CLIENTS.app.client_id],
+      ['client_secret', CLIENTS.app.client_secret],
     );
     return req.set('Content-Type', 'application/x-www-form-urlencoded').send(row.extra ? `${base}&${row.extra}` : base);
   }
@@ -214,7 +225,9 @@ describe.each([
       expect(res.body).not.toHaveProperty('access_token');
       // more than one target is refused before the refresh token is read: no grant in the event
       const grantId = row.reason === 'multiple_targets' ? undefined : before.grantId;
-      expect(events).toEqual(row.reason ? [expect.objectContaining({ outcome: 'refused', reason: row.reason, error: row.error, clientId: 'app', grantId })] : []);
+      expect(events).toEqual(
+        row.reason ? [expect.objectContaining({ outcome: 'refused', reason: row.reason, error: row.error, clientId: 'app', grantId })] : [],
+      );
       expect(server.providerEvents.slice(providerEventsBefore).filter((name) => PROVIDER_WRITES.includes(name))).toEqual([]);
       expect(snapshot(server, tokens.refresh_token)).toEqual(before);
     } else {

@@ -38,7 +38,11 @@ const tenantFetch = (input: string | URL | Request, init?: RequestInit): Promise
   headers.set('x-forwarded-proto', 'https');
   headers.set('x-forwarded-host', DOMAIN);
   return fetch(new URL(url.pathname + url.search, loopback), {
-    method: request.method, headers, body: request.body, redirect: 'manual', ...(request.body ? { duplex: 'half' } : {}),
+    method: request.method,
+    headers,
+    body: request.body,
+    redirect: 'manual',
+    ...(request.body ? { duplex: 'half' } : {}),
   } as RequestInit);
 };
 
@@ -82,21 +86,38 @@ function authorizeUrl(params: Record<string, string | undefined>): { url: string
   const { verifier, challenge } = pkce();
   const query = new URLSearchParams();
   for (const [name, value] of Object.entries({
-    client_id: SPA.client_id, scope: `${SDK_SCOPE} read:messages`, audience: MESSAGES, redirect_uri: SPA.redirect_uri,
-    response_type: 'code', response_mode: 'query', state: randomBytes(8).toString('hex'), nonce: randomBytes(8).toString('hex'),
-    code_challenge: challenge, code_challenge_method: 'S256', ...params,
-  })) if (value !== undefined) query.set(name, value);
+    client_id: SPA.client_id,
+    scope: `${SDK_SCOPE} read:messages`,
+    audience: MESSAGES,
+    redirect_uri: SPA.redirect_uri,
+    response_type: 'code',
+    response_mode: 'query',
+    state: randomBytes(8).toString('hex'),
+    nonce: randomBytes(8).toString('hex'),
+    code_challenge: challenge,
+    code_challenge_method: 'S256',
+    ...params,
+  }))
+    if (value !== undefined) query.set(name, value);
   return { url: `${ISSUER}authorize?${query}`, verifier };
 }
 
 async function tokenRequest(params: Record<string, string>, headers: Record<string, string> = {}): Promise<Response> {
   tokenRequests.push(params.grant_type!);
   return tenantFetch(`${ISSUER}oauth/token`, {
-    method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers }, body: new URLSearchParams(params),
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers },
+    body: new URLSearchParams(params),
   });
 }
 
-interface Tokens { access_token: string; refresh_token?: string; id_token?: string; scope?: string; resource?: string }
+interface Tokens {
+  access_token: string;
+  refresh_token?: string;
+  id_token?: string;
+  scope?: string;
+  resource?: string;
+}
 
 /** Signs alice in as the SPA does and redeems the code as the SPA does (no resource, no audience). */
 async function spaLogin(params: Record<string, string | undefined> = {}): Promise<{ tokens: Tokens; nonce: string }> {
@@ -105,9 +126,15 @@ async function spaLogin(params: Record<string, string | undefined> = {}): Promis
   expect(outside?.origin).toBe(SPA.origin);
   const code = outside!.searchParams.get('code');
   expect(code).toBeTruthy();
-  const res = await tokenRequest({ grant_type: 'authorization_code', client_id: SPA.client_id, code: code!, code_verifier: verifier, redirect_uri: SPA.redirect_uri });
+  const res = await tokenRequest({
+    grant_type: 'authorization_code',
+    client_id: SPA.client_id,
+    code: code!,
+    code_verifier: verifier,
+    redirect_uri: SPA.redirect_uri,
+  });
   expect(res.status).toBe(200);
-  return { tokens: await res.json() as Tokens, nonce: new URL(url).searchParams.get('nonce')! };
+  return { tokens: (await res.json()) as Tokens, nonce: new URL(url).searchParams.get('nonce')! };
 }
 
 const claims = (jwt: string) => jose.decodeJwt(jwt);
@@ -127,17 +154,31 @@ beforeAll(async () => {
   const configuration: Configuration = {
     clients: [
       {
-        client_id: SPA.client_id, first_party: true, application_type: 'web', token_endpoint_auth_method: 'none',
-        grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'],
-        redirect_uris: [SPA.redirect_uri], post_logout_redirect_uris: [`${SPA.origin}/`],
+        client_id: SPA.client_id,
+        first_party: true,
+        application_type: 'web',
+        token_endpoint_auth_method: 'none',
+        grant_types: ['authorization_code', 'refresh_token'],
+        response_types: ['code'],
+        redirect_uris: [SPA.redirect_uri],
+        post_logout_redirect_uris: [`${SPA.origin}/`],
       },
       {
-        client_id: 'partner', application_type: 'web', token_endpoint_auth_method: 'none',
-        grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'], redirect_uris: ['https://partner.test/callback'],
+        client_id: 'partner',
+        application_type: 'web',
+        token_endpoint_auth_method: 'none',
+        grant_types: ['authorization_code', 'refresh_token'],
+        response_types: ['code'],
+        redirect_uris: ['https://partner.test/callback'],
       },
       {
-        client_id: SERVER_APP.client_id, client_secret: SERVER_APP.client_secret, first_party: true, token_endpoint_auth_method: 'client_secret_post',
-        grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'], redirect_uris: [SERVER_APP.redirect_uri],
+        client_id: SERVER_APP.client_id,
+        client_secret: SERVER_APP.client_secret,
+        first_party: true,
+        token_endpoint_auth_method: 'client_secret_post',
+        grant_types: ['authorization_code', 'refresh_token'],
+        response_types: ['code'],
+        redirect_uris: [SERVER_APP.redirect_uri],
       },
     ] as Configuration['clients'],
     jwks: { keys: [ecJwk, jwk] } as Configuration['jwks'],
@@ -182,13 +223,16 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); });
+  await new Promise<void>((resolve) => {
+    server.closeAllConnections();
+    server.close(() => resolve());
+  });
 });
 
 describe('auth0Configuration: the tenant as Auth0 SDKs find it', () => {
-  test('discovery: the issuer with its trailing slash and Auth0\'s endpoint paths', async () => {
+  test("discovery: the issuer with its trailing slash and Auth0's endpoint paths", async () => {
     const res = await tenantFetch(`${ISSUER}.well-known/openid-configuration`);
-    const metadata = await res.json() as Record<string, unknown>;
+    const metadata = (await res.json()) as Record<string, unknown>;
     expect(metadata).toMatchObject({
       issuer: ISSUER,
       authorization_endpoint: `${ISSUER}authorize`,
@@ -212,9 +256,14 @@ describe('auth0Configuration: the tenant as Auth0 SDKs find it', () => {
 
   test('a plain refresh (no audience, no scope) is for the granted API and carries an ID token', async () => {
     const { tokens } = await spaLogin();
-    const res = await tokenRequest({ grant_type: 'refresh_token', client_id: SPA.client_id, refresh_token: tokens.refresh_token!, redirect_uri: SPA.redirect_uri });
+    const res = await tokenRequest({
+      grant_type: 'refresh_token',
+      client_id: SPA.client_id,
+      refresh_token: tokens.refresh_token!,
+      redirect_uri: SPA.redirect_uri,
+    });
     expect(res.status).toBe(200);
-    const body = await res.json() as Tokens;
+    const body = (await res.json()) as Tokens;
     expect(claims(body.access_token)).toMatchObject({ aud: MESSAGES, scope: 'read:messages' });
     expect(claims(body.id_token!)).toMatchObject({ iss: ISSUER, aud: SPA.client_id, sub: 'alice' });
     expect(body.refresh_token).not.toBe(tokens.refresh_token);
@@ -223,26 +272,38 @@ describe('auth0Configuration: the tenant as Auth0 SDKs find it', () => {
   test('the MRRT exchange as auth0-spa-js sends it: every requested scope back in the response, an ID token, the billing token', async () => {
     const { tokens } = await spaLogin();
     const scope = `${SDK_SCOPE} read:invoices`;
-    const res = await tokenRequest({
-      grant_type: 'refresh_token', client_id: SPA.client_id, refresh_token: tokens.refresh_token!, redirect_uri: SPA.redirect_uri, audience: BILLING, scope,
-    }, { 'auth0-client': Buffer.from('{"name":"auth0-spa-js","version":"2.28.3"}').toString('base64'), origin: SPA.origin });
+    const res = await tokenRequest(
+      {
+        grant_type: 'refresh_token',
+        client_id: SPA.client_id,
+        refresh_token: tokens.refresh_token!,
+        redirect_uri: SPA.redirect_uri,
+        audience: BILLING,
+        scope,
+      },
+      { 'auth0-client': Buffer.from('{"name":"auth0-spa-js","version":"2.28.3"}').toString('base64'), origin: SPA.origin },
+    );
     expect(res.status).toBe(200);
     expect(res.headers.get('access-control-allow-origin')).toBe(SPA.origin);
-    const body = await res.json() as Tokens;
+    const body = (await res.json()) as Tokens;
     expect(body.scope!.split(' ').sort()).toEqual(scope.split(' ').sort());
     expect(body.resource).toBe(BILLING);
     expect(claims(body.access_token)).toMatchObject({ aud: BILLING, scope: 'read:invoices', client_id: SPA.client_id, sub: 'alice' });
     expect(claims(body.id_token!)).toMatchObject({ iss: ISSUER, aud: SPA.client_id });
   });
 
-  test('CORS: a preflight with Auth0-Client passes; a token request from an origin that is none of the client\'s redirect URIs is refused', async () => {
+  test("CORS: a preflight with Auth0-Client passes; a token request from an origin that is none of the client's redirect URIs is refused", async () => {
     const preflight = await tenantFetch(`${ISSUER}oauth/token`, {
-      method: 'OPTIONS', headers: { origin: SPA.origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'auth0-client,content-type' },
+      method: 'OPTIONS',
+      headers: { origin: SPA.origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'auth0-client,content-type' },
     });
     expect(preflight.status).toBe(204);
     expect(preflight.headers.get('access-control-allow-headers')).toContain('auth0-client');
     const { tokens } = await spaLogin();
-    const refused = await tokenRequest({ grant_type: 'refresh_token', client_id: SPA.client_id, refresh_token: tokens.refresh_token! }, { origin: 'https://elsewhere.test' });
+    const refused = await tokenRequest(
+      { grant_type: 'refresh_token', client_id: SPA.client_id, refresh_token: tokens.refresh_token! },
+      { origin: 'https://elsewhere.test' },
+    );
     expect(refused.status).toBe(400);
     expect(await refused.json()).toMatchObject({ error: 'invalid_request' });
     const still = await tokenRequest({ grant_type: 'refresh_token', client_id: SPA.client_id, refresh_token: tokens.refresh_token! }, { origin: SPA.origin });
@@ -279,12 +340,14 @@ describe('auth0Configuration: the tenant as Auth0 SDKs find it', () => {
     const page = await browser.get(`${ISSUER}v2/logout?client_id=${SPA.client_id}&returnTo=${encodeURIComponent(`${SPA.origin}/`)}&auth0Client=e30`);
     expect(page.status).toBe(200);
     const html = await page.text();
-    expect(html).toContain('document.getElementById(\'op.logoutForm\').submit()');
+    expect(html).toContain("document.getElementById('op.logoutForm').submit()");
     const action = /action="([^"]+)"/.exec(html)![1]!;
     const xsrf = /name="xsrf" value="([^"]+)"/.exec(html)![1]!;
     expect(html).toContain('name="logout" value="yes"');
     const confirmed = await browser.follow(action, {
-      method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams({ xsrf, logout: 'yes' }),
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ xsrf, logout: 'yes' }),
     });
     expect(confirmed.outside?.href).toBe(`${SPA.origin}/`);
     // signed out: the next authorization asks to sign in again (the login page signs in at once, so a new session cookie appears)
@@ -294,7 +357,7 @@ describe('auth0Configuration: the tenant as Auth0 SDKs find it', () => {
     expect(refused.status).toBe(400);
   });
 
-  test('the operator\'s own hooks win: routes, logoutSource, clientBasedCORS; extraParams kept; defaultResource asked when no audience is given', async () => {
+  test("the operator's own hooks win: routes, logoutSource, clientBasedCORS; extraParams kept; defaultResource asked when no audience is given", async () => {
     const logoutSource = () => undefined;
     const clientBasedCORS = () => true;
     const asked: unknown[] = [];
@@ -304,7 +367,12 @@ describe('auth0Configuration: the tenant as Auth0 SDKs find it', () => {
       clientBasedCORS,
       features: {
         rpInitiatedLogout: { logoutSource },
-        resourceIndicators: { defaultResource: (_ctx, _client, oneOf) => { asked.push(oneOf); return 'https://default.example.com'; } },
+        resourceIndicators: {
+          defaultResource: (_ctx, _client, oneOf) => {
+            asked.push(oneOf);
+            return 'https://default.example.com';
+          },
+        },
       },
     });
     expect(merged.routes).toMatchObject({ token: '/token', authorization: '/authorize', end_session: '/v2/logout' });
@@ -329,7 +397,12 @@ describe('auth0Configuration: the tenant as Auth0 SDKs find it', () => {
 
 describe('@auth0/auth0-auth-js (Node) against the tenant', () => {
   test('sign in, redeem the code, then the same refresh token for the billing API through MRRT', async () => {
-    const auth = new AuthClient({ domain: DOMAIN, clientId: SERVER_APP.client_id, clientSecret: SERVER_APP.client_secret, customFetch: tenantFetch as typeof fetch });
+    const auth = new AuthClient({
+      domain: DOMAIN,
+      clientId: SERVER_APP.client_id,
+      clientSecret: SERVER_APP.client_secret,
+      customFetch: tenantFetch as typeof fetch,
+    });
     const { authorizationUrl, codeVerifier } = await auth.buildAuthorizationUrl({
       authorizationParams: { redirect_uri: SERVER_APP.redirect_uri, scope: `${SDK_SCOPE} read:messages`, audience: MESSAGES },
     });

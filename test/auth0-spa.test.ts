@@ -14,14 +14,29 @@ import { startExampleServer, type RunningExample } from '../example-server/serve
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const FLAGS = [
-  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
 ];
 const require = createRequire(import.meta.url);
-const LOCKED_SDK = (JSON.parse(readFileSync('package-lock.json', 'utf8')) as { packages: Record<string, { version: string }> })
-  .packages['node_modules/@auth0/auth0-spa-js']!.version;
+const LOCKED_SDK = (JSON.parse(readFileSync('package-lock.json', 'utf8')) as { packages: Record<string, { version: string }> }).packages[
+  'node_modules/@auth0/auth0-spa-js'
+]!.version;
 
-interface Decoded { alg: string; typ: string; aud: string; scope: string; client_id: string; sub: string; iss: string; cnf?: { jkt?: string } }
+interface Decoded {
+  alg: string;
+  typ: string;
+  aud: string;
+  scope: string;
+  client_id: string;
+  sub: string;
+  iss: string;
+  cnf?: { jkt?: string };
+}
 type LogEntry = Readonly<Record<string, unknown>>;
 
 describe('auth0-spa-js (useMrrt) on the example SPA page in headless Chromium', () => {
@@ -33,7 +48,14 @@ describe('auth0-spa-js (useMrrt) on the example SPA page in headless Chromium', 
     if (!existsSync(CHROMIUM)) {
       throw new Error(`${CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium (.ci/run installs it)`);
     }
-    server = await startExampleServer({ port: 0, host: '127.0.0.1', logLevel: 'info', logSink: (entry) => { log.push(entry); } });
+    server = await startExampleServer({
+      port: 0,
+      host: '127.0.0.1',
+      logLevel: 'info',
+      logSink: (entry) => {
+        log.push(entry);
+      },
+    });
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS, timeout: 30_000 });
   }, 60_000);
 
@@ -44,21 +66,28 @@ describe('auth0-spa-js (useMrrt) on the example SPA page in headless Chromium', 
 
   const tenant = () => `${server!.url}/`;
   /** The tenant's successful token requests of one grant type since `from`. */
-  const grants = (grantType: string, from: number) => log.slice(from).filter((entry) => entry.event === 'oidc.grant' && entry.issuer === tenant() && entry.grant_type === grantType);
+  const grants = (grantType: string, from: number) =>
+    log.slice(from).filter((entry) => entry.event === 'oidc.grant' && entry.issuer === tenant() && entry.grant_type === grantType);
   /** Every POST to the tenant's token endpoint since `from`, whatever its answer (the server's request log). */
-  const tokenRequests = (from: number) => log.slice(from).filter((entry) => entry.event === 'http.request' && entry.method === 'POST' && entry.path === '/oauth/token').length;
-  const decoded = async (page: Page, id: string): Promise<Decoded> => JSON.parse(await page.locator(`#${id}`).textContent() ?? '') as Decoded;
+  const tokenRequests = (from: number) =>
+    log.slice(from).filter((entry) => entry.event === 'http.request' && entry.method === 'POST' && entry.path === '/oauth/token').length;
+  const decoded = async (page: Page, id: string): Promise<Decoded> => JSON.parse((await page.locator(`#${id}`).textContent()) ?? '') as Decoded;
   /** getTokenSilently in the page, through the SDK; a rejection comes back as { name, message }. */
-  const getToken = (page: Page, options: Record<string, unknown>) => page.evaluate(async (opts) => {
-    const demo = (globalThis as unknown as { spaDemo: { client: { getTokenSilently(o: unknown): Promise<string> }; decode(jwt: string): { payload: Record<string, unknown> } } }).spaDemo;
-    try {
-      return { claims: demo.decode(await demo.client.getTokenSilently(opts)).payload };
-    } catch (err) {
-      const { MissingScopesError } = (globalThis as unknown as { auth0: { MissingScopesError: new () => Error } }).auth0;
-      const name = err instanceof MissingScopesError ? 'MissingScopesError' : (err as Error).name;
-      return { error: { name, code: (err as { error?: string }).error, message: (err as Error).message } };
-    }
-  }, options);
+  const getToken = (page: Page, options: Record<string, unknown>) =>
+    page.evaluate(async (opts) => {
+      const demo = (
+        globalThis as unknown as {
+          spaDemo: { client: { getTokenSilently(o: unknown): Promise<string> }; decode(jwt: string): { payload: Record<string, unknown> } };
+        }
+      ).spaDemo;
+      try {
+        return { claims: demo.decode(await demo.client.getTokenSilently(opts)).payload };
+      } catch (err) {
+        const { MissingScopesError } = (globalThis as unknown as { auth0: { MissingScopesError: new () => Error } }).auth0;
+        const name = err instanceof MissingScopesError ? 'MissingScopesError' : (err as Error).name;
+        return { error: { name, code: (err as { error?: string }).error, message: (err as Error).message } };
+      }
+    }, options);
 
   async function signIn(context: BrowserContext, query = ''): Promise<Page> {
     const page = await context.newPage();
@@ -88,7 +117,7 @@ describe('auth0-spa-js (useMrrt) on the example SPA page in headless Chromium', 
     expect(body).toContain(`"${LOCKED_SDK}"`);
   });
 
-  test('sign in for the messages API, then the billing API through MRRT with exactly one refresh_token request; a scope outside the policy is the SDK\'s MissingScopesError and the refresh token still works; logout', async () => {
+  test("sign in for the messages API, then the billing API through MRRT with exactly one refresh_token request; a scope outside the policy is the SDK's MissingScopesError and the refresh token still works; logout", async () => {
     const context = await browser!.newContext();
     const pageErrors: string[] = [];
     try {
@@ -99,20 +128,49 @@ describe('auth0-spa-js (useMrrt) on the example SPA page in headless Chromium', 
       let from = log.length;
       await page.getByRole('button', { name: 'Call the messages API' }).click();
       await page.locator('#messages-answer').waitFor();
-      expect(await decoded(page, 'messages-token')).toMatchObject({ alg: 'RS256', typ: 'at+jwt', aud: MESSAGES_API, scope: 'messages:read', client_id: spaApp.clientId, sub: 'alice', iss: tenant() });
-      expect(JSON.parse(await page.locator('#messages-answer').textContent() ?? '')).toMatchObject({ status: 200, body: { audience: MESSAGES_API, subject: 'alice', client_id: spaApp.clientId, messages: config.data.messages.alice } });
+      expect(await decoded(page, 'messages-token')).toMatchObject({
+        alg: 'RS256',
+        typ: 'at+jwt',
+        aud: MESSAGES_API,
+        scope: 'messages:read',
+        client_id: spaApp.clientId,
+        sub: 'alice',
+        iss: tenant(),
+      });
+      expect(JSON.parse((await page.locator('#messages-answer').textContent()) ?? '')).toMatchObject({
+        status: 200,
+        body: { audience: MESSAGES_API, subject: 'alice', client_id: spaApp.clientId, messages: config.data.messages.alice },
+      });
       expect(grants('refresh_token', from)).toHaveLength(0);
 
       // MRRT: the billing token with the same refresh token, one refresh_token request
       from = log.length;
       await page.getByRole('button', { name: 'Get a billing token and call the billing API' }).click();
       await page.locator('#billing-answer').waitFor();
-      expect(await decoded(page, 'billing-token')).toMatchObject({ alg: 'RS256', aud: BILLING_API, scope: 'billing:read', client_id: spaApp.clientId, sub: 'alice', iss: tenant() });
-      expect(JSON.parse(await page.locator('#billing-answer').textContent() ?? '')).toMatchObject({ status: 200, body: { audience: BILLING_API, subject: 'alice', invoices: config.data.invoices.alice } });
+      expect(await decoded(page, 'billing-token')).toMatchObject({
+        alg: 'RS256',
+        aud: BILLING_API,
+        scope: 'billing:read',
+        client_id: spaApp.clientId,
+        sub: 'alice',
+        iss: tenant(),
+      });
+      expect(JSON.parse((await page.locator('#billing-answer').textContent()) ?? '')).toMatchObject({
+        status: 200,
+        body: { audience: BILLING_API, subject: 'alice', invoices: config.data.invoices.alice },
+      });
       expect(grants('refresh_token', from)).toEqual([expect.objectContaining({ client_id: spaApp.clientId })]);
       expect(tokenRequests(from)).toBe(1);
       const exchanges = log.slice(from).filter((entry) => entry.event === 'mrrt.exchange');
-      expect(exchanges).toEqual([expect.objectContaining({ outcome: 'issued', reason: 'policy', clientId: spaApp.clientId, resolvedAudience: BILLING_API, requestedScope: 'openid profile email offline_access billing:read' })]);
+      expect(exchanges).toEqual([
+        expect.objectContaining({
+          outcome: 'issued',
+          reason: 'policy',
+          clientId: spaApp.clientId,
+          resolvedAudience: BILLING_API,
+          requestedScope: 'openid profile email offline_access billing:read',
+        }),
+      ]);
       expect(await page.locator('#error').isHidden()).toBe(true);
 
       // a scope outside the policy: 200 without it, which the SDK reports as MissingScopesError

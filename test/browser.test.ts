@@ -17,8 +17,13 @@ const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 // Playwright adds --headless (headless: true) and a fresh temporary --user-data-dir per launch itself.
 // Without the background-networking flags Chromium keeps trying to reach Google's hosts.
 const FLAGS = [
-  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
 ];
 const JWT = /eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+/;
 
@@ -34,7 +39,7 @@ describe('example home page in headless Chromium', () => {
     }
     server = await startExampleServer({ port: 0, host: '127.0.0.1', logLevel: 'silent' });
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS, timeout: 30_000 });
-    screenshots = process.env.MRRT_SCREENSHOT_DIR ?? await mkdtemp(path.join(os.tmpdir(), 'mrrt-browser-'));
+    screenshots = process.env.MRRT_SCREENSHOT_DIR ?? (await mkdtemp(path.join(os.tmpdir(), 'mrrt-browser-')));
   }, 60_000);
 
   afterAll(async () => {
@@ -59,7 +64,9 @@ describe('example home page in headless Chromium', () => {
     page.setDefaultTimeout(15_000);
     const pageErrors: string[] = [];
     page.on('pageerror', (err) => pageErrors.push(err.message));
-    page.on('console', (message) => { if (message.type() === 'error') pageErrors.push(message.text()); });
+    page.on('console', (message) => {
+      if (message.type() === 'error') pageErrors.push(message.text());
+    });
     try {
       await page.goto(`${server!.url}/`);
       expect(await page.title()).toBe('MRRT demo');
@@ -93,7 +100,7 @@ describe('example home page in headless Chromium', () => {
       const messagesStatus = step(page, 2).locator('strong.ok, strong.bad');
       await messagesStatus.waitFor();
       expect(await messagesStatus.textContent()).toBe('200');
-      const messagesAnswer = JSON.parse(await step(page, 2).locator('pre').last().textContent() ?? '') as Record<string, unknown>;
+      const messagesAnswer = JSON.parse((await step(page, 2).locator('pre').last().textContent()) ?? '') as Record<string, unknown>;
       expect(messagesAnswer).toMatchObject({ audience: MESSAGES_API, subject: 'alice', client_id: 'demo-app', messages: config.data.messages.alice });
 
       // 3. MRRT: the same refresh token exchanged for a billing API token
@@ -106,9 +113,9 @@ describe('example home page in headless Chromium', () => {
       const exchangePres = step(page, 3).locator('pre');
       // request, response, decoded header, decoded payload
       expect(await exchangePres.count()).toBe(4);
-      expect(JSON.parse(await exchangePres.nth(1).textContent() ?? '')).toMatchObject({ resource: BILLING_API, scope: 'billing:read', token_type: 'Bearer' });
-      expect(JSON.parse(await exchangePres.nth(2).textContent() ?? '')).toMatchObject({ alg: 'RS256', typ: 'at+jwt' });
-      const billingClaims = JSON.parse(await exchangePres.nth(3).textContent() ?? '') as Record<string, unknown>;
+      expect(JSON.parse((await exchangePres.nth(1).textContent()) ?? '')).toMatchObject({ resource: BILLING_API, scope: 'billing:read', token_type: 'Bearer' });
+      expect(JSON.parse((await exchangePres.nth(2).textContent()) ?? '')).toMatchObject({ alg: 'RS256', typ: 'at+jwt' });
+      const billingClaims = JSON.parse((await exchangePres.nth(3).textContent()) ?? '') as Record<string, unknown>;
       expect(billingClaims).toMatchObject({ aud: BILLING_API, scope: 'billing:read', client_id: 'demo-app', sub: 'alice', iss: server!.issuer });
 
       // 4. the billing API with the billing token
@@ -116,7 +123,7 @@ describe('example home page in headless Chromium', () => {
       const billingStatus = step(page, 4).locator('strong.ok, strong.bad');
       await billingStatus.waitFor();
       expect(await billingStatus.textContent()).toBe('200');
-      const billingAnswer = JSON.parse(await step(page, 4).locator('pre').last().textContent() ?? '') as Record<string, unknown>;
+      const billingAnswer = JSON.parse((await step(page, 4).locator('pre').last().textContent()) ?? '') as Record<string, unknown>;
       expect(billingAnswer).toMatchObject({ audience: BILLING_API, subject: 'alice', invoices: config.data.invoices.alice });
 
       // 5. the messages token sent to the billing API: refused
@@ -130,8 +137,9 @@ describe('example home page in headless Chromium', () => {
       expect(await mixupStatus.getAttribute('class')).toBe('bad');
       const mixupText = await step(page, 5).textContent();
       expect(mixupText).toContain('WWW-Authenticate: Bearer realm="https://billing.example.com", error="invalid_token"');
-      expect(JSON.parse(await step(page, 5).locator('pre').last().textContent() ?? '')).toEqual({
-        error: 'invalid_token', error_description: 'the access token is not for this API (aud mismatch)',
+      expect(JSON.parse((await step(page, 5).locator('pre').last().textContent()) ?? '')).toEqual({
+        error: 'invalid_token',
+        error_description: 'the access token is not for this API (aud mismatch)',
       });
 
       // earlier answers are still shown, and the page never contains a token, only decoded contents

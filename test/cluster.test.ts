@@ -29,16 +29,20 @@ afterAll(async () => {
 
 /** A new ioredis Cluster client on the test cluster, closed in afterAll. */
 async function connect(): Promise<Cluster> {
-  const client = new Cluster(cluster!.startupNodes.map((node) => ({ ...node })), {
-    slotsRefreshTimeout: 2000,
-    redisOptions: { maxRetriesPerRequest: 1, connectTimeout: 2000 },
-  });
+  const client = new Cluster(
+    cluster!.startupNodes.map((node) => ({ ...node })),
+    {
+      slotsRefreshTimeout: 2000,
+      redisOptions: { maxRetriesPerRequest: 1, connectTimeout: 2000 },
+    },
+  );
   client.on('error', () => {});
   clients.push(client);
-  if (client.status !== 'ready') await new Promise<void>((resolve, reject) => {
-    client.once('ready', () => resolve());
-    client.once('end', () => reject(new Error('cluster client ended before ready')));
-  });
+  if (client.status !== 'ready')
+    await new Promise<void>((resolve, reject) => {
+      client.once('ready', () => resolve());
+      client.once('end', () => reject(new Error('cluster client ended before ready')));
+    });
   return client;
 }
 
@@ -60,9 +64,16 @@ async function nodeOf(client: Cluster, key: string): Promise<string> {
 /** Resolves when `store`'s listeners see `clientId` announced; rejects after `ms`. */
 function changeOf(store: RedisPolicyStore, clientId: string, ms = 5000): Promise<void> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { off(); reject(new Error(`no announcement of ${clientId} within ${ms}ms`)); }, ms);
+    const timer = setTimeout(() => {
+      off();
+      reject(new Error(`no announcement of ${clientId} within ${ms}ms`));
+    }, ms);
     const off = store.subscribe((id) => {
-      if (id === clientId) { clearTimeout(timer); off(); resolve(); }
+      if (id === clientId) {
+        clearTimeout(timer);
+        off();
+        resolve();
+      }
     });
   });
 }
@@ -71,7 +82,9 @@ function changeOf(store: RedisPolicyStore, clientId: string, ms = 5000): Promise
 async function untilSubscribed(store: RedisPolicyStore, publisher: Cluster): Promise<void> {
   const probe = `probe-${randomBytes(4).toString('hex')}`;
   let seen = false;
-  const off = store.subscribe((id) => { if (id === probe) seen = true; });
+  const off = store.subscribe((id) => {
+    if (id === probe) seen = true;
+  });
   try {
     for (let attempt = 0; attempt < 100 && !seen; attempt += 1) {
       await publisher.publish(store.channel, probe);
@@ -174,7 +187,9 @@ describe('RedisPolicyStore on Redis Cluster', () => {
 
 let unitClient: Cluster | undefined;
 const unitPrefix = `mrrt-test:cluster-adapter-${randomBytes(6).toString('hex')}:`;
-beforeAll(async () => { unitClient = await connect(); }, 30_000);
+beforeAll(async () => {
+  unitClient = await connect();
+}, 30_000);
 // the same unit suite as on standalone Redis, with the adapter's keys spread over the three shards
 describeAdapterUnit('Redis Cluster', () => ({ redis: unitClient!, prefix: unitPrefix, connect }));
 
@@ -241,7 +256,7 @@ describe('RedisAdapter flows on Redis Cluster (no hash tag: keys spread over the
     expect((await refresh(server, rotated, { resource: API.A })).status).toBe(200);
   });
 
-  test('reuse of a rotated refresh token -> invalid_grant, and revokeByGrantId deletes the grant\'s keys on every shard', async () => {
+  test("reuse of a rotated refresh token -> invalid_grant, and revokeByGrantId deletes the grant's keys on every shard", async () => {
     const tokens = await login(server);
     const { grantId } = await storedRefreshToken(tokens.refresh_token);
     const first = await refresh(server, tokens.refresh_token);

@@ -23,7 +23,10 @@ const clients: Redis[] = [];
 const stores: RedisPolicyStore[] = [];
 const closers: (() => Promise<void>)[] = [];
 
-const POLICY: Policy = [{ audience: API.B, scope: ['b:read'] }, { audience: API.C, scope: ['c:read'] }];
+const POLICY: Policy = [
+  { audience: API.B, scope: ['b:read'] },
+  { audience: API.C, scope: ['c:read'] },
+];
 
 function connect(): Redis {
   const redis = new Redis(REDIS_URL);
@@ -132,18 +135,23 @@ describe(`${BURST} parallel refresh requests with one refresh token`, () => {
         expect(res.body).toMatchObject({ resource: API.B, scope: 'b:read' });
       }
     }
-    const summary = (b: Burst): string => `${JSON.stringify(b.outcomes)} grant ${b.grantRevoked ? 'revoked' : 'survives'}, new refresh tokens usable afterwards: ${b.usableAfter}`;
-    console.log(`[concurrency] ${BURST} parallel refreshes of one refresh token, rotation on, RedisAdapter, 3 rounds:\n`
-      + rounds.map((r, i) => `  round ${i + 1}: plain oidc-provider (resource A): ${summary(r.plain)}\n`
-        + `           withMrrt, policy-only target B: ${summary(r.mrrtPolicy)}\n`
-        + `           withMrrt, granted target A:     ${summary(r.mrrtGranted)}`).join('\n'));
+    const summary = (b: Burst): string =>
+      `${JSON.stringify(b.outcomes)} grant ${b.grantRevoked ? 'revoked' : 'survives'}, new refresh tokens usable afterwards: ${b.usableAfter}`;
+    console.log(
+      `[concurrency] ${BURST} parallel refreshes of one refresh token, rotation on, RedisAdapter, 3 rounds:\n` +
+        rounds
+          .map(
+            (r, i) =>
+              `  round ${i + 1}: plain oidc-provider (resource A): ${summary(r.plain)}\n` +
+              `           withMrrt, policy-only target B: ${summary(r.mrrtPolicy)}\n` +
+              `           withMrrt, granted target A:     ${summary(r.mrrtGranted)}`,
+          )
+          .join('\n'),
+    );
   });
 
   test('rotation off: every request succeeds and the refresh token stays usable, plain and MRRT alike', async () => {
-    const [plainBurst, policyBurst] = await Promise.all([
-      burst(plainNoRotation, { resource: API.A }),
-      burst(mrrtNoRotation, { audience: API.B }),
-    ]);
+    const [plainBurst, policyBurst] = await Promise.all([burst(plainNoRotation, { resource: API.A }), burst(mrrtNoRotation, { audience: API.B })]);
     for (const result of [plainBurst, policyBurst]) {
       expect(result.outcomes).toEqual({ 200: BURST });
       expect(new Set(result.successes.map((res) => res.body.refresh_token)).size).toBe(1);
@@ -151,10 +159,12 @@ describe(`${BURST} parallel refresh requests with one refresh token`, () => {
       expect(result.grantRevoked).toBe(false);
     }
     for (const res of policyBurst.successes) expect(claims(res.body.access_token)).toMatchObject({ aud: API.B, scope: 'b:read' });
-    console.log(`[concurrency] ${BURST} parallel refreshes, rotation off: plain ${JSON.stringify(plainBurst.outcomes)}, MRRT ${JSON.stringify(policyBurst.outcomes)}`);
+    console.log(
+      `[concurrency] ${BURST} parallel refreshes, rotation off: plain ${JSON.stringify(plainBurst.outcomes)}, MRRT ${JSON.stringify(policyBurst.outcomes)}`,
+    );
   });
 
-  test('parallel exchanges of different tokens for different targets never see each other\'s overlay', async () => {
+  test("parallel exchanges of different tokens for different targets never see each other's overlay", async () => {
     const logins = await Promise.all(Array.from({ length: 8 }, (_, i) => login(mrrtNoRotation, { sub: `user-${i}` })));
     const cases: { params: Record<string, string>; status: number; aud?: string; scope?: string; resource?: string; error?: string }[] = [
       { params: { audience: API.B }, status: 200, aud: API.B, scope: 'b:read', resource: API.B },
@@ -184,7 +194,9 @@ describe('parallel policy writes with the same If-Match', () => {
   test(`${BURST} RedisPolicyStore writes from 4 connections: exactly one wins`, async () => {
     const writers = Array.from({ length: 4 }, () => newStore());
     const base = await writers[0]!.set('race', POLICY);
-    const results = await Promise.allSettled(Array.from({ length: BURST }, (_, i) => writers[i % 4]!.set('race', [{ audience: API.B, scope: [`w${i}`] }], { ifMatch: base.version })));
+    const results = await Promise.allSettled(
+      Array.from({ length: BURST }, (_, i) => writers[i % 4]!.set('race', [{ audience: API.B, scope: [`w${i}`] }], { ifMatch: base.version })),
+    );
     const won = results.filter((r): r is PromiseFulfilledResult<PolicyRecord> => r.status === 'fulfilled');
     expect(won).toHaveLength(1);
     expect(results.filter((r) => r.status === 'rejected' && (r.reason as Error).name === 'PolicyConflictError')).toHaveLength(BURST - 1);
@@ -197,15 +209,24 @@ describe('parallel policy writes with the same If-Match', () => {
     for (let i = 0; i < 2; i += 1) {
       const provider = await server({ mrrt: true, rotate: true });
       const app = express();
-      app.use('/admin', createPolicyRouter({
-        provider: provider.provider,
-        authorize: (req) => (req.get('authorization') === 'Bearer test-admin' ? { actor: 'tester' } : false),
-        audience: API.ADMIN,
-        onAudit: (event) => audits.push(event),
-      }));
+      app.use(
+        '/admin',
+        createPolicyRouter({
+          provider: provider.provider,
+          authorize: (req) => (req.get('authorization') === 'Bearer test-admin' ? { actor: 'tester' } : false),
+          audience: API.ADMIN,
+          onAudit: (event) => audits.push(event),
+        }),
+      );
       const admin = http.createServer(app);
       await new Promise<void>((resolve) => admin.listen(0, '127.0.0.1', resolve));
-      closers.push(() => new Promise<void>((resolve) => { admin.closeAllConnections(); admin.close(() => resolve()); }));
+      closers.push(
+        () =>
+          new Promise<void>((resolve) => {
+            admin.closeAllConnections();
+            admin.close(() => resolve());
+          }),
+      );
       admins.push({ provider, url: `http://127.0.0.1:${(admin.address() as AddressInfo).port}` });
     }
 
@@ -225,9 +246,15 @@ describe('parallel policy writes with the same If-Match', () => {
       [{ audience: API.B, scope: ['b:read', 'b:write'] }],
       [{ audience: API.C, scope: ['c:write'] }],
     ];
-    const results = await Promise.all(Array.from({ length: BURST }, (_, i) => request(admins[i % 2]!.url)
-      .put('/admin/clients/app/policy').set('Authorization', 'Bearer test-admin').set('If-Match', etag)
-      .send({ policies: variants[i % variants.length] })));
+    const results = await Promise.all(
+      Array.from({ length: BURST }, (_, i) =>
+        request(admins[i % 2]!.url)
+          .put('/admin/clients/app/policy')
+          .set('Authorization', 'Bearer test-admin')
+          .set('If-Match', etag)
+          .send({ policies: variants[i % variants.length] }),
+      ),
+    );
     const statuses = results.map((res) => res.status);
     expect(statuses.filter((s) => s === 200)).toHaveLength(1);
     expect(statuses.filter((s) => s === 412)).toHaveLength(BURST - 1);
@@ -251,6 +278,8 @@ describe('parallel policy writes with the same If-Match', () => {
       expect(res.status).toBe(winnerHasC ? 200 : 400);
       if (!winnerHasC) expect(res.body.error).toBe('invalid_target');
     }
-    console.log(`[concurrency] ${BURST} parallel admin PUTs with one If-Match over 2 instances: ${JSON.stringify(statuses.reduce<Record<number, number>>((acc, s) => ({ ...acc, [s]: (acc[s] ?? 0) + 1 }), {}))}`);
+    console.log(
+      `[concurrency] ${BURST} parallel admin PUTs with one If-Match over 2 instances: ${JSON.stringify(statuses.reduce<Record<number, number>>((acc, s) => ({ ...acc, [s]: (acc[s] ?? 0) + 1 }), {}))}`,
+    );
   });
 });

@@ -14,32 +14,47 @@ import { startExampleServer, type RunningExample } from '../example-server/serve
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const DEMO = path.join(ROOT, 'dist-example', 'demo', 'demo.js');
 
-interface Run { readonly code: number | null; readonly stdout: string; readonly stderr: string }
+interface Run {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
 
 function run(command: string, args: readonly string[], env: Record<string, string> = {}, timeoutMs = 60_000): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk; });
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      stdout += chunk;
+    });
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+      stderr += chunk;
+    });
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.once('error', (err) => { clearTimeout(timer); reject(err); });
-    child.once('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
   });
 }
 
 const runDemo = (url: string): Promise<Run> => run(process.execPath, [DEMO], { DEMO_URL: url }, 30_000);
 
 /** A 127.0.0.1 port nothing listens on (bound, then released). */
-const closedPort = (): Promise<number> => new Promise((resolve, reject) => {
-  const server = net.createServer();
-  server.once('error', reject);
-  server.listen(0, '127.0.0.1', () => {
-    const { port } = server.address() as net.AddressInfo;
-    server.close(() => resolve(port));
+const closedPort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
   });
-});
 
 describe('npm run demo (openid-client against a running example server)', () => {
   const logs: Record<string, unknown>[] = [];
@@ -101,10 +116,12 @@ describe('npm run demo (openid-client against a running example server)', () => 
 
     // the server saw what the demo printed: one MRRT exchange issued for billing, one refused for admin
     const exchanges = logs.filter((entry) => entry.event === 'mrrt.exchange');
-    expect(exchanges).toEqual(expect.arrayContaining([
-      expect.objectContaining({ outcome: 'issued', clientId: 'demo-app', subject: 'alice', requestedAudience: BILLING_API, grantedScope: 'billing:read' }),
-      expect.objectContaining({ outcome: 'refused', clientId: 'demo-app', requestedAudience: ADMIN_API, error: 'invalid_target' }),
-    ]));
+    expect(exchanges).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ outcome: 'issued', clientId: 'demo-app', subject: 'alice', requestedAudience: BILLING_API, grantedScope: 'billing:read' }),
+        expect.objectContaining({ outcome: 'refused', clientId: 'demo-app', requestedAudience: ADMIN_API, error: 'invalid_target' }),
+      ]),
+    );
     expect(logs).toEqual(expect.arrayContaining([expect.objectContaining({ event: 'login.succeeded', subject: 'alice', client_id: 'demo-app' })]));
   }, 60_000);
 

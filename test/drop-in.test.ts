@@ -6,27 +6,41 @@ import request from 'supertest';
 
 import { MemoryPolicyStore, withMrrt } from '../lib/index.js';
 import { createPolicyRouter } from '../lib/express.js';
-import {
-  API, CLIENTS, SKIP_CONSENT, claims, login, refresh, snapshot, startServer, type TestServer,
-} from './support/fixture.js';
+import { API, CLIENTS, SKIP_CONSENT, claims, login, refresh, snapshot, startServer, type TestServer } from './support/fixture.js';
 
 const ISSUER = 'https://op.example.com';
-const discovery = async (provider: Provider): Promise<unknown> => (
-  await request(provider.callback()).get('/.well-known/openid-configuration').set('Host', 'op.example.com')
-).body;
+const discovery = async (provider: Provider): Promise<unknown> =>
+  (await request(provider.callback()).get('/.well-known/openid-configuration').set('Host', 'op.example.com')).body;
 
 describe('configurations MRRT cannot serve construct and behave as plain oidc-provider', () => {
   let warn: jest.SpiedFunction<typeof console.warn>;
-  beforeAll(() => { warn = jest.spyOn(console, 'warn'); });
-  afterEach(() => { warn.mockClear(); });
-  afterAll(() => { warn.mockRestore(); });
+  beforeAll(() => {
+    warn = jest.spyOn(console, 'warn');
+  });
+  afterEach(() => {
+    warn.mockClear();
+  });
+  afterAll(() => {
+    warn.mockRestore();
+  });
   const mrrtWarnings = (): string[] => warn.mock.calls.map((call) => String(call[0])).filter((line) => line.includes('oidc-provider-mrrt'));
-  const ccClient = { client_id: 'service', client_secret: 'service-secret-service-secret-ss', grant_types: ['client_credentials'], response_types: [], redirect_uris: [] };
+  const ccClient = {
+    client_id: 'service',
+    client_secret: 'service-secret-service-secret-ss',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+  };
 
   // the cases run in order; each reason is said once per process, so a repeated reason says nothing
   const cases: Array<[string, () => Configuration, RegExp, number]> = [
     ['scopes without offline_access (no refresh_token grant)', () => ({ scopes: ['openid'] }), /no refresh_token grant/, 1],
-    ['a client-credentials-only server', () => ({ scopes: ['openid'], clients: [ccClient], features: { clientCredentials: { enabled: true } } }), /no refresh_token grant/, 0],
+    [
+      'a client-credentials-only server',
+      () => ({ scopes: ['openid'], clients: [ccClient], features: { clientCredentials: { enabled: true } } }),
+      /no refresh_token grant/,
+      0,
+    ],
     ['resource indicators disabled', () => ({ features: { resourceIndicators: { enabled: false } } }), /resourceIndicators is disabled/, 1],
   ];
 
@@ -63,25 +77,36 @@ describe('configurations MRRT cannot serve construct and behave as plain oidc-pr
         },
       },
     });
-    const token = async (provider: Provider) => request(provider.callback()).post('/token').type('form')
-      .send({ grant_type: 'client_credentials', client_id: ccClient.client_id, client_secret: ccClient.client_secret, scope: 'api:read' });
+    const token = async (provider: Provider) =>
+      request(provider.callback())
+        .post('/token')
+        .type('form')
+        .send({ grant_type: 'client_credentials', client_id: ccClient.client_id, client_secret: ccClient.client_secret, scope: 'api:read' });
     const mrrt = await token(new (withMrrt(Provider, { store: new MemoryPolicyStore() }))(ISSUER, configuration()));
     const plain = await token(new Provider(ISSUER, configuration()));
     expect(mrrt.status).toBe(200);
-    expect({ status: mrrt.status, scope: mrrt.body.scope, aud: claims(mrrt.body.access_token).aud })
-      .toEqual({ status: plain.status, scope: plain.body.scope, aud: claims(plain.body.access_token).aud });
+    expect({ status: mrrt.status, scope: mrrt.body.scope, aud: claims(mrrt.body.access_token).aud }).toEqual({
+      status: plain.status,
+      scope: plain.body.scope,
+      aud: claims(plain.body.access_token).aud,
+    });
   });
 });
 
-describe('the deployment\'s extraClientMetadata sees exactly what it sees without MRRT', () => {
+describe("the deployment's extraClientMetadata sees exactly what it sees without MRRT", () => {
   test('the validator is called for the declared properties only, as often as on plain oidc-provider', async () => {
     const run = async (build: (configuration: Configuration) => Provider): Promise<string[]> => {
       const calls: string[] = [];
       const provider = build({
-        clients: [{ ...CLIENTS.app, tenant: 'acme' }, { ...CLIENTS.partner, tenant: 'partner' }],
+        clients: [
+          { ...CLIENTS.app, tenant: 'acme' },
+          { ...CLIENTS.partner, tenant: 'partner' },
+        ],
         extraClientMetadata: {
           properties: ['tenant'],
-          validator: (_ctx, key, value) => { calls.push(`${key}=${String(value)}`); },
+          validator: (_ctx, key, value) => {
+            calls.push(`${key}=${String(value)}`);
+          },
         },
       });
       const app = await provider.Client.find('app');
@@ -97,7 +122,7 @@ describe('the deployment\'s extraClientMetadata sees exactly what it sees withou
   });
 });
 
-describe('first-party is the operator\'s statement alone', () => {
+describe("first-party is the operator's statement alone", () => {
   let server: TestServer;
   const store = new MemoryPolicyStore();
   beforeAll(async () => {
@@ -137,7 +162,9 @@ describe('first-party is the operator\'s statement alone', () => {
     expect(registered.body).not.toHaveProperty('first_party');
     const { client_id: clientId, client_secret: clientSecret, registration_access_token: rat } = registered.body as Record<string, string>;
 
-    const updated = await request(server.url).put(`/reg/${clientId}`).set('Authorization', `Bearer ${rat}`)
+    const updated = await request(server.url)
+      .put(`/reg/${clientId}`)
+      .set('Authorization', `Bearer ${rat}`)
       .send({ ...metadata, client_id: clientId, client_secret: clientSecret, first_party: true });
     expect(updated.status).toBe(200);
     expect(updated.body).not.toHaveProperty('first_party');
@@ -167,15 +194,19 @@ describe('first-party is the operator\'s statement alone', () => {
   });
 });
 
-describe('oidc-provider\'s default adapter stays in place', () => {
+describe("oidc-provider's default adapter stays in place", () => {
   const servers: TestServer[] = [];
-  afterAll(async () => { for (const s of servers) await s.close(); });
+  afterAll(async () => {
+    for (const s of servers) await s.close();
+  });
 
-  test('per-provider storage, oidc-provider\'s own warning, and MRRT working on it', async () => {
+  test("per-provider storage, oidc-provider's own warning, and MRRT working on it", async () => {
     const warn = jest.spyOn(console, 'warn');
     const store = new MemoryPolicyStore();
     await store.set('app', [{ audience: API.B, scope: ['b:read'] }]);
-    const withoutAdapter = (configuration: Configuration): void => { delete configuration.adapter; };
+    const withoutAdapter = (configuration: Configuration): void => {
+      delete configuration.adapter;
+    };
     const mrrt = { store, allowSkippingConsent: SKIP_CONSENT };
     const first = await startServer({ mrrt, rotate: true, configure: withoutAdapter });
     const second = await startServer({ mrrt, rotate: true, configure: withoutAdapter });
@@ -206,7 +237,9 @@ describe('MRRT options in the provider configuration', () => {
     await configured.set('app', [{ audience: API.B, scope: ['b:read'] }]);
     const server = await startServer({
       mrrt: { store: empty, allowSkippingConsent: SKIP_CONSENT },
-      configure(configuration) { configuration.mrrt = { store: configured }; },
+      configure(configuration) {
+        configuration.mrrt = { store: configured };
+      },
     });
     try {
       const tokens = await login(server);

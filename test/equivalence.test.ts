@@ -63,7 +63,10 @@ describe.each([
 
   beforeAll(async () => {
     const store = new MemoryPolicyStore();
-    await store.set('app', [{ audience: API.B, scope: ['b:read'] }, { audience: API.C, scope: ['c:read'] }]);
+    await store.set('app', [
+      { audience: API.B, scope: ['b:read'] },
+      { audience: API.C, scope: ['c:read'] },
+    ]);
     plain = await startServer({ mrrt: false, rotate });
     mrrt = await startServer({ mrrt: { store, allowSkippingConsent: SKIP_CONSENT }, rotate });
   });
@@ -74,12 +77,15 @@ describe.each([
 
   test('the same sequence of refresh requests gets the same responses', async () => {
     const observed: { plain: unknown[]; mrrt: unknown[] } = { plain: [], mrrt: [] };
-    for (const [name, server] of [['plain', plain], ['mrrt', mrrt]] as const) {
+    for (const [name, server] of [
+      ['plain', plain],
+      ['mrrt', mrrt],
+    ] as const) {
       let current = (await login(server)).refresh_token;
       for (const step of STEPS) {
         const token = step.token ? step.token(current) : current;
         const res = await refresh(server, token, step.params, { client: step.client ?? 'app' });
-        observed[name].push({ step: step.name, ...(await observe(server, res) as object) });
+        observed[name].push({ step: step.name, ...((await observe(server, res)) as object) });
         if (res.status === 200 && typeof res.body.refresh_token === 'string') current = res.body.refresh_token;
       }
     }

@@ -14,7 +14,8 @@ import { deleteKeys } from './support/redis-keys.js';
 
 const DEMO = config.clients.find((client) => client.client_id === 'demo-app')!;
 const ADMIN = config.clients.find((client) => client.client_id === 'admin-cli')!;
-const basic = (client: { client_id: string; client_secret: string }): string => `Basic ${Buffer.from(`${client.client_id}:${client.client_secret}`).toString('base64')}`;
+const basic = (client: { client_id: string; client_secret: string }): string =>
+  `Basic ${Buffer.from(`${client.client_id}:${client.client_secret}`).toString('base64')}`;
 const JWT = /eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+/;
 
 const pathOf = (location: string | undefined): string => {
@@ -22,7 +23,13 @@ const pathOf = (location: string | undefined): string => {
   const { pathname, search } = new URL(location, 'http://placeholder');
   return pathname + search;
 };
-const unescapeHtml = (value: string): string => value.replace(/&amp;/g, '&').replace(/&quot;/g, '"').replace(/&#39;/g, "'").replace(/&lt;/g, '<').replace(/&gt;/g, '>');
+const unescapeHtml = (value: string): string =>
+  value
+    .replace(/&amp;/g, '&')
+    .replace(/&quot;/g, '"')
+    .replace(/&#39;/g, "'")
+    .replace(/&lt;/g, '<')
+    .replace(/&gt;/g, '>');
 const formAction = (page: string, suffix: string): string => {
   const match = new RegExp(`<form[^>]*action="([^"]*/${suffix})"`).exec(page);
   if (!match) throw new Error(`no form posting to */${suffix} in:\n${page}`);
@@ -89,29 +96,41 @@ describe.each(MODES)('example server with %s', (mode, redisUrl) => {
     }
   });
 
-  const tokenRequest = (params: Record<string, string>, client: { client_id: string; client_secret: string } = DEMO) => (
-    request(server.url).post('/oidc/token').set('Authorization', basic(client)).type('form').send(new URLSearchParams(params).toString())
-  );
+  const tokenRequest = (params: Record<string, string>, client: { client_id: string; client_secret: string } = DEMO) =>
+    request(server.url).post('/oidc/token').set('Authorization', basic(client)).type('form').send(new URLSearchParams(params).toString());
   const api = (path: string, token?: string) => {
     const req = request(server.url).get(path);
     return token === undefined ? req : req.set('Authorization', `Bearer ${token}`);
   };
 
   /** Signs `username` in as the demo-app client (code + PKCE), the test acting as the client. */
-  async function signInAsClient(username = 'alice', password = 'wonderland'): Promise<{ access_token: string; refresh_token: string; id_token: string; scope: string }> {
+  async function signInAsClient(
+    username = 'alice',
+    password = 'wonderland',
+  ): Promise<{ access_token: string; refresh_token: string; id_token: string; scope: string }> {
     const agent = request.agent(server.url);
     const verifier = randomBytes(32).toString('base64url');
     const params = new URLSearchParams({
-      client_id: DEMO.client_id, response_type: 'code', redirect_uri: `${server.url}/callback`, scope: config.demoApp.loginScope,
-      resource: MESSAGES_API, code_challenge: createHash('sha256').update(verifier).digest('base64url'), code_challenge_method: 'S256',
-      state: 'test-state', nonce: 'test-nonce', prompt: 'consent',
+      client_id: DEMO.client_id,
+      response_type: 'code',
+      redirect_uri: `${server.url}/callback`,
+      scope: config.demoApp.loginScope,
+      resource: MESSAGES_API,
+      code_challenge: createHash('sha256').update(verifier).digest('base64url'),
+      code_challenge_method: 'S256',
+      state: 'test-state',
+      nonce: 'test-nonce',
+      prompt: 'consent',
     });
     const callback = new URL(await throughLoginAndConsent(agent, `/oidc/auth?${params}`, username, password));
     expect(callback.origin + callback.pathname).toBe(`${server.url}/callback`);
     expect(callback.searchParams.get('state')).toBe('test-state');
     const res = await tokenRequest({
-      grant_type: 'authorization_code', code: callback.searchParams.get('code')!, redirect_uri: `${server.url}/callback`,
-      code_verifier: verifier, resource: MESSAGES_API,
+      grant_type: 'authorization_code',
+      code: callback.searchParams.get('code')!,
+      redirect_uri: `${server.url}/callback`,
+      code_verifier: verifier,
+      resource: MESSAGES_API,
     });
     expect(res.status).toBe(200);
     return res.body;
@@ -126,9 +145,7 @@ describe.each(MODES)('example server with %s', (mode, redisUrl) => {
   /** A JWT access token signed with the server's own key (the test supplied its JWKS). */
   async function forgeWithServerKey(claims: jose.JWTPayload): Promise<string> {
     const jwk = jwks.keys[0]!;
-    return new jose.SignJWT(claims)
-      .setProtectedHeader({ alg: 'RS256', kid: jwk.kid!, typ: 'at+jwt' })
-      .sign(await jose.importJWK(jwk, 'RS256'));
+    return new jose.SignJWT(claims).setProtectedHeader({ alg: 'RS256', kid: jwk.kid!, typ: 'at+jwt' }).sign(await jose.importJWK(jwk, 'RS256'));
   }
 
   test('serves the discovery document with its own keys, not the development keys', async () => {
@@ -253,7 +270,13 @@ describe.each(MODES)('example server with %s', (mode, redisUrl) => {
   test('protocol: messages token for the messages API, MRRT exchange of the same refresh token for billing, each API accepts only its own audience', async () => {
     const tokens = await signInAsClient();
     const messagesClaims = jose.decodeJwt(tokens.access_token);
-    expect(messagesClaims).toMatchObject({ aud: MESSAGES_API, iss: `${server.url}/oidc`, sub: 'alice', client_id: 'demo-app', scope: 'messages:read messages:write' });
+    expect(messagesClaims).toMatchObject({
+      aud: MESSAGES_API,
+      iss: `${server.url}/oidc`,
+      sub: 'alice',
+      client_id: 'demo-app',
+      scope: 'messages:read messages:write',
+    });
     expect(jose.decodeProtectedHeader(tokens.access_token)).toMatchObject({ alg: 'RS256', typ: 'at+jwt', kid: jwks.keys[0]!.kid });
 
     let res = await api('/api/messages', tokens.access_token);
@@ -285,12 +308,24 @@ describe.each(MODES)('example server with %s', (mode, redisUrl) => {
     expect(res.headers['www-authenticate']).toBe('Bearer realm="https://billing.example.com"');
     res = await api('/api/billing', 'not-a-jwt');
     expect(res.status).toBe(401);
-    const foreign = await forgeWithServerKey({ iss: 'https://evil.example', aud: BILLING_API, sub: 'alice', scope: 'billing:read', exp: Math.floor(Date.now() / 1000) + 60 });
+    const foreign = await forgeWithServerKey({
+      iss: 'https://evil.example',
+      aud: BILLING_API,
+      sub: 'alice',
+      scope: 'billing:read',
+      exp: Math.floor(Date.now() / 1000) + 60,
+    });
     res = await api('/api/billing', foreign);
     expect(res.status).toBe(401);
     expect(res.body.error_description).toContain('iss');
     // a billing token without billing:read: 403 insufficient_scope
-    const noScope = await forgeWithServerKey({ iss: server.issuer, aud: BILLING_API, sub: 'alice', scope: 'billing:write', exp: Math.floor(Date.now() / 1000) + 60 });
+    const noScope = await forgeWithServerKey({
+      iss: server.issuer,
+      aud: BILLING_API,
+      sub: 'alice',
+      scope: 'billing:write',
+      exp: Math.floor(Date.now() / 1000) + 60,
+    });
     res = await api('/api/billing', noScope);
     expect(res.status).toBe(403);
     expect(res.headers['www-authenticate']).toContain('error="insufficient_scope"');
@@ -310,11 +345,23 @@ describe.each(MODES)('example server with %s', (mode, redisUrl) => {
 
     // one structured log line per MRRT exchange, with no token value in any log line
     const exchanges = logs.filter((entry) => entry.event === 'mrrt.exchange');
-    expect(exchanges).toEqual(expect.arrayContaining([
-      expect.objectContaining({ level: 'info', outcome: 'issued', clientId: 'demo-app', subject: 'alice', requestedAudience: BILLING_API, resolvedAudience: BILLING_API, grantedScope: 'billing:read' }),
-      expect.objectContaining({ outcome: 'refused', clientId: 'demo-app', requestedAudience: ADMIN_API, error: 'invalid_target' }),
-    ]));
-    expect(logs.filter((entry) => entry.event === 'http.request' && entry.path === '/api/billing').map((entry) => entry.status)).toEqual(expect.arrayContaining([200, 401, 403]));
+    expect(exchanges).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({
+          level: 'info',
+          outcome: 'issued',
+          clientId: 'demo-app',
+          subject: 'alice',
+          requestedAudience: BILLING_API,
+          resolvedAudience: BILLING_API,
+          grantedScope: 'billing:read',
+        }),
+        expect.objectContaining({ outcome: 'refused', clientId: 'demo-app', requestedAudience: ADMIN_API, error: 'invalid_target' }),
+      ]),
+    );
+    expect(logs.filter((entry) => entry.event === 'http.request' && entry.path === '/api/billing').map((entry) => entry.status)).toEqual(
+      expect.arrayContaining([200, 401, 403]),
+    );
     const logText = logs.map((entry) => JSON.stringify(entry)).join('\n');
     for (const secret of [tokens.access_token, tokens.refresh_token, tokens.id_token, billingToken, DEMO.client_secret]) expect(logText).not.toContain(secret);
     expect(logText).not.toMatch(JWT);
@@ -373,8 +420,14 @@ describe.each(MODES)('example server with %s', (mode, redisUrl) => {
       expect(res.body.error_description).toBe('requested grant type is not allowed for this client');
       // a user cannot sign demo-app in for the admin API either
       const params = new URLSearchParams({
-        client_id: DEMO.client_id, response_type: 'code', redirect_uri: `${server.url}/callback`, scope: 'openid mrrt:admin', resource: ADMIN_API,
-        code_challenge: createHash('sha256').update('x'.repeat(43)).digest('base64url'), code_challenge_method: 'S256', state: 's',
+        client_id: DEMO.client_id,
+        response_type: 'code',
+        redirect_uri: `${server.url}/callback`,
+        scope: 'openid mrrt:admin',
+        resource: ADMIN_API,
+        code_challenge: createHash('sha256').update('x'.repeat(43)).digest('base64url'),
+        code_challenge_method: 'S256',
+        state: 's',
       });
       res = await request(server.url).get(`/oidc/auth?${params}`);
       expect(res.status).toBe(303);
@@ -422,26 +475,46 @@ describe.each(MODES)('example server with %s', (mode, redisUrl) => {
       const token = await adminToken();
       const current = await request(server.url).get(policyPath).set('Authorization', `Bearer ${token}`);
       const etag = current.headers.etag!;
-      const put = (body: unknown, ifMatch = etag) => request(server.url).put(policyPath).set('Authorization', `Bearer ${token}`).set('If-Match', ifMatch).type('json').send(JSON.stringify(body));
+      const put = (body: unknown, ifMatch = etag) =>
+        request(server.url).put(policyPath).set('Authorization', `Bearer ${token}`).set('If-Match', ifMatch).type('json').send(JSON.stringify(body));
 
       let res = await refused(() => put({ policies: [{ audience: 'billing', scope: [] }] }), 400, 'invalid_request');
       expect(res.body.issues.map((issue: { path: string }) => issue.path)).toEqual(expect.arrayContaining(['$.policies[0].audience', '$.policies[0].scope']));
 
-      res = await refused(() => put({ policies: [{ audience: ADMIN_API, scope: ['mrrt:admin'] }, { audience: BILLING_API, scope: ['billing:read', 'billing:write'] }] }), 400, 'invalid_request');
-      expect(res.body.issues).toEqual(expect.arrayContaining([
-        { path: '$.policies[0].audience', message: expect.stringContaining('deny-listed') },
-        { path: '$.policies[1].scope[1]', message: expect.stringContaining('billing:write') },
-      ]));
+      res = await refused(
+        () =>
+          put({
+            policies: [
+              { audience: ADMIN_API, scope: ['mrrt:admin'] },
+              { audience: BILLING_API, scope: ['billing:read', 'billing:write'] },
+            ],
+          }),
+        400,
+        'invalid_request',
+      );
+      expect(res.body.issues).toEqual(
+        expect.arrayContaining([
+          { path: '$.policies[0].audience', message: expect.stringContaining('deny-listed') },
+          { path: '$.policies[1].scope[1]', message: expect.stringContaining('billing:write') },
+        ]),
+      );
 
       // a policy for a client that is not first-party
-      res = await request(server.url).put('/admin/clients/admin-cli/policy').set('Authorization', `Bearer ${token}`).type('json')
+      res = await request(server.url)
+        .put('/admin/clients/admin-cli/policy')
+        .set('Authorization', `Bearer ${token}`)
+        .type('json')
         .send({ policies: [{ audience: BILLING_API, scope: ['billing:read'] }] });
       expect(res.status).toBe(400);
       expect(res.body.issues).toEqual([{ path: 'client_id', message: expect.stringContaining('first-party') }]);
       expect(await server.store.get('admin-cli')).toBeUndefined();
 
       await refused(() => put({ policies: [{ audience: BILLING_API, scope: ['billing:read'] }] }, '"stale-version"'), 412, 'precondition_failed');
-      await refused(() => request(server.url).delete(policyPath).set('Authorization', `Bearer ${token}`).set('If-Match', '"stale-version"'), 412, 'precondition_failed');
+      await refused(
+        () => request(server.url).delete(policyPath).set('Authorization', `Bearer ${token}`).set('If-Match', '"stale-version"'),
+        412,
+        'precondition_failed',
+      );
     });
 
     test('PUT / DELETE with If-Match change what the next MRRT exchange may do', async () => {
@@ -467,18 +540,32 @@ describe.each(MODES)('example server with %s', (mode, redisUrl) => {
       expect((await tokenRequest({ grant_type: 'refresh_token', refresh_token: tokens.refresh_token, resource: MESSAGES_API })).status).toBe(200);
 
       // PUT it back (only if absent), then replace it with the returned ETag
-      res = await request(server.url).put(policyPath).set('Authorization', auth).set('If-None-Match', '*').type('json')
+      res = await request(server.url)
+        .put(policyPath)
+        .set('Authorization', auth)
+        .set('If-None-Match', '*')
+        .type('json')
         .send({ policies: [{ audience: BILLING_API, scope: ['billing:read'] }] });
       expect(res.status).toBe(201);
       const created = res.headers.etag!;
       expect((await exchange()).status).toBe(200);
 
-      res = await request(server.url).put(policyPath).set('Authorization', auth).set('If-Match', created).type('json')
-        .send({ policies: [{ audience: BILLING_API, scope: ['billing:read'] }, { audience: MESSAGES_API, scope: ['messages:read'] }] });
+      res = await request(server.url)
+        .put(policyPath)
+        .set('Authorization', auth)
+        .set('If-Match', created)
+        .type('json')
+        .send({
+          policies: [
+            { audience: BILLING_API, scope: ['billing:read'] },
+            { audience: MESSAGES_API, scope: ['messages:read'] },
+          ],
+        });
       expect(res.status).toBe(200);
       expect(res.headers.etag).not.toBe(created);
       expect((await server.store.get('demo-app'))?.policies).toEqual([
-        { audience: BILLING_API, scope: ['billing:read'] }, { audience: MESSAGES_API, scope: ['messages:read'] },
+        { audience: BILLING_API, scope: ['billing:read'] },
+        { audience: MESSAGES_API, scope: ['messages:read'] },
       ]);
       // the old ETag is now stale
       res = await request(server.url).put(policyPath).set('Authorization', auth).set('If-Match', created).type('json').send({ policies: seeded });
@@ -489,9 +576,12 @@ describe.each(MODES)('example server with %s', (mode, redisUrl) => {
       expect(res.status).toBe(200);
 
       const audits = logs.filter((entry) => entry.event === 'mrrt.policy_changed');
-      expect(audits.map((entry) => [entry.action, entry.client_id, entry.actor])).toEqual(expect.arrayContaining([
-        ['delete', 'demo-app', 'admin-cli'], ['put', 'demo-app', 'admin-cli'],
-      ]));
+      expect(audits.map((entry) => [entry.action, entry.client_id, entry.actor])).toEqual(
+        expect.arrayContaining([
+          ['delete', 'demo-app', 'admin-cli'],
+          ['put', 'demo-app', 'admin-cli'],
+        ]),
+      );
     });
   });
 });

@@ -6,9 +6,7 @@ import { Redis } from 'ioredis';
 import request from 'supertest';
 
 import { MemoryPolicyStore, RedisPolicyStore, type MrrtReason, type Policy } from '../lib/index.js';
-import {
-  API, CLIENTS, SKIP_CONSENT, claims, dpopKey, login, refresh, snapshot, startServer, type TestServer, type TokenSet,
-} from './support/fixture.js';
+import { API, CLIENTS, SKIP_CONSENT, claims, dpopKey, login, refresh, snapshot, startServer, type TestServer, type TokenSet } from './support/fixture.js';
 import { deleteKeys } from './support/redis-keys.js';
 
 const APP_POLICY: Policy = [
@@ -34,7 +32,9 @@ afterAll(async () => {
 async function announce(clientId: string): Promise<void> {
   let unsubscribe = (): void => {};
   const seen = new Promise<void>((resolve) => {
-    unsubscribe = store.subscribe((id) => { if (id === clientId) resolve(); });
+    unsubscribe = store.subscribe((id) => {
+      if (id === clientId) resolve();
+    });
   });
   await redis.publish(store.channel, clientId);
   await seen;
@@ -42,7 +42,9 @@ async function announce(clientId: string): Promise<void> {
 }
 
 async function introspect(server: TestServer, token: string): Promise<Record<string, unknown>> {
-  const res = await request(server.url).post('/token/introspection').type('form')
+  const res = await request(server.url)
+    .post('/token/introspection')
+    .type('form')
     .send({ token, client_id: CLIENTS.app.client_id, client_secret: CLIENTS.app.client_secret });
   expect(res.status).toBe(200);
   return res.body as Record<string, unknown>;
@@ -110,8 +112,14 @@ describe.each([
     expect(res.body.id_token).toEqual(expect.any(String));
     expectRotation(tokens, res.body, before);
     expect(server.events.at(-1)).toMatchObject({
-      outcome: 'issued', reason: 'policy', clientId: 'app', subject: 'alice', grantId: before.grantId,
-      requestedAudience: API.B, resolvedAudience: API.B, grantedScope: 'b:read',
+      outcome: 'issued',
+      reason: 'policy',
+      clientId: 'app',
+      subject: 'alice',
+      grantId: before.grantId,
+      requestedAudience: API.B,
+      resolvedAudience: API.B,
+      grantedScope: 'b:read',
     });
     expect(JSON.stringify(server.events.at(-1))).not.toContain(tokens.refresh_token);
   });
@@ -143,7 +151,11 @@ describe.each([
     expect(res.body).toMatchObject({ scope: 'c:read', resource: API.C });
     expect(() => jose.decodeJwt(res.body.access_token)).toThrow();
     expect(await introspect(server, res.body.access_token)).toMatchObject({
-      active: true, aud: API.C, scope: 'c:read', client_id: 'app', sub: 'alice',
+      active: true,
+      aud: API.C,
+      scope: 'c:read',
+      client_id: 'app',
+      sub: 'alice',
     });
   });
 
@@ -160,7 +172,12 @@ describe.each([
     const tokens = await login(server);
     const original = snapshot(server, tokens.refresh_token);
     let current = tokens.refresh_token;
-    for (const [audience, scope] of [[API.B, 'b:read'], [API.C, 'c:read'], [API.A, 'a:read a:write'], [API.B, 'b:read']] as const) {
+    for (const [audience, scope] of [
+      [API.B, 'b:read'],
+      [API.C, 'c:read'],
+      [API.A, 'a:read a:write'],
+      [API.B, 'b:read'],
+    ] as const) {
       const res = await refresh(server, current, { audience });
       expect(res.status).toBe(200);
       expect(res.body.scope).toBe(scope);
@@ -207,7 +224,9 @@ describe.each([
       expect(res.status).toBe(200);
       expect(res.body).toMatchObject({ token_type: 'DPoP', scope: 'b:read', resource: API.B });
       expect(claims(res.body.access_token)).toMatchObject({
-        aud: API.B, client_id: 'spa', cnf: { jkt: await jose.calculateJwkThumbprint(key.publicJwk) },
+        aud: API.B,
+        client_id: 'spa',
+        cnf: { jkt: await jose.calculateJwkThumbprint(key.publicJwk) },
       });
     });
 
@@ -229,22 +248,31 @@ describe.each([
     });
   });
 
-  const refusals: Array<[string, 'app' | 'other' | 'partner', Record<string, string | string[]>, number, string, MrrtReason | undefined, string | undefined]> = [
-    ['a third-party client', 'partner', { audience: API.B }, 400, 'invalid_target', 'not_first_party', undefined],
-    ['a deny-listed audience', 'app', { audience: API.ADMIN }, 400, 'invalid_target', 'deny_listed', undefined],
-    ['an API that does not allow skipping consent', 'app', { audience: API.CONSENT }, 400, 'invalid_target', 'consent_required', undefined],
-    ['an audience in the policy that is no longer a known API', 'app', { audience: API.GONE }, 400, 'invalid_target', 'unknown_resource', undefined],
-    ['an audience outside the policy', 'app', { audience: 'https://api-x.example.com' }, 400, 'invalid_target', 'not_in_policy', undefined],
-    ['a client without a policy', 'other', { audience: API.B }, 400, 'invalid_target', 'no_policy', undefined],
-    ['two resource values', 'app', { resource: [API.B, API.C] }, 400, 'invalid_target', 'multiple_targets', undefined],
-    ['two audience values', 'app', { audience: [API.B, API.C] }, 400, 'invalid_target', 'multiple_targets', undefined],
-    ['the granted resource twice', 'app', { resource: [API.A, API.A] }, 400, 'invalid_target', 'multiple_targets', undefined],
-    ['audience different from resource', 'app', { audience: API.B, resource: API.C }, 400, 'invalid_request', undefined, undefined],
-    ['a scope outside the refresh token and the policy', 'app', { audience: API.B, scope: 'b:write' }, 400, 'invalid_scope', 'scope_not_allowed', 'b:write'],
-    ['a scope of another API', 'app', { audience: API.B, scope: 'b:read a:write' }, 400, 'invalid_scope', 'scope_not_allowed', 'a:write'],
-    ['a scope outside the policy on the granted API', 'app', { resource: API.A, scope: 'a:read b:write' }, 400, 'invalid_scope', 'scope_not_allowed', 'b:write'],
-    ['a request leaving no API scope', 'app', { audience: API.B, scope: 'openid' }, 400, 'invalid_scope', 'empty_scope', undefined],
-  ];
+  const refusals: Array<[string, 'app' | 'other' | 'partner', Record<string, string | string[]>, number, string, MrrtReason | undefined, string | undefined]> =
+    [
+      ['a third-party client', 'partner', { audience: API.B }, 400, 'invalid_target', 'not_first_party', undefined],
+      ['a deny-listed audience', 'app', { audience: API.ADMIN }, 400, 'invalid_target', 'deny_listed', undefined],
+      ['an API that does not allow skipping consent', 'app', { audience: API.CONSENT }, 400, 'invalid_target', 'consent_required', undefined],
+      ['an audience in the policy that is no longer a known API', 'app', { audience: API.GONE }, 400, 'invalid_target', 'unknown_resource', undefined],
+      ['an audience outside the policy', 'app', { audience: 'https://api-x.example.com' }, 400, 'invalid_target', 'not_in_policy', undefined],
+      ['a client without a policy', 'other', { audience: API.B }, 400, 'invalid_target', 'no_policy', undefined],
+      ['two resource values', 'app', { resource: [API.B, API.C] }, 400, 'invalid_target', 'multiple_targets', undefined],
+      ['two audience values', 'app', { audience: [API.B, API.C] }, 400, 'invalid_target', 'multiple_targets', undefined],
+      ['the granted resource twice', 'app', { resource: [API.A, API.A] }, 400, 'invalid_target', 'multiple_targets', undefined],
+      ['audience different from resource', 'app', { audience: API.B, resource: API.C }, 400, 'invalid_request', undefined, undefined],
+      ['a scope outside the refresh token and the policy', 'app', { audience: API.B, scope: 'b:write' }, 400, 'invalid_scope', 'scope_not_allowed', 'b:write'],
+      ['a scope of another API', 'app', { audience: API.B, scope: 'b:read a:write' }, 400, 'invalid_scope', 'scope_not_allowed', 'a:write'],
+      [
+        'a scope outside the policy on the granted API',
+        'app',
+        { resource: API.A, scope: 'a:read b:write' },
+        400,
+        'invalid_scope',
+        'scope_not_allowed',
+        'b:write',
+      ],
+      ['a request leaving no API scope', 'app', { audience: API.B, scope: 'openid' }, 400, 'invalid_scope', 'empty_scope', undefined],
+    ];
 
   test.each(refusals)('%s is refused before anything is rotated or stored', async (_name, client, params, status, error, reason, scope) => {
     const tokens = await login(server, { client });
@@ -265,9 +293,16 @@ describe.each([
     if (reason) {
       // more than one target is refused before the refresh token is even read: the event names no subject or grant
       const read = reason !== 'multiple_targets';
-      expect(emitted).toEqual([expect.objectContaining({
-        outcome: 'refused', reason, error, clientId: client, subject: read ? 'alice' : undefined, grantId: read ? before.grantId : undefined,
-      })]);
+      expect(emitted).toEqual([
+        expect.objectContaining({
+          outcome: 'refused',
+          reason,
+          error,
+          clientId: client,
+          subject: read ? 'alice' : undefined,
+          grantId: read ? before.grantId : undefined,
+        }),
+      ]);
     } else {
       expect(emitted).toEqual([]);
     }
@@ -326,7 +361,13 @@ describe('MRRT exchange with an unreachable policy store', () => {
 
   beforeAll(async () => {
     dead = new Redis({
-      host: '127.0.0.1', port: 1, connectTimeout: 200, lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null,
+      host: '127.0.0.1',
+      port: 1,
+      connectTimeout: 200,
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
     });
     dead.on('error', () => {});
     deadStore = new RedisPolicyStore(dead, { prefix });
@@ -362,7 +403,10 @@ describe('MRRT exchange with a policy store that does not answer in time', () =>
     const slow = new MemoryPolicyStore();
     await slow.set('app', [{ audience: API.B, scope: ['b:read'] }]);
     const realGet = slow.get.bind(slow);
-    slow.get = (clientId: string) => new Promise((resolve) => { setTimeout(() => resolve(realGet(clientId)), 1_000).unref(); });
+    slow.get = (clientId: string) =>
+      new Promise((resolve) => {
+        setTimeout(() => resolve(realGet(clientId)), 1_000).unref();
+      });
     const server = await startServer({ mrrt: { store: slow, allowSkippingConsent: SKIP_CONSENT, storeTimeout: 100 }, rotate: true });
     try {
       const tokens = await login(server);
@@ -379,7 +423,9 @@ describe('MRRT exchange with a policy store that does not answer in time', () =>
 
 describe('public clients (RFC 9700 §2.2.2)', () => {
   const servers: TestServer[] = [];
-  afterAll(async () => { for (const s of servers) await s.close(); });
+  afterAll(async () => {
+    for (const s of servers) await s.close();
+  });
   const start = async (rotate: boolean, publicClients?: 'any') => {
     const memory = new MemoryPolicyStore();
     await memory.set('spa', [{ audience: API.B, scope: ['b:read'] }]);
@@ -428,11 +474,13 @@ describe('public clients (RFC 9700 §2.2.2)', () => {
   });
 });
 
-describe('the deployment\'s getResourceServerInfo', () => {
+describe("the deployment's getResourceServerInfo", () => {
   // A deployment may answer per user (TTL, format, audience, refusal): the exchange asks once, with the
   // refresh token, Grant and account loaded, checks its rules against that answer and issues from it.
   const servers: TestServer[] = [];
-  afterAll(async () => { for (const s of servers) await s.close(); });
+  afterAll(async () => {
+    for (const s of servers) await s.close();
+  });
 
   test.each([
     ['rotation off', false],
@@ -479,7 +527,9 @@ describe('the rules hold for the answer issuance uses (a deployment answering pe
   // none of the policy's scopes. Asking for API.B directly with either answer must be refused, before
   // anything is written, with or without rotation.
   const servers: TestServer[] = [];
-  afterAll(async () => { for (const s of servers) await s.close(); });
+  afterAll(async () => {
+    for (const s of servers) await s.close();
+  });
 
   test.each([
     ['mallory', false, 'invalid_target', 'deny_listed'],
@@ -523,32 +573,35 @@ describe('the rules hold for the answer issuance uses (a deployment answering pe
 });
 
 describe('more than one target', () => {
-  test.each([false, true])('is refused before oidc-provider reads or writes anything (rotation %s), even where a defaultResource would choose none', async (rotate) => {
-    const memory = new MemoryPolicyStore();
-    await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
-    const server = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT }, rotate });
-    const written: string[] = [];
-    for (const name of ['access_token.saved', 'refresh_token.saved', 'refresh_token.consumed']) {
-      (server.provider as unknown as import('node:events').EventEmitter).on(name, () => written.push(name));
-    }
-    try {
-      const tokens = await login(server);
-      const before = snapshot(server, tokens.refresh_token);
-      written.length = 0;
-      server.events.length = 0;
-      const res = await refresh(server, tokens.refresh_token, { resource: [API.A, API.B] });
-      expect({ status: res.status, error: res.body.error }).toEqual({ status: 400, error: 'invalid_target' });
-      expect(written).toEqual([]);
-      expect(server.events.map((event) => event.reason)).toEqual(['multiple_targets']);
-      expect(snapshot(server, tokens.refresh_token)).toEqual(before);
-      expect((await refresh(server, tokens.refresh_token, { resource: API.A })).status).toBe(200);
-    } finally {
-      await server.close();
-    }
-  });
+  test.each([false, true])(
+    'is refused before oidc-provider reads or writes anything (rotation %s), even where a defaultResource would choose none',
+    async (rotate) => {
+      const memory = new MemoryPolicyStore();
+      await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+      const server = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT }, rotate });
+      const written: string[] = [];
+      for (const name of ['access_token.saved', 'refresh_token.saved', 'refresh_token.consumed']) {
+        (server.provider as unknown as import('node:events').EventEmitter).on(name, () => written.push(name));
+      }
+      try {
+        const tokens = await login(server);
+        const before = snapshot(server, tokens.refresh_token);
+        written.length = 0;
+        server.events.length = 0;
+        const res = await refresh(server, tokens.refresh_token, { resource: [API.A, API.B] });
+        expect({ status: res.status, error: res.body.error }).toEqual({ status: 400, error: 'invalid_target' });
+        expect(written).toEqual([]);
+        expect(server.events.map((event) => event.reason)).toEqual(['multiple_targets']);
+        expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+        expect((await refresh(server, tokens.refresh_token, { resource: API.A })).status).toBe(200);
+      } finally {
+        await server.close();
+      }
+    },
+  );
 });
 
-describe('Auth0 wire profile (profile: \'auth0\')', () => {
+describe("Auth0 wire profile (profile: 'auth0')", () => {
   // Login holds openid offline_access a:read for API.A; the policy gives b:read for API.B.
   const servers: Record<string, TestServer> = {};
   beforeAll(async () => {
@@ -558,17 +611,26 @@ describe('Auth0 wire profile (profile: \'auth0\')', () => {
       servers[profile] = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, profile }, rotate: true });
     }
   });
-  afterAll(async () => { for (const s of Object.values(servers)) await s.close(); });
+  afterAll(async () => {
+    for (const s of Object.values(servers)) await s.close();
+  });
 
   // request scope -> strict answer -> Auth0-profile answer (status, response scope, token scope, event reason)
   test.each([
     ['openid offline_access b:read', [200, 'b:read', 'b:read', 'policy'], [200, 'b:read openid offline_access', 'b:read', 'policy']],
-    ['openid profile email offline_access b:read', [400, 'invalid_scope', undefined, 'scope_not_allowed'], [200, 'b:read openid offline_access', 'b:read', 'policy']],
+    [
+      'openid profile email offline_access b:read',
+      [400, 'invalid_scope', undefined, 'scope_not_allowed'],
+      [200, 'b:read openid offline_access', 'b:read', 'policy'],
+    ],
     ['b:read b:write', [400, 'invalid_scope', undefined, 'scope_not_allowed'], [200, 'b:read', 'b:read', 'policy']],
     ['profile b:write', [400, 'invalid_scope', undefined, 'scope_not_allowed'], [400, 'invalid_scope', undefined, 'empty_scope']],
     ['openid offline_access', [400, 'invalid_scope', undefined, 'empty_scope'], [400, 'invalid_scope', undefined, 'empty_scope']],
   ] as const)('scope=%s', async (scope, strict, auth0) => {
-    for (const [profile, [status, scopeOrError, tokenScope, reason]] of [['strict', strict], ['auth0', auth0]] as const) {
+    for (const [profile, [status, scopeOrError, tokenScope, reason]] of [
+      ['strict', strict],
+      ['auth0', auth0],
+    ] as const) {
       const server = servers[profile]!;
       const tokens = await login(server);
       const before = snapshot(server, tokens.refresh_token);
@@ -660,7 +722,9 @@ describe('option functions that fail or never answer', () => {
   // isFirstParty / allowSkippingConsent may ask a database: their failure refuses only what needs their
   // answer, within storeTimeout; a granted target is served as without MRRT, oidc-provider's own errors win
   const never = (): Promise<boolean> => new Promise<boolean>(() => {});
-  const throws = (): boolean => { throw new Error('the client database is down'); };
+  const throws = (): boolean => {
+    throw new Error('the client database is down');
+  };
   test.each([
     ['isFirstParty', 'throws', throws],
     ['isFirstParty', 'never answers', never],
@@ -668,7 +732,10 @@ describe('option functions that fail or never answer', () => {
     ['allowSkippingConsent', 'never answers', never],
   ] as const)('%s that %s', async (option, _how, answer) => {
     const memory = new MemoryPolicyStore();
-    await memory.set('app', [{ audience: API.A, scope: ['a:write'] }, { audience: API.B, scope: ['b:read'] }]);
+    await memory.set('app', [
+      { audience: API.A, scope: ['a:write'] },
+      { audience: API.B, scope: ['b:read'] },
+    ]);
     const errorsSeen: unknown[] = [];
     const server = await startServer({
       mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, isFirstParty: () => true, storeTimeout: 50, [option]: answer },
@@ -705,9 +772,8 @@ describe('a malformed getResourceServerInfo answer', () => {
       rotate,
       configure(configuration) {
         const original = configuration.features!.resourceIndicators!.getResourceServerInfo!;
-        configuration.features!.resourceIndicators!.getResourceServerInfo = (ctx, resource, client) => (
-          resource === API.B ? { scope: 'b:read', audience: 5 as unknown as string } : original(ctx, resource, client)
-        );
+        configuration.features!.resourceIndicators!.getResourceServerInfo = (ctx, resource, client) =>
+          resource === API.B ? { scope: 'b:read', audience: 5 as unknown as string } : original(ctx, resource, client);
       },
     });
     try {
@@ -725,7 +791,7 @@ describe('a malformed getResourceServerInfo answer', () => {
   });
 });
 
-describe('the provider\'s OpenID scopes', () => {
+describe("the provider's OpenID scopes", () => {
   test('never reach an API token through a policy, whatever the API defines', async () => {
     const memory = new MemoryPolicyStore();
     // written behind the admin API's back (it refuses OpenID scopes), as a tampered store could
@@ -735,9 +801,8 @@ describe('the provider\'s OpenID scopes', () => {
       configure(configuration) {
         configuration.scopes = ['openid', 'offline_access', 'email'];
         const original = configuration.features!.resourceIndicators!.getResourceServerInfo!;
-        configuration.features!.resourceIndicators!.getResourceServerInfo = (ctx, resource, client) => (
-          resource === API.B ? { scope: 'b:read email', accessTokenFormat: 'jwt' } : original(ctx, resource, client)
-        );
+        configuration.features!.resourceIndicators!.getResourceServerInfo = (ctx, resource, client) =>
+          resource === API.B ? { scope: 'b:read email', accessTokenFormat: 'jwt' } : original(ctx, resource, client);
       },
     });
     try {
@@ -753,7 +818,7 @@ describe('the provider\'s OpenID scopes', () => {
   });
 });
 
-test('the request\'s MRRT state is not an enumerable part of the Koa context that listeners receive', async () => {
+test("the request's MRRT state is not an enumerable part of the Koa context that listeners receive", async () => {
   const memory = new MemoryPolicyStore();
   await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
   const server = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT } });

@@ -24,7 +24,10 @@ const storePrefix = `mrrt-test:{multi-${run}}:`;
 const redis = new Redis(REDIS_URL);
 const store = new RedisPolicyStore(redis, { prefix: storePrefix });
 
-const FULL: Policy = [{ audience: API.B, scope: ['b:read', 'b:write'] }, { audience: API.C, scope: ['c:read'] }];
+const FULL: Policy = [
+  { audience: API.B, scope: ['b:read', 'b:write'] },
+  { audience: API.C, scope: ['c:read'] },
+];
 const NARROW: Policy = [{ audience: API.B, scope: ['b:read'] }];
 
 const instances: Instance[] = [];
@@ -80,7 +83,9 @@ describe('provider instances in separate processes on one Redis', () => {
     expect(viaThree.status).toBe(200);
     expect(viaThree.body).toMatchObject({ scope: 'c:read', resource: API.C });
     // an opaque token issued by instance 3 is known to instance 1 (it lives in Redis)
-    const introspection = await request(one.url).post('/token/introspection').type('form')
+    const introspection = await request(one.url)
+      .post('/token/introspection')
+      .type('form')
       .send({ token: viaThree.body.access_token, client_id: CLIENTS.app.client_id, client_secret: CLIENTS.app.client_secret });
     expect(introspection.status).toBe(200);
     expect(introspection.body).toMatchObject({ active: true, aud: API.C, scope: 'c:read', client_id: 'app', sub: 'alice', iss: ISSUER });
@@ -98,7 +103,7 @@ describe('provider instances in separate processes on one Redis', () => {
     // one login (one token chain) per instance, so that the instances can be polled in parallel
     const chains = await Promise.all(instances.map(async (instance) => ({ instance, token: (await login(instance.server)).refresh_token })));
     /** An exchange on the chain's instance; a success rotates the chain's token. */
-    const exchange = async (chain: typeof chains[number], audience: string) => {
+    const exchange = async (chain: (typeof chains)[number], audience: string) => {
       const res = await refresh(chain.instance.server, chain.token, { audience });
       if (res.status === 200) chain.token = res.body.refresh_token;
       return res;
@@ -113,7 +118,9 @@ describe('provider instances in separate processes on one Redis', () => {
     const listenerRedis = new Redis(REDIS_URL);
     const listener = new RedisPolicyStore(listenerRedis, { prefix: storePrefix });
     let announcedAt = 0;
-    const off = listener.subscribe((id) => { if (id === 'app') announcedAt = performance.now(); });
+    const off = listener.subscribe((id) => {
+      if (id === 'app') announcedAt = performance.now();
+    });
     for (let attempt = 0; announcedAt === 0 && attempt < 100; attempt += 1) {
       await redis.publish(listener.channel, 'app');
       await new Promise((resolve) => setTimeout(resolve, 20));
@@ -127,25 +134,28 @@ describe('provider instances in separate processes on one Redis', () => {
       announcedAt = 0;
       await store.set('app', narrowing ? NARROW : FULL);
       const written = performance.now();
-      await Promise.all(chains.map(async (chain) => {
-        let stale = 0;
-        for (let attempt = 0; ; attempt += 1) {
-          const res = await exchange(chain, API.C);
-          const applied = narrowing ? res.status === 400 && res.body.error === 'invalid_target' : res.status === 200;
-          if (applied) break;
-          // still the previous policy, nothing else
-          if (narrowing) expect(res.status).toBe(200);
-          else expect(res.body.error).toBe('invalid_target');
-          stale += 1;
-          const elapsed = performance.now() - written;
-          if (elapsed > MAX_AGE || attempt >= 3000) throw new Error(`instance ${chain.instance.name} still used the old policy ${Math.round(elapsed)}ms after the write`);
-          await new Promise((resolve) => setTimeout(resolve, 10));
-        }
-        samples.push({ instance: chain.instance.name, round, ms: performance.now() - written, stale });
-        const b = await exchange(chain, API.B);
-        expect(b.status).toBe(200);
-        expect(b.body.scope).toBe(narrowing ? 'b:read' : 'b:read b:write');
-      }));
+      await Promise.all(
+        chains.map(async (chain) => {
+          let stale = 0;
+          for (let attempt = 0; ; attempt += 1) {
+            const res = await exchange(chain, API.C);
+            const applied = narrowing ? res.status === 400 && res.body.error === 'invalid_target' : res.status === 200;
+            if (applied) break;
+            // still the previous policy, nothing else
+            if (narrowing) expect(res.status).toBe(200);
+            else expect(res.body.error).toBe('invalid_target');
+            stale += 1;
+            const elapsed = performance.now() - written;
+            if (elapsed > MAX_AGE || attempt >= 3000)
+              throw new Error(`instance ${chain.instance.name} still used the old policy ${Math.round(elapsed)}ms after the write`);
+            await new Promise((resolve) => setTimeout(resolve, 10));
+          }
+          samples.push({ instance: chain.instance.name, round, ms: performance.now() - written, stale });
+          const b = await exchange(chain, API.B);
+          expect(b.status).toBe(200);
+          expect(b.body.scope).toBe(narrowing ? 'b:read' : 'b:read b:write');
+        }),
+      );
       for (let attempt = 0; announcedAt === 0 && attempt < 100; attempt += 1) await new Promise((resolve) => setTimeout(resolve, 10));
       expect(announcedAt).toBeGreaterThan(0);
       announcements.push(announcedAt - written);
@@ -160,10 +170,12 @@ describe('provider instances in separate processes on one Redis', () => {
     };
     const delays = samples.map((sample) => sample.ms);
     const stale = samples.reduce((sum, sample) => sum + sample.stale, 0);
-    console.log(`[multi-instance] policy propagation across 3 instance processes, ${samples.length} samples `
-      + `(write resolved -> first exchange on that instance that reflects it, HTTP round trip included): ${stats(delays)}; `
-      + `exchanges answered with the old policy after the write resolved: ${stale}; `
-      + `pub/sub announcement seen by another connection, relative to the write resolving: ${stats(announcements)}`);
+    console.log(
+      `[multi-instance] policy propagation across 3 instance processes, ${samples.length} samples ` +
+        `(write resolved -> first exchange on that instance that reflects it, HTTP round trip included): ${stats(delays)}; ` +
+        `exchanges answered with the old policy after the write resolved: ${stale}; ` +
+        `pub/sub announcement seen by another connection, relative to the write resolving: ${stats(announcements)}`,
+    );
     for (const ms of delays) expect(ms).toBeLessThan(MAX_AGE);
     await store.set('app', FULL);
   });
@@ -194,10 +206,14 @@ describe('provider instances in separate processes on one Redis', () => {
         expect(res.body.error).toBe('invalid_grant');
       }
     }
-    expect(await redis.exists(
-      `${adapterPrefix}RefreshToken:${tokens.refresh_token}`, `${adapterPrefix}RefreshToken:${next}`,
-      `${adapterPrefix}Grant:${grantId}`, `${adapterPrefix}grant:${grantId}`,
-    )).toBe(0);
+    expect(
+      await redis.exists(
+        `${adapterPrefix}RefreshToken:${tokens.refresh_token}`,
+        `${adapterPrefix}RefreshToken:${next}`,
+        `${adapterPrefix}Grant:${grantId}`,
+        `${adapterPrefix}grant:${grantId}`,
+      ),
+    ).toBe(0);
   });
 
   test('every instance is still running and saw no unhandled rejection', async () => {

@@ -1,10 +1,7 @@
 import { describe, test, expect } from '@jest/globals';
 import Provider from 'oidc-provider';
 
-import {
-  DEFAULT_LIMITS, MemoryPolicyStore, mrrtConfiguration, withMrrt,
-  type MrrtClient, type MrrtConfiguration, type MrrtOptions,
-} from '../lib/index.js';
+import { DEFAULT_LIMITS, MemoryPolicyStore, mrrtConfiguration, withMrrt, type MrrtClient, type MrrtConfiguration, type MrrtOptions } from '../lib/index.js';
 
 const ISSUER = 'https://op.example.com';
 const store = new MemoryPolicyStore();
@@ -150,7 +147,8 @@ describe('resolved configuration', () => {
     expect(config.limits).toEqual({ maxEntries: 5, maxScopesPerEntry: DEFAULT_LIMITS.maxScopesPerEntry });
     expect(config.storeTimeout).toBe(60_000);
     expect(configurationOf({ store, storeTimeout: 1, limits: { maxEntries: 1000, maxScopesPerEntry: 1 } })).toMatchObject({
-      storeTimeout: 1, limits: { maxEntries: 1000, maxScopesPerEntry: 1 },
+      storeTimeout: 1,
+      limits: { maxEntries: 1000, maxScopesPerEntry: 1 },
     });
   });
 
@@ -193,7 +191,7 @@ describe('options in the provider configuration', () => {
     expect(configOf(second).storeTimeout).toBe(500);
   });
 
-  test('the configuration\'s keys win over withMrrt\'s options, which stay the defaults of the class', () => {
+  test("the configuration's keys win over withMrrt's options, which stay the defaults of the class", () => {
     const MrrtProvider = withMrrt(Provider, { store, storeTimeout: 700 });
     const configOf = (provider: Provider): MrrtConfiguration => (provider as Provider & { [mrrtConfiguration]: MrrtConfiguration })[mrrtConfiguration];
     expect(configOf(new MrrtProvider(ISSUER, {})).storeTimeout).toBe(700);
@@ -202,7 +200,7 @@ describe('options in the provider configuration', () => {
     expect(overridden.storeTimeout).toBe(700);
   });
 
-  test('an undefined key keeps the class\'s value (an unset environment variable never empties the deny-list)', () => {
+  test("an undefined key keeps the class's value (an unset environment variable never empties the deny-list)", () => {
     const MrrtProvider = withMrrt(Provider, { store, denyList: ['https://admin.example.com'], storeTimeout: 700 });
     const configOf = (provider: Provider): MrrtConfiguration => (provider as Provider & { [mrrtConfiguration]: MrrtConfiguration })[mrrtConfiguration];
     const fromEnvironment = configOf(new MrrtProvider(ISSUER, { mrrt: { store, denyList: undefined, storeTimeout: undefined } }));

@@ -12,7 +12,10 @@ import { API, SKIP_CONSENT, claims, login, refresh, startServer, type TestServer
 import { instanceConfig, startInstance, type Instance } from './support/instances.js';
 import { QUICK_FAILURE, RedisServer, rawCommand } from './support/redis-server.js';
 
-const POLICY: Policy = [{ audience: API.A, scope: ['a:write'] }, { audience: API.B, scope: ['b:read'] }];
+const POLICY: Policy = [
+  { audience: API.A, scope: ['a:write'] },
+  { audience: API.B, scope: ['b:read'] },
+];
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 const redisServers: RedisServer[] = [];
@@ -84,7 +87,12 @@ describe('Redis stopped mid-run and started again (policy store and adapter on i
     stores.push(store);
     await store.set('app', POLICY);
     const { config } = await instanceConfig({
-      issuer, redisUrl: redisServer.url, adapterPrefix: 'mrrt-test:outage:', storePrefix, quickFailure: true, storeTimeout: 500,
+      issuer,
+      redisUrl: redisServer.url,
+      adapterPrefix: 'mrrt-test:outage:',
+      storePrefix,
+      quickFailure: true,
+      storeTimeout: 500,
     });
     instance = await startInstance('outage', config);
     instances.push(instance);
@@ -119,10 +127,16 @@ describe('Redis stopped mid-run and started again (policy store and adapter on i
     expect(discovery.status).toBe(200);
     expect(discovery.body.issuer).toBe(issuer);
     expect((await request(server.url).get('/jwks')).status).toBe(200);
-    const authorization = await request(server.url).get('/auth').query({
-      client_id: 'app', response_type: 'code', scope: 'openid', redirect_uri: 'https://app.example.com/cb',
-      code_challenge: 'x'.repeat(43), code_challenge_method: 'S256',
-    });
+    const authorization = await request(server.url)
+      .get('/auth')
+      .query({
+        client_id: 'app',
+        response_type: 'code',
+        scope: 'openid',
+        redirect_uri: 'https://app.example.com/cb',
+        code_challenge: 'x'.repeat(43),
+        code_challenge_method: 'S256',
+      });
     expect(authorization.status).toBeGreaterThanOrEqual(500);
     outcomes['authorization request'] = `${authorization.status}`;
     expect(instance.alive).toBe(true);
@@ -154,11 +168,13 @@ describe('Redis stopped mid-run and started again (policy store and adapter on i
     const report = await instance.report();
     expect(instance.alive).toBe(true);
     expect(report.unhandledRejections).toEqual([]);
-    console.log(`[outage] Redis stopped: ${JSON.stringify(outcomes)} (4 token requests answered in ${Math.round(elapsed)}ms); discovery 200; `
-      + `recovered ${Math.round(performance.now() - recoveryStarted)}ms after redis-server answered again (${attempts} attempt(s)); `
-      + `ioredis error events: ${report.redisErrors}; mrrt.store_error events: ${report.storeErrors}; `
-      + `MRRT refusals: ${JSON.stringify(report.events.filter((e) => e.outcome === 'refused').map((e) => `${e.reason}/${e.error}`))}; `
-      + `unhandled rejections: ${report.unhandledRejections.length}`);
+    console.log(
+      `[outage] Redis stopped: ${JSON.stringify(outcomes)} (4 token requests answered in ${Math.round(elapsed)}ms); discovery 200; ` +
+        `recovered ${Math.round(performance.now() - recoveryStarted)}ms after redis-server answered again (${attempts} attempt(s)); ` +
+        `ioredis error events: ${report.redisErrors}; mrrt.store_error events: ${report.storeErrors}; ` +
+        `MRRT refusals: ${JSON.stringify(report.events.filter((e) => e.outcome === 'refused').map((e) => `${e.reason}/${e.error}`))}; ` +
+        `unhandled rejections: ${report.unhandledRejections.length}`,
+    );
   }, 60_000);
 });
 
@@ -193,8 +209,10 @@ describe('only the policy store down (adapter on another Redis)', () => {
     const cached = await refresh(warm, warmed.body.refresh_token, { audience: API.B });
     expect(cached.status).toBe(200);
     expect(claims(cached.body.access_token)).toMatchObject({ aud: API.B, scope: 'b:read' });
-    console.log(`[outage] policy store killed, adapter up: cache off -> policy-only ${refused.status} ${refused.body.error}, granted ${granted.status} `
-      + `(scope ${granted.body.scope}); warm cache -> policy-only ${cached.status} (served from the cache, at most cache.maxAge)`);
+    console.log(
+      `[outage] policy store killed, adapter up: cache off -> policy-only ${refused.status} ${refused.body.error}, granted ${granted.status} ` +
+        `(scope ${granted.body.scope}); warm cache -> policy-only ${cached.status} (served from the cache, at most cache.maxAge)`,
+    );
   }, 30_000);
 });
 
@@ -235,7 +253,9 @@ describe('a Redis that answers slowly (DEBUG SLEEP)', () => {
     expect(policyOnly.status).toBe(503);
     expect(policyOnly.body).toMatchObject({ error: 'temporarily_unavailable' });
     expect(policyOnly.body).not.toHaveProperty('access_token');
-    expect(server.events).toContainEqual(expect.objectContaining({ outcome: 'refused', reason: 'store_unavailable', error: 'temporarily_unavailable', requestedAudience: API.B }));
+    expect(server.events).toContainEqual(
+      expect.objectContaining({ outcome: 'refused', reason: 'store_unavailable', error: 'temporarily_unavailable', requestedAudience: API.B }),
+    );
     // degraded, never widened: the granted API without its policy scope a:write
     expect(granted.status).toBe(200);
     expect(claims(granted.body.access_token)).toMatchObject({ aud: API.A, scope: 'a:read' });
@@ -247,8 +267,10 @@ describe('a Redis that answers slowly (DEBUG SLEEP)', () => {
     const retry = await refresh(server, one.refresh_token, { audience: API.B });
     expect(retry.status).toBe(200);
     expect(claims(retry.body.access_token)).toMatchObject({ aud: API.B, scope: 'b:read' });
-    console.log(`[outage] policy store blocked by DEBUG SLEEP 2 (storeTimeout 300, cache off): policy-only target ${policyOnly.status} ${policyOnly.body.error}, `
-      + `granted target ${granted.status} (scope ${granted.body.scope}), both answered in ${Math.round(elapsed)}ms, Redis still asleep when they were: ${stillSleeping}`);
+    console.log(
+      `[outage] policy store blocked by DEBUG SLEEP 2 (storeTimeout 300, cache off): policy-only target ${policyOnly.status} ${policyOnly.body.error}, ` +
+        `granted target ${granted.status} (scope ${granted.body.scope}), both answered in ${Math.round(elapsed)}ms, Redis still asleep when they were: ${stillSleeping}`,
+    );
   }, 30_000);
 
   test('adapter and store on the same stalled Redis: commandTimeout bounds the token endpoint (5xx, no token) instead of a hang', async () => {
@@ -274,7 +296,9 @@ describe('a Redis that answers slowly (DEBUG SLEEP)', () => {
     await sleeping;
     const retry = await refresh(shared, tokens.refresh_token, { audience: API.B });
     expect(retry.status).toBe(200);
-    console.log(`[outage] adapter + store on one Redis blocked by DEBUG SLEEP 3 (commandTimeout 500): ${res.status} ${res.body.error} after ${Math.round(elapsed)}ms, `
-      + `Redis still asleep: ${stillSleeping}; same refresh token afterwards: ${retry.status}`);
+    console.log(
+      `[outage] adapter + store on one Redis blocked by DEBUG SLEEP 3 (commandTimeout 500): ${res.status} ${res.body.error} after ${Math.round(elapsed)}ms, ` +
+        `Redis still asleep: ${stillSleeping}; same refresh token afterwards: ${retry.status}`,
+    );
   }, 30_000);
 });

@@ -31,9 +31,15 @@ function instance(): CountingStore {
   return store;
 }
 
-const changeOf = (store: RedisPolicyStore, clientId: string | undefined): Promise<void> => new Promise((resolve) => {
-  const off = store.subscribe((id) => { if (id === clientId) { off(); resolve(); } });
-});
+const changeOf = (store: RedisPolicyStore, clientId: string | undefined): Promise<void> =>
+  new Promise((resolve) => {
+    const off = store.subscribe((id) => {
+      if (id === clientId) {
+        off();
+        resolve();
+      }
+    });
+  });
 
 afterAll(async () => {
   for (const store of stores) await store.close();
@@ -130,7 +136,10 @@ describe('PolicyCache on RedisPolicyStore', () => {
     const flushed = changeOf(store, undefined);
     await new Promise((resolve) => setTimeout(resolve, 50));
     const list = (await clients[0]!.client('LIST')) as string;
-    const ids = list.split('\n').filter((line) => line.includes(`name=${connectionName} `) && / flags=P /.test(line)).map((line) => /id=(\d+)/.exec(line)![1]!);
+    const ids = list
+      .split('\n')
+      .filter((line) => line.includes(`name=${connectionName} `) && / flags=P /.test(line))
+      .map((line) => /id=(\d+)/.exec(line)![1]!);
     expect(ids.length).toBeGreaterThan(0);
     for (const id of ids) await clients[0]!.client('KILL', 'ID', id);
     await flushed;
@@ -150,7 +159,10 @@ describe('PolicyCache on MemoryPolicyStore', () => {
     const store = new MemoryPolicyStore();
     let reads = 0;
     const get = store.get.bind(store);
-    store.get = (id) => { reads += 1; return get(id); };
+    store.get = (id) => {
+      reads += 1;
+      return get(id);
+    };
     const cache = new PolicyCache(store, { maxEntries: 2 });
     await cache.get('a');
     await cache.get('b');
@@ -169,7 +181,10 @@ describe('PolicyCache on MemoryPolicyStore', () => {
     const store = new MemoryPolicyStore();
     let reads = 0;
     const get = store.get.bind(store);
-    store.get = (id) => { reads += 1; return get(id); };
+    store.get = (id) => {
+      reads += 1;
+      return get(id);
+    };
     const cache = new PolicyCache(store, { maxEntries: 3 });
     await cache.get('a');
     await cache.get('b');
@@ -191,7 +206,10 @@ describe('PolicyCache on MemoryPolicyStore', () => {
     await store.set('h1', POLICY);
     let reads = 0;
     const get = store.get.bind(store);
-    store.get = (id) => { reads += 1; return reads === 1 ? new Promise<never>(() => {}) : get(id); };
+    store.get = (id) => {
+      reads += 1;
+      return reads === 1 ? new Promise<never>(() => {}) : get(id);
+    };
     const cache = new PolicyCache(store, { maxAge: 100, readTimeout: 20 });
     // the caller's own deadline is far later than readTimeout: only the cache can end this wait first
     const first = await outcome(cache.get('h1'), 2000);
@@ -210,7 +228,10 @@ describe('PolicyCache on MemoryPolicyStore', () => {
     const older = await store.set('h2', POLICY);
     const newer = await store.set('h2', [{ audience: 'https://api-c.example.com', scope: ['c:read'] }]);
     const answers: ((record: PolicyRecord) => void)[] = [];
-    store.get = () => new Promise((resolve) => { answers.push(resolve); });
+    store.get = () =>
+      new Promise((resolve) => {
+        answers.push(resolve);
+      });
     const cache = new PolicyCache(store, { readTimeout: 20 });
     expect(await outcome(cache.get('h2'), 2000)).toMatchObject({ rejected: { code: 'ERR_MRRT_STORE_UNAVAILABLE' } });
     const second = cache.get('h2');
@@ -229,9 +250,17 @@ describe('PolicyCache on MemoryPolicyStore', () => {
 /** How `promise` settled, or `'caller gave up'` when it had not after `ms` (the caller's own deadline). */
 async function outcome<T>(promise: Promise<T>, ms: number): Promise<{ resolved: T } | { rejected: unknown } | 'caller gave up'> {
   let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<'caller gave up'>((resolve) => { timer = setTimeout(() => resolve('caller gave up'), ms); });
+  const deadline = new Promise<'caller gave up'>((resolve) => {
+    timer = setTimeout(() => resolve('caller gave up'), ms);
+  });
   try {
-    return await Promise.race([promise.then((resolved) => ({ resolved }), (rejected: unknown) => ({ rejected })), deadline]);
+    return await Promise.race([
+      promise.then(
+        (resolved) => ({ resolved }),
+        (rejected: unknown) => ({ rejected }),
+      ),
+      deadline,
+    ]);
   } finally {
     clearTimeout(timer);
   }

@@ -19,7 +19,10 @@ import { API, SKIP_CONSENT, login, refresh, startServer, type TestServer } from 
 import { RedisServer } from './support/redis-server.js';
 import { deleteKeys } from './support/redis-keys.js';
 
-const FULL: Policy = [{ audience: API.B, scope: ['b:read'] }, { audience: API.C, scope: ['c:read'] }];
+const FULL: Policy = [
+  { audience: API.B, scope: ['b:read'] },
+  { audience: API.C, scope: ['c:read'] },
+];
 const NARROW: Policy = [{ audience: API.B, scope: ['b:read'] }];
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -80,7 +83,7 @@ async function expectNarrowingApplies(readerRedis: Redis, url: string, prefix: s
   expect(res.body.error).toBe('invalid_target');
 }
 
-describe('a policy change by another instance reaches this instance\'s cache', () => {
+describe("a policy change by another instance reaches this instance's cache", () => {
   test('control: with the offline queue on (ioredis default) the narrowed policy applies within 2 s, and the subscriber is subscribed', async () => {
     const url = process.env.MRRT_TEST_REDIS_URL!;
     const prefix = `mrrt-test:{resilience-${randomBytes(6).toString('hex')}}:`;
@@ -94,7 +97,7 @@ describe('a policy change by another instance reaches this instance\'s cache', (
     expect(await admin.pubsub('NUMSUB', `${prefix}changed`)).toEqual([`${prefix}changed`, 1]);
   }, 20_000);
 
-  test('with enableOfflineQueue: false on the store\'s client, the narrowed policy applies within 2 s', async () => {
+  test("with enableOfflineQueue: false on the store's client, the narrowed policy applies within 2 s", async () => {
     const url = process.env.MRRT_TEST_REDIS_URL!;
     const prefix = `mrrt-test:{resilience-${randomBytes(6).toString('hex')}}:`;
     const admin = connect(url);

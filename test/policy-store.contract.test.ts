@@ -20,7 +20,6 @@ const newRedisStore = (): RedisPolicyStore => {
   return new RedisPolicyStore(redis, { prefix: `${ROOT}s${storeCount}:` });
 };
 
-
 beforeAll(async () => {
   redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
   await redis.ping();
@@ -38,7 +37,10 @@ describeStoreContract('RedisPolicyStore', newRedisStore);
 
 describe('RedisPolicyStore', () => {
   const corrupt = async (store: RedisPolicyStore, clientId: string): Promise<PolicyStoreError> => {
-    const error = await store.get(clientId).then(() => undefined, (err: unknown) => err);
+    const error = await store.get(clientId).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
     expect(error).toBeInstanceOf(PolicyStoreError);
     expect((error as PolicyStoreError).code).toBe('ERR_MRRT_STORE_CORRUPT');
     expect((error as PolicyStoreError).message).toContain(clientId);
@@ -162,7 +164,12 @@ describe('RedisPolicyStore', () => {
         });
       });
       dead = new Redis({
-        host: '127.0.0.1', port, lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false, retryStrategy: () => null,
+        host: '127.0.0.1',
+        port,
+        lazyConnect: true,
+        maxRetriesPerRequest: 0,
+        enableOfflineQueue: false,
+        retryStrategy: () => null,
       });
       dead.on('error', () => {});
       store = new RedisPolicyStore(dead, { prefix: `${ROOT}dead:` });
@@ -172,7 +179,10 @@ describe('RedisPolicyStore', () => {
     });
 
     test('get rejects with ERR_MRRT_STORE_UNAVAILABLE', async () => {
-      const error = await store.get('app').then(() => undefined, (err: unknown) => err);
+      const error = await store.get('app').then(
+        () => undefined,
+        (err: unknown) => err,
+      );
       expect(error).toBeInstanceOf(PolicyStoreError);
       expect((error as PolicyStoreError).code).toBe('ERR_MRRT_STORE_UNAVAILABLE');
       expect((error as PolicyStoreError).cause).toBeInstanceOf(Error);
@@ -216,7 +226,11 @@ describe('RedisPolicyStore', () => {
       await done;
 
       expect(messages).toEqual([
-        [store.channel, 'app'], [store.channel, 'app'], [store.channel, 'other'], [store.channel, 'other'], [store.channel, 'app'],
+        [store.channel, 'app'],
+        [store.channel, 'app'],
+        [store.channel, 'other'],
+        [store.channel, 'other'],
+        [store.channel, 'app'],
       ]);
     } finally {
       subscriber.disconnect();
@@ -226,7 +240,14 @@ describe('RedisPolicyStore', () => {
   describe('constructor', () => {
     const clusterLike = (): Record<string, unknown> & { defined: string[] } => {
       const defined: string[] = [];
-      return { isCluster: true, hmget: () => {}, defineCommand: (name: string) => { defined.push(name); }, defined };
+      return {
+        isCluster: true,
+        hmget: () => {},
+        defineCommand: (name: string) => {
+          defined.push(name);
+        },
+        defined,
+      };
     };
 
     test('on Cluster the prefix must contain a hash tag', () => {

@@ -1,9 +1,6 @@
 import { describe, test, expect } from '@jest/globals';
 
-import {
-  DEFAULT_LIMITS, PolicyValidationError, isResourceIndicator, parsePolicies,
-  type PolicyIssue, type PolicyLimits,
-} from '../lib/index.js';
+import { DEFAULT_LIMITS, PolicyValidationError, isResourceIndicator, parsePolicies, type PolicyIssue, type PolicyLimits } from '../lib/index.js';
 
 const A = 'https://a.example.com/api';
 const B = 'https://b.example.com';
@@ -28,7 +25,8 @@ function issuesOf(input: unknown, limits?: PolicyLimits): readonly PolicyIssue[]
   return error.issues;
 }
 
-const entries = (n: number): { audience: string; scope: string[] }[] => Array.from({ length: n }, (_, i) => ({ audience: `https://api${i}.example.com`, scope: ['read'] }));
+const entries = (n: number): { audience: string; scope: string[] }[] =>
+  Array.from({ length: n }, (_, i) => ({ audience: `https://api${i}.example.com`, scope: ['read'] }));
 const scopes = (n: number): string[] => Array.from({ length: n }, (_, i) => `s${i}`);
 
 interface Case {
@@ -49,11 +47,35 @@ const invalid: Case[] = [
   { name: 'a null entry', input: [null], issues: [['$[0]', /must be an object.*got null/]] },
   { name: 'an array entry', input: [{ audience: A, scope: ['read'] }, [A, ['read']]], issues: [['$[1]', /must be an object.*got an array/]] },
   { name: 'a string entry', input: [A], issues: [['$[0]', /got string/]] },
-  { name: 'a class instance entry', input: [new (class Entry { audience = A; scope = ['read']; })()], issues: [['$[0]', /must be an object/]] },
-  { name: 'a hole in a sparse array', input: Object.assign(new Array(2), { 1: { audience: A, scope: ['read'] } }), issues: [['$[0]', /must be an object.*got undefined/]] },
-  { name: 'an array of holes only', input: new Array(2), issues: [['$[0]', /must be an object/], ['$[1]', /must be an object/]] },
+  {
+    name: 'a class instance entry',
+    input: [
+      new (class Entry {
+        audience = A;
+        scope = ['read'];
+      })(),
+    ],
+    issues: [['$[0]', /must be an object/]],
+  },
+  {
+    name: 'a hole in a sparse array',
+    input: Object.assign(new Array(2), { 1: { audience: A, scope: ['read'] } }),
+    issues: [['$[0]', /must be an object.*got undefined/]],
+  },
+  {
+    name: 'an array of holes only',
+    input: new Array(2),
+    issues: [
+      ['$[0]', /must be an object/],
+      ['$[1]', /must be an object/],
+    ],
+  },
   { name: 'an unknown key', input: [{ audience: A, scope: ['read'], extra: 1 }], issues: [['$[0].extra', /not an allowed property/]] },
-  { name: 'an unknown key that is not an identifier', input: [{ audience: A, scope: ['read'], 'x-y': 1 }], issues: [['$[0]["x-y"]', /not an allowed property/]] },
+  {
+    name: 'an unknown key that is not an identifier',
+    input: [{ audience: A, scope: ['read'], 'x-y': 1 }],
+    issues: [['$[0]["x-y"]', /not an allowed property/]],
+  },
   {
     name: 'a JSON.parse\'d "__proto__" key',
     input: JSON.parse(`[{"audience":"${A}","scope":["read"],"__proto__":{"audience":"x"}}]`),
@@ -74,7 +96,11 @@ const invalid: Case[] = [
   { name: 'an audience with a NUL', input: [{ audience: `${A}\u0000`, scope: ['read'] }], issues: [['$[0].audience', /control characters/]] },
   { name: 'an audience with a newline', input: [{ audience: `${A}\n`, scope: ['read'] }], issues: [['$[0].audience', /control characters/]] },
   { name: 'an audience with DEL', input: [{ audience: `${A}\u007f`, scope: ['read'] }], issues: [['$[0].audience', /absolute URI/]] },
-  { name: 'an audience with a non-ASCII character', input: [{ audience: 'https://api.example.com/\u00e4', scope: ['read'] }], issues: [['$[0].audience', /absolute URI/]] },
+  {
+    name: 'an audience with a non-ASCII character',
+    input: [{ audience: 'https://api.example.com/\u00e4', scope: ['read'] }],
+    issues: [['$[0].audience', /absolute URI/]],
+  },
   {
     name: 'an audience of 601 characters',
     input: [{ audience: `https://api.example.com/${'a'.repeat(601 - 24)}`, scope: ['read'] }],
@@ -82,7 +108,11 @@ const invalid: Case[] = [
   },
   {
     name: 'a duplicate audience',
-    input: [{ audience: A, scope: ['read'] }, { audience: B, scope: ['read'] }, { audience: A, scope: ['write'] }],
+    input: [
+      { audience: A, scope: ['read'] },
+      { audience: B, scope: ['read'] },
+      { audience: A, scope: ['write'] },
+    ],
     issues: [['$[2].audience', /duplicates the entry for "https:\/\/a\.example\.com\/api"/]],
   },
   { name: 'a missing scope', input: [{ audience: A }], issues: [['$[0].scope', /must be an array.*got nothing/]] },
@@ -103,13 +133,23 @@ const invalid: Case[] = [
   { name: 'too many scopes (default limit 100)', input: [{ audience: A, scope: scopes(101) }], issues: [['$[0].scope', /at most 100 scopes, got 101/]] },
   {
     name: 'problems in the second entry are located there',
-    input: [{ audience: A, scope: ['read'] }, { audience: B, scope: ['read', 'write', ''] }],
+    input: [
+      { audience: A, scope: ['read'] },
+      { audience: B, scope: ['read', 'write', ''] },
+    ],
     issues: [['$[1].scope[2]', /1 to 280/]],
   },
   {
     name: 'three problems at once',
-    input: [{ audience: 'relative', scope: ['read'] }, { audience: B, scope: ['a b'], extra: true }],
-    issues: [['$[0].audience', /absolute URI/], ['$[1].extra', /not an allowed property/], ['$[1].scope[0]', /scope token/]],
+    input: [
+      { audience: 'relative', scope: ['read'] },
+      { audience: B, scope: ['a b'], extra: true },
+    ],
+    issues: [
+      ['$[0].audience', /absolute URI/],
+      ['$[1].extra', /not an allowed property/],
+      ['$[1].scope[0]', /scope token/],
+    ],
   },
   {
     name: 'every problem of a bad policy',
@@ -129,12 +169,18 @@ const invalid: Case[] = [
     name: 'too many entries reported together with entry problems',
     input: [...entries(2), { audience: '/x', scope: ['read'] }],
     limits: { maxEntries: 2 },
-    issues: [['$', /at most 2 entries, got 3/], ['$[2].audience', /absolute URI/]],
+    issues: [
+      ['$', /at most 2 entries, got 3/],
+      ['$[2].audience', /absolute URI/],
+    ],
   },
   { name: 'a custom maxEntries', input: entries(3), limits: { maxEntries: 2 }, issues: [['$', /at most 2 entries, got 3/]] },
   {
     name: 'a custom maxScopesPerEntry',
-    input: [{ audience: A, scope: ['a'] }, { audience: B, scope: ['a', 'b'] }],
+    input: [
+      { audience: A, scope: ['a'] },
+      { audience: B, scope: ['a', 'b'] },
+    ],
     limits: { maxScopesPerEntry: 1 },
     issues: [['$[1].scope', /at most 1 scopes, got 2/]],
   },
@@ -157,7 +203,10 @@ describe('parsePolicies: invalid input', () => {
 
 describe('parsePolicies: valid input', () => {
   test('returns an equal, deeply frozen copy', () => {
-    const input = [{ audience: A, scope: ['read', 'write'] }, { audience: 'urn:example:api', scope: ['admin:all'] }];
+    const input = [
+      { audience: A, scope: ['read', 'write'] },
+      { audience: 'urn:example:api', scope: ['admin:all'] },
+    ];
     const policy = parsePolicies(input);
     expect(policy).toEqual(input);
     expect(policy).not.toBe(input);
@@ -172,7 +221,10 @@ describe('parsePolicies: valid input', () => {
     expect(Object.isFrozen(input)).toBe(false);
     input[0]!.scope.push('delete');
     input.push({ audience: B, scope: ['x'] });
-    expect(policy).toEqual([{ audience: A, scope: ['read', 'write'] }, { audience: 'urn:example:api', scope: ['admin:all'] }]);
+    expect(policy).toEqual([
+      { audience: A, scope: ['read', 'write'] },
+      { audience: 'urn:example:api', scope: ['admin:all'] },
+    ]);
   });
 
   test('copies only audience and scope, in that order', () => {
@@ -227,7 +279,14 @@ describe('isResourceIndicator', () => {
 describe('errors', () => {
   test('every error class has a stable code and the MrrtError base', async () => {
     const { MrrtError, PolicyConflictError, PolicyStoreError, PolicyValidationError, MemoryPolicyStore: Store } = await import('../lib/index.js');
-    const invalid = (() => { try { parsePolicies([]); } catch (err) { return err; } return undefined; })();
+    const invalid = (() => {
+      try {
+        parsePolicies([]);
+      } catch (err) {
+        return err;
+      }
+      return undefined;
+    })();
     expect(invalid).toBeInstanceOf(PolicyValidationError);
     expect(invalid).toBeInstanceOf(MrrtError);
     expect(invalid).toMatchObject({ code: 'ERR_MRRT_POLICY_INVALID', name: 'PolicyValidationError' });

@@ -20,9 +20,7 @@ import fc from 'fast-check';
 import { Redis } from 'ioredis';
 
 import { MemoryPolicyStore, RedisPolicyStore, type MrrtReason, type PolicyStore } from '../lib/index.js';
-import {
-  API, RESOURCE_SERVERS, dpopKey, login, refresh, snapshot, startServer, type ClientName, type DpopKey, type TestServer,
-} from './support/fixture.js';
+import { API, RESOURCE_SERVERS, dpopKey, login, refresh, snapshot, startServer, type ClientName, type DpopKey, type TestServer } from './support/fixture.js';
 import { SCOPE_SYNTAX, accessTokenView, expectNothingPersisted, type Snapshot } from './support/security.js';
 import { deleteKeys } from './support/redis-keys.js';
 
@@ -59,7 +57,10 @@ const TARGETS = [...APIS, ...NEAR];
 const FIRST_PARTY: Record<ClientName, boolean> = { app: true, spa: true, partner: false, other: true };
 const PUBLIC: Record<ClientName, boolean> = { app: false, spa: true, partner: false, other: false };
 
-interface Entry { readonly audience: string; readonly scope: readonly string[] }
+interface Entry {
+  readonly audience: string;
+  readonly scope: readonly string[];
+}
 
 interface World {
   rotate: boolean | undefined;
@@ -76,12 +77,15 @@ interface World {
   policy: readonly Entry[] | undefined;
 }
 
-interface TokenRequest { readonly resource: readonly string[]; readonly audience: readonly string[]; readonly scope: string | undefined }
+interface TokenRequest {
+  readonly resource: readonly string[];
+  readonly audience: readonly string[];
+  readonly scope: string | undefined;
+}
 
-type Expected = (
+type Expected =
   | { status: 200; via: 'plain' | 'mrrt'; aud: string | undefined; scope: string[]; idToken: boolean }
-  | { status: 400; error: string; reason: MrrtReason | undefined }
-);
+  | { status: 400; error: string; reason: MrrtReason | undefined };
 
 // ---------------------------------------------------------------------------------------------
 // The model
@@ -114,7 +118,8 @@ function plain(w: World, requested: Set<string> | undefined, target: string | un
   const idToken = scope.includes('openid');
   // without a resource parameter, oidc-provider uses the token's resource unless openid asks for a userinfo token
   const resource = target ?? (scope.includes('openid') ? undefined : API.A);
-  if (resource === undefined) return { status: 200, via: 'plain', aud: undefined, scope: loginScopes(w).filter((s) => OIDC.includes(s) && scope.includes(s)), idToken };
+  if (resource === undefined)
+    return { status: 200, via: 'plain', aud: undefined, scope: loginScopes(w).filter((s) => OIDC.includes(s) && scope.includes(s)), idToken };
   return { status: 200, via: 'plain', aud: resource, scope: w.grantedA.filter((s) => scope.includes(s) && DEFINED.get(resource)!.includes(s)), idToken };
 }
 
@@ -157,10 +162,8 @@ function model(w: World, req: TokenRequest): Expected {
 }
 
 /** An unprotected public client whose policy makes its own granted API eligible (README: served as without MRRT). */
-const unprotectedWithGrantedPolicy = (w: World): boolean => (
-  PUBLIC[w.client] && w.publicClients !== 'any' && !rotates(w) && !w.dpop && typeof eligibility(w, API.A) !== 'string'
-);
-
+const unprotectedWithGrantedPolicy = (w: World): boolean =>
+  PUBLIC[w.client] && w.publicClients !== 'any' && !rotates(w) && !w.dpop && typeof eligibility(w, API.A) !== 'string';
 
 // ---------------------------------------------------------------------------------------------
 // Running a world against the real provider
@@ -301,16 +304,22 @@ function targetsArb(target: fc.Arbitrary<string>): fc.Arbitrary<Pick<TokenReques
     { weight: 1, arbitrary: target.map((t) => ({ resource: [t], audience: [t] })) },
     {
       weight: 2,
-      arbitrary: fc.tuple(target, target, fc.constantFrom('resource', 'audience', 'split')).map(([x, y, how]) => (
-        how === 'split' ? { resource: [x], audience: [y] } : how === 'resource' ? { resource: [x, y], audience: [] } : { resource: [], audience: [x, y] }
-      )),
+      arbitrary: fc
+        .tuple(target, target, fc.constantFrom('resource', 'audience', 'split'))
+        .map(([x, y, how]) =>
+          how === 'split' ? { resource: [x], audience: [y] } : how === 'resource' ? { resource: [x, y], audience: [] } : { resource: [], audience: [x, y] },
+        ),
     },
   );
 }
 
-const scopeListArb = fc.option(fc.shuffledSubarray(SCOPES, { maxLength: 4 }).map((scopes) => scopes.join(' ')), { nil: undefined });
+const scopeListArb = fc.option(
+  fc.shuffledSubarray(SCOPES, { maxLength: 4 }).map((scopes) => scopes.join(' ')),
+  { nil: undefined },
+);
 
-const requestArb: fc.Arbitrary<TokenRequest> = fc.record({ targets: targetsArb(fc.constantFrom(...TARGETS)), scope: scopeListArb })
+const requestArb: fc.Arbitrary<TokenRequest> = fc
+  .record({ targets: targetsArb(fc.constantFrom(...TARGETS)), scope: scopeListArb })
   .map(({ targets, scope }) => ({ ...targets, scope }));
 
 /** Hostile values: real APIs with characters inserted or case changed, random URLs, random text. */
@@ -332,7 +341,8 @@ const hostileScope: fc.Arbitrary<string | undefined> = fc.oneof(
   fc.array(fc.constantFrom(...SCOPES, '__proto__', 'constructor', 'b:read\t', 'b:r\u0435ad'), { maxLength: 6 }).map((scopes) => scopes.join(' ')),
 );
 
-const hostileRequestArb: fc.Arbitrary<TokenRequest> = fc.record({ targets: targetsArb(hostileTarget), scope: hostileScope })
+const hostileRequestArb: fc.Arbitrary<TokenRequest> = fc
+  .record({ targets: targetsArb(hostileTarget), scope: hostileScope })
   .map(({ targets, scope }) => ({ ...targets, scope }));
 
 // ---------------------------------------------------------------------------------------------
@@ -340,75 +350,100 @@ const hostileRequestArb: fc.Arbitrary<TokenRequest> = fc.record({ targets: targe
 // ---------------------------------------------------------------------------------------------
 
 describe('MRRT exchange properties against a real provider', () => {
-  test('random policies, grants and token requests: every answer is the model\'s and within the invariants', async () => {
-    await fc.assert(
-      fc.asyncProperty(worldArb, fc.array(requestArb, { minLength: 1, maxLength: 3 }), async (w, requests) => {
-        await run(w, requests);
-      }),
-      runs(60),
-    );
-  }, 120_000 * FACTOR);
+  test(
+    "random policies, grants and token requests: every answer is the model's and within the invariants",
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(worldArb, fc.array(requestArb, { minLength: 1, maxLength: 3 }), async (w, requests) => {
+          await run(w, requests);
+        }),
+        runs(60),
+      );
+    },
+    120_000 * FACTOR,
+  );
 
-  test('hostile audience/resource/scope values: never a 5xx, never a token beyond the grant and the eligible policy', async () => {
-    await fc.assert(
-      fc.asyncProperty(worldArb, fc.array(hostileRequestArb, { minLength: 1, maxLength: 3 }), async (w, requests) => {
-        await run(w, requests);
-      }),
-      runs(40),
-    );
-  }, 120_000 * FACTOR);
+  test(
+    'hostile audience/resource/scope values: never a 5xx, never a token beyond the grant and the eligible policy',
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(worldArb, fc.array(hostileRequestArb, { minLength: 1, maxLength: 3 }), async (w, requests) => {
+          await run(w, requests);
+        }),
+        runs(40),
+      );
+    },
+    120_000 * FACTOR,
+  );
 
-  test('a policy-only target never widens what is stored, over a chain of successful exchanges', async () => {
-    // worlds where the chain is made of MRRT successes: a first-party client, a policy for B and C, both reachable
-    const chainWorld = worldArb.map((w): World => ({
-      ...w,
-      client: w.client === 'partner' ? 'app' : w.client,
-      deny: w.deny.filter((api) => api !== API.B && api !== API.C),
-      skip: union(w.skip, [API.B, API.C]),
-      policy: [
-        { audience: API.B, scope: ['b:read', 'b:write', 'openid'] },
-        { audience: API.C, scope: ['c:read', 'offline_access'] },
-        ...(w.policy ?? []).filter((entry) => entry.audience !== API.B && entry.audience !== API.C),
-      ],
-    }));
-    const chain = fc.array(
-      fc.record({ target: fc.constantFrom(API.B, API.C, API.A), scope: fc.option(fc.constantFrom('b:read', 'c:read', 'openid b:write', 'b:read c:read'), { nil: undefined }) })
-        .map(({ target, scope }): TokenRequest => ({ resource: [], audience: [target], scope })),
-      { minLength: 2, maxLength: 4 },
-    );
-    await fc.assert(
-      fc.asyncProperty(chainWorld, chain, async (w, requests) => {
-        await run(w, requests);
-      }),
-      runs(30),
-    );
-  }, 120_000 * FACTOR);
+  test(
+    'a policy-only target never widens what is stored, over a chain of successful exchanges',
+    async () => {
+      // worlds where the chain is made of MRRT successes: a first-party client, a policy for B and C, both reachable
+      const chainWorld = worldArb.map((w): World => ({
+        ...w,
+        client: w.client === 'partner' ? 'app' : w.client,
+        deny: w.deny.filter((api) => api !== API.B && api !== API.C),
+        skip: union(w.skip, [API.B, API.C]),
+        policy: [
+          { audience: API.B, scope: ['b:read', 'b:write', 'openid'] },
+          { audience: API.C, scope: ['c:read', 'offline_access'] },
+          ...(w.policy ?? []).filter((entry) => entry.audience !== API.B && entry.audience !== API.C),
+        ],
+      }));
+      const chain = fc.array(
+        fc
+          .record({
+            target: fc.constantFrom(API.B, API.C, API.A),
+            scope: fc.option(fc.constantFrom('b:read', 'c:read', 'openid b:write', 'b:read c:read'), { nil: undefined }),
+          })
+          .map(({ target, scope }): TokenRequest => ({ resource: [], audience: [target], scope })),
+        { minLength: 2, maxLength: 4 },
+      );
+      await fc.assert(
+        fc.asyncProperty(chainWorld, chain, async (w, requests) => {
+          await run(w, requests);
+        }),
+        runs(30),
+      );
+    },
+    120_000 * FACTOR,
+  );
 
-  test('an unprotected public client whose policy lists its granted API is served for it as without MRRT', async () => {
-    // README "Errors": for a granted target the invalid_target rows (public_client_unprotected among
-    // them) do not apply. Worlds: the SPA, refresh tokens neither rotated nor DPoP-bound, API.A eligible.
-    const unprotected = worldArb.map((w): World => ({
-      ...w,
-      client: 'spa',
-      rotate: false,
-      dpop: false,
-      publicClients: undefined,
-      deny: w.deny.filter((api) => api !== API.A),
-      skip: union(w.skip, [API.A]),
-      policy: [{ audience: API.A, scope: ['a:write', 'a:read'] }, ...(w.policy ?? []).filter((entry) => entry.audience !== API.A)],
-    }));
-    const granted = fc.record({
-      target: fc.constantFrom<Pick<TokenRequest, 'resource' | 'audience'>>({ resource: [API.A], audience: [] }, { resource: [], audience: [API.A] }),
-      scope: fc.option(fc.shuffledSubarray(['a:read', 'a:write', ...OIDC], { maxLength: 3 }).map((scopes) => scopes.join(' ')), { nil: undefined }),
-    }).map(({ target, scope }): TokenRequest => ({ ...target, scope }));
-    await fc.assert(
-      fc.asyncProperty(unprotected, fc.array(fc.oneof(granted, requestArb), { minLength: 1, maxLength: 3 }), async (w, requests) => {
-        expect(unprotectedWithGrantedPolicy(w)).toBe(true);
-        await run(w, requests);
-      }),
-      runs(30),
-    );
-  }, 120_000 * FACTOR);
+  test(
+    'an unprotected public client whose policy lists its granted API is served for it as without MRRT',
+    async () => {
+      // README "Errors": for a granted target the invalid_target rows (public_client_unprotected among
+      // them) do not apply. Worlds: the SPA, refresh tokens neither rotated nor DPoP-bound, API.A eligible.
+      const unprotected = worldArb.map((w): World => ({
+        ...w,
+        client: 'spa',
+        rotate: false,
+        dpop: false,
+        publicClients: undefined,
+        deny: w.deny.filter((api) => api !== API.A),
+        skip: union(w.skip, [API.A]),
+        policy: [{ audience: API.A, scope: ['a:write', 'a:read'] }, ...(w.policy ?? []).filter((entry) => entry.audience !== API.A)],
+      }));
+      const granted = fc
+        .record({
+          target: fc.constantFrom<Pick<TokenRequest, 'resource' | 'audience'>>({ resource: [API.A], audience: [] }, { resource: [], audience: [API.A] }),
+          scope: fc.option(
+            fc.shuffledSubarray(['a:read', 'a:write', ...OIDC], { maxLength: 3 }).map((scopes) => scopes.join(' ')),
+            { nil: undefined },
+          ),
+        })
+        .map(({ target, scope }): TokenRequest => ({ ...target, scope }));
+      await fc.assert(
+        fc.asyncProperty(unprotected, fc.array(fc.oneof(granted, requestArb), { minLength: 1, maxLength: 3 }), async (w, requests) => {
+          expect(unprotectedWithGrantedPolicy(w)).toBe(true);
+          await run(w, requests);
+        }),
+        runs(30),
+      );
+    },
+    120_000 * FACTOR,
+  );
 
   test('the properties were not vacuous: issued, plain and refused outcomes all occurred', () => {
     if (process.env.MRRT_FC_STATS) console.log(JSON.stringify({ ...seen, reasons: [...seen.reasons] }));

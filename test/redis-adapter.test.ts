@@ -42,9 +42,13 @@ describe('RedisAdapter arguments', () => {
     expect(() => RedisAdapter.factory(redis, null as never)).toThrow(new TypeError('"options" must be an object'));
     expect(() => RedisAdapter.factory(redis, { prefix: '' })).toThrow(/"prefix" option/);
     expect(() => RedisAdapter.factory(redis, { prefix: 42 } as unknown as RedisAdapterOptions)).toThrow(/"prefix" option/);
-    expect(() => RedisAdapter.factory(redis, { keyPrefix: 'x' } as unknown as RedisAdapterOptions)).toThrow(new TypeError('"keyPrefix" is not a RedisAdapter option'));
+    expect(() => RedisAdapter.factory(redis, { keyPrefix: 'x' } as unknown as RedisAdapterOptions)).toThrow(
+      new TypeError('"keyPrefix" is not a RedisAdapter option'),
+    );
     for (const reuseInterval of [-1, 61, Number.NaN, Number.POSITIVE_INFINITY, '2', null]) {
-      expect(() => RedisAdapter.factory(redis, { reuseInterval } as unknown as RedisAdapterOptions)).toThrow(new TypeError('"reuseInterval" option must be a number of seconds from 0 to 60'));
+      expect(() => RedisAdapter.factory(redis, { reuseInterval } as unknown as RedisAdapterOptions)).toThrow(
+        new TypeError('"reuseInterval" option must be a number of seconds from 0 to 60'),
+      );
     }
     expect(() => RedisAdapter.factory(redis, { reuseInterval: 0 })).not.toThrow();
     expect(() => RedisAdapter.factory(redis, { reuseInterval: 60 })).not.toThrow();
@@ -65,7 +69,15 @@ describe('RedisAdapter arguments', () => {
   });
 });
 
-describeAdapterUnit('standalone Redis', () => ({ redis, prefix, connect: async () => { const client = new Redis(url); extraClients.push(client); return client; } }));
+describeAdapterUnit('standalone Redis', () => ({
+  redis,
+  prefix,
+  connect: async () => {
+    const client = new Redis(url);
+    extraClients.push(client);
+    return client;
+  },
+}));
 
 describe.each([
   ['plain oidc-provider', false],
@@ -101,17 +113,25 @@ describe.each([
   async function keysOfGrant(grantId: string): Promise<string[]> {
     const found: string[] = [];
     for (const k of await keysUnder(`${prefix}*`)) {
-      if (k === `${prefix}grant:${grantId}` || k === key('Grant', grantId)) { found.push(k); continue; }
+      if (k === `${prefix}grant:${grantId}` || k === key('Grant', grantId)) {
+        found.push(k);
+        continue;
+      }
       const type = await redis.type(k);
       const json = type === 'string' ? await redis.get(k) : type === 'hash' ? await redis.hget(k, 'payload') : null;
       try {
         if (json && (JSON.parse(json) as AdapterPayload).grantId === grantId) found.push(k);
-      } catch { /* lookup keys hold plain ids */ }
+      } catch {
+        /* lookup keys hold plain ids */
+      }
     }
     return found;
   }
-  const revoke = (token: string) => request(server.url).post('/token/revocation').type('form')
-    .send({ token, token_type_hint: 'refresh_token', client_id: CLIENTS.app.client_id, client_secret: CLIENTS.app.client_secret });
+  const revoke = (token: string) =>
+    request(server.url)
+      .post('/token/revocation')
+      .type('form')
+      .send({ token, token_type_hint: 'refresh_token', client_id: CLIENTS.app.client_id, client_secret: CLIENTS.app.client_secret });
 
   test('authorization code flow stores the grant, session, consumed code and refresh token in Redis', async () => {
     const tokens = await login(server);
@@ -193,25 +213,26 @@ describe.each([
     expect(next.body.error).toBe('invalid_grant');
   });
 
-  if (mrrt) test('an MRRT exchange stores the rotated refresh token with the original resource and scope', async () => {
-    const tokens = await login(server);
-    const original = await storedRefreshToken(tokens.refresh_token);
-    const grantBefore = await redis.get(key('Grant', original.grantId!));
+  if (mrrt)
+    test('an MRRT exchange stores the rotated refresh token with the original resource and scope', async () => {
+      const tokens = await login(server);
+      const original = await storedRefreshToken(tokens.refresh_token);
+      const grantBefore = await redis.get(key('Grant', original.grantId!));
 
-    const res = await refresh(server, tokens.refresh_token, { resource: API.B });
-    expect(res.status).toBe(200);
-    expect(claims(res.body.access_token)).toMatchObject({ aud: API.B, scope: 'b:read' });
-    expect(res.body.scope).toBe('b:read');
+      const res = await refresh(server, tokens.refresh_token, { resource: API.B });
+      expect(res.status).toBe(200);
+      expect(claims(res.body.access_token)).toMatchObject({ aud: API.B, scope: 'b:read' });
+      expect(res.body.scope).toBe('b:read');
 
-    const rotated = await storedRefreshToken(res.body.refresh_token);
-    expect(rotated.resource).toEqual(original.resource);
-    expect(rotated.scope).toBe(original.scope);
-    expect(rotated).toMatchObject({ resource: API.A, scope: 'openid offline_access a:read', grantId: original.grantId });
-    expect((await storedRefreshToken(tokens.refresh_token)).consumed).toEqual(expect.any(Number));
-    expect(await redis.get(key('Grant', original.grantId!))).toBe(grantBefore);
+      const rotated = await storedRefreshToken(res.body.refresh_token);
+      expect(rotated.resource).toEqual(original.resource);
+      expect(rotated.scope).toBe(original.scope);
+      expect(rotated).toMatchObject({ resource: API.A, scope: 'openid offline_access a:read', grantId: original.grantId });
+      expect((await storedRefreshToken(tokens.refresh_token)).consumed).toEqual(expect.any(Number));
+      expect(await redis.get(key('Grant', original.grantId!))).toBe(grantBefore);
 
-    const back = await refresh(server, res.body.refresh_token, { resource: API.A });
-    expect(back.status).toBe(200);
-    expect(claims(back.body.access_token).aud).toBe(API.A);
-  });
+      const back = await refresh(server, res.body.refresh_token, { resource: API.A });
+      expect(back.status).toBe(200);
+      expect(claims(back.body.access_token).aud).toBe(API.A);
+    });
 });

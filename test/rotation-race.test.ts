@@ -112,7 +112,8 @@ const FLAVOURS = [
 
 const log: string[] = [];
 afterAll(() => {
-  if (log.length) console.log(`[rotation-race] RedisAdapter, rotation on, one refresh token raced by N requests:\n${log.map((line) => `  ${line}`).join('\n')}`);
+  if (log.length)
+    console.log(`[rotation-race] RedisAdapter, rotation on, one refresh token raced by N requests:\n${log.map((line) => `  ${line}`).join('\n')}`);
 });
 
 describe('benign race: one client sends N identical refreshes at once (default reuseInterval)', () => {
@@ -165,7 +166,7 @@ describe('hostile race: an attacker floods N - 1 refreshes (MRRT exchanges and p
     log.push(`hostile, withMrrt, victim refreshes A, N=${n}: ${JSON.stringify(result.outcomes)}, won by the ${won.who} (${JSON.stringify(won.params)})`);
   });
 
-  test.each(LEVELS)('withMrrt, victim MRRT exchange: N = %i -> one winner, no 5xx, the winner\'s token works', async (n) => {
+  test.each(LEVELS)("withMrrt, victim MRRT exchange: N = %i -> one winner, no 5xx, the winner's token works", async (n) => {
     const tokens = await login(target, { client: 'spa' });
     const result = await race(target, tokens.refresh_token, 'spa', hostileAttempts(n, { audience: API.B }, true));
     const winner = expectOneWinner(result);
@@ -175,7 +176,7 @@ describe('hostile race: an attacker floods N - 1 refreshes (MRRT exchanges and p
     log.push(`hostile, withMrrt, victim exchanges for B, N=${n}: ${JSON.stringify(result.outcomes)}, won by the ${won.who} (${JSON.stringify(won.params)})`);
   });
 
-  test.each(LEVELS)('plain oidc-provider: N = %i -> one winner, no 5xx, the winner\'s token works', async (n) => {
+  test.each(LEVELS)("plain oidc-provider: N = %i -> one winner, no 5xx, the winner's token works", async (n) => {
     const tokens = await login(plain, { client: 'spa' });
     const result = await race(plain, tokens.refresh_token, 'spa', hostileAttempts(n, { resource: API.A }, false));
     const winner = expectOneWinner(result);
@@ -191,10 +192,13 @@ describe('after the reuse interval, the raced refresh token is reuse: the grant 
   test.each([
     ['plain refresh', { resource: API.A }],
     ['MRRT exchange', { audience: API.B }],
-  ] as const)('%s: the loser retries after reuseInterval -> invalid_grant, grant revoked, the winner\'s token refused', async (_label, params) => {
+  ] as const)("%s: the loser retries after reuseInterval -> invalid_grant, grant revoked, the winner's token refused", async (_label, params) => {
     const target = await server(true, { reuseInterval: INTERVAL });
     const tokens = await login(target, { client: 'spa' });
-    const result = await race(target, tokens.refresh_token, 'spa', [{ who: 'victim', params }, { who: 'attacker', params }]);
+    const result = await race(target, tokens.refresh_token, 'spa', [
+      { who: 'victim', params },
+      { who: 'attacker', params },
+    ]);
     const winner = expectOneWinner(result);
     expect(result.grantRevoked).toBe(false);
 
@@ -215,14 +219,19 @@ describe('reuseInterval: 0 (reuse detection for every request that reads the tok
     target = await server(true, { reuseInterval: 0 });
   });
 
-  test.each(LEVELS)('N = %i MRRT exchanges and plain refreshes -> one winner, no 5xx; the winner\'s token works unless reuse detection revoked the grant', async (n) => {
-    const tokens = await login(target);
-    const attempts = Array.from({ length: n }, (_, i): Attempt => ({ who: 'client', params: i % 2 ? { resource: API.A } : { audience: API.B } }));
-    const result = await race(target, tokens.refresh_token, 'app', attempts);
-    const winner = expectOneWinner(result);
-    expectTokenFor(winner, result.attempts[result.winners[0]!]!);
-    const next = await refresh(target, winner.body.refresh_token, { resource: API.A });
-    expect(next.status).toBe(result.grantRevoked ? 400 : 200);
-    log.push(`reuseInterval 0, withMrrt, mixed, N=${n}: ${JSON.stringify(result.outcomes)}, grant ${result.grantRevoked ? 'revoked (a loser read the token after the rotation)' : 'kept'}`);
-  });
+  test.each(LEVELS)(
+    "N = %i MRRT exchanges and plain refreshes -> one winner, no 5xx; the winner's token works unless reuse detection revoked the grant",
+    async (n) => {
+      const tokens = await login(target);
+      const attempts = Array.from({ length: n }, (_, i): Attempt => ({ who: 'client', params: i % 2 ? { resource: API.A } : { audience: API.B } }));
+      const result = await race(target, tokens.refresh_token, 'app', attempts);
+      const winner = expectOneWinner(result);
+      expectTokenFor(winner, result.attempts[result.winners[0]!]!);
+      const next = await refresh(target, winner.body.refresh_token, { resource: API.A });
+      expect(next.status).toBe(result.grantRevoked ? 400 : 200);
+      log.push(
+        `reuseInterval 0, withMrrt, mixed, N=${n}: ${JSON.stringify(result.outcomes)}, grant ${result.grantRevoked ? 'revoked (a loser read the token after the rotation)' : 'kept'}`,
+      );
+    },
+  );
 });

@@ -56,7 +56,9 @@ const servers: TestServer[] = [];
 
 function connect(): Redis {
   const client = new Redis(sentinelOptions(sentinel));
-  client.on('error', () => { /* reconnection is ioredis's job; requests fail meanwhile */ });
+  client.on('error', () => {
+    /* reconnection is ioredis's job; requests fail meanwhile */
+  });
   clients.push(client);
   return client;
 }
@@ -68,12 +70,14 @@ beforeAll(async () => {
     const store = new RedisPolicyStore(redis, { prefix: storePrefix });
     stores.push(store);
     if (i === 0) await store.set('app', [{ audience: API.B, scope: ['b:read'] }]);
-    servers.push(await startServer({
-      adapter: RedisAdapter.factory(redis, { prefix: adapterPrefix }),
-      // a long maxAge: only a pub/sub announcement (or a resubscription) can make a change visible quickly
-      mrrt: { store, allowSkippingConsent: SKIP_CONSENT, denyList: [API.ADMIN], cache: { maxAge: 600_000 } },
-      rotate: true,
-    }));
+    servers.push(
+      await startServer({
+        adapter: RedisAdapter.factory(redis, { prefix: adapterPrefix }),
+        // a long maxAge: only a pub/sub announcement (or a resubscription) can make a change visible quickly
+        mrrt: { store, allowSkippingConsent: SKIP_CONSENT, denyList: [API.ADMIN], cache: { maxAge: 600_000 } },
+        rotate: true,
+      }),
+    );
   }
 }, 60_000);
 
@@ -86,11 +90,15 @@ afterAll(async () => {
 
 async function exchange(server: TestServer, refreshToken: string, params: Record<string, string>): Promise<{ status: number; body: Record<string, string> }> {
   const body = new URLSearchParams({
-    grant_type: 'refresh_token', refresh_token: refreshToken, client_id: CLIENTS.app.client_id, client_secret: CLIENTS.app.client_secret, ...params,
+    grant_type: 'refresh_token',
+    refresh_token: refreshToken,
+    client_id: CLIENTS.app.client_id,
+    client_secret: CLIENTS.app.client_secret,
+    ...params,
   });
   try {
     const res = await fetch(`${server.url}/token`, { method: 'POST', body, signal: AbortSignal.timeout(10_000) });
-    return { status: res.status, body: await res.json().catch(() => ({})) as Record<string, string> };
+    return { status: res.status, body: (await res.json().catch(() => ({}))) as Record<string, string> };
   } catch (err) {
     return { status: 0, body: { error: (err as Error).name } };
   }
@@ -124,7 +132,9 @@ describe('Redis Sentinel: the master killed under a steady exchange load', () =>
         try {
           await counter.sadd(ackedKey, String(n));
           acked.push(n);
-        } catch { /* the master is gone */ }
+        } catch {
+          /* the master is gone */
+        }
         await sleep(2);
       }
     })();
@@ -190,7 +200,10 @@ describe('Redis Sentinel: the master killed under a steady exchange load', () =>
       }
       return [...buckets].map(([key, bucket]) => `${key} ${JSON.stringify(bucket)}`).join('\n');
     };
-    if (!promotedAt || !recoveredAt) throw new Error(`no recovery within ${GIVE_UP_MS} ms (promoted: ${promotedAt ? promotedAt - killedAt : 'no'}); requests by second after the kill and instance:\n${timeline()}`);
+    if (!promotedAt || !recoveredAt)
+      throw new Error(
+        `no recovery within ${GIVE_UP_MS} ms (promoted: ${promotedAt ? promotedAt - killedAt : 'no'}); requests by second after the kill and instance:\n${timeline()}`,
+      );
     const newMaster = await sentinel.masterPort();
     expect(newMaster).not.toBe(oldMaster);
 
@@ -221,7 +234,10 @@ describe('Redis Sentinel: the master killed under a steady exchange load', () =>
     let res = await exchange(servers[1]!, token, { audience: API.C });
     expect(res.status).toBe(400);
     const written = Date.now();
-    await stores[0]!.set('app', [{ audience: API.B, scope: ['b:read'] }, { audience: API.C, scope: ['c:read'] }]);
+    await stores[0]!.set('app', [
+      { audience: API.B, scope: ['b:read'] },
+      { audience: API.C, scope: ['c:read'] },
+    ]);
     let attempts = 0;
     for (; attempts < 100; attempts += 1) {
       res = await exchange(servers[1]!, token, { audience: API.C });
@@ -235,14 +251,16 @@ describe('Redis Sentinel: the master killed under a steady exchange load', () =>
 
     const before = samples.filter((s) => s.end < killedAt);
     const rate = before.length / ((Math.max(...before.map((s) => s.end)) - Math.min(...before.map((s) => s.start))) / 1000);
-    console.log([
-      `[sentinel] master killed under load (${WORKERS} workers, 2 instances, ${samples.length} requests in all, ${rate.toFixed(0)} req/s before the kill):`,
-      `  the replica reported role:master ${promotedAt - killedAt} ms after the kill (down-after-milliseconds 1000; polled every 50 ms)`,
-      `  exchanges failed for ${window} ms (first failing request sent → last failing answer), ${failing.length} requests: ${JSON.stringify(byOutcome)}`,
-      `  last failure ${recoveredAt - killedAt} ms after the kill; then clean`,
-      `  refresh tokens refused afterwards: ${lost.settled} not in flight at the kill, ${lost.inFlight} in flight or after a 5xx`,
-      `  acknowledged writes (SADD every 2 ms through the same Sentinel client): ${acked.length}, missing on the promoted replica: ${lostWrites.length}${lostWrites.length ? ` (${lostWrites.join(', ')})` : ''}`,
-      `  pub/sub invalidation on the new master: a policy write reached the other instance's cache in ${invalidationMs} ms (${attempts + 1} exchanges)`,
-    ].join('\n'));
+    console.log(
+      [
+        `[sentinel] master killed under load (${WORKERS} workers, 2 instances, ${samples.length} requests in all, ${rate.toFixed(0)} req/s before the kill):`,
+        `  the replica reported role:master ${promotedAt - killedAt} ms after the kill (down-after-milliseconds 1000; polled every 50 ms)`,
+        `  exchanges failed for ${window} ms (first failing request sent → last failing answer), ${failing.length} requests: ${JSON.stringify(byOutcome)}`,
+        `  last failure ${recoveredAt - killedAt} ms after the kill; then clean`,
+        `  refresh tokens refused afterwards: ${lost.settled} not in flight at the kill, ${lost.inFlight} in flight or after a 5xx`,
+        `  acknowledged writes (SADD every 2 ms through the same Sentinel client): ${acked.length}, missing on the promoted replica: ${lostWrites.length}${lostWrites.length ? ` (${lostWrites.join(', ')})` : ''}`,
+        `  pub/sub invalidation on the new master: a policy write reached the other instance's cache in ${invalidationMs} ms (${attempts + 1} exchanges)`,
+      ].join('\n'),
+    );
   }, 120_000);
 });

@@ -9,10 +9,16 @@ describe('types', () => {
     const MrrtProvider = withMrrt(Provider, { store: new MemoryPolicyStore() });
     const provider = new MrrtProvider('https://op.example.com', {});
     const seen: Array<[KoaContextWithOIDC, MrrtExchangeEvent]> = [];
-    provider.on('mrrt.exchange', (ctx, event) => { seen.push([ctx, event]); });
-    provider.on('mrrt.store_error', (_ctx, error) => { seen.length = error ? 0 : seen.length; });
+    provider.on('mrrt.exchange', (ctx, event) => {
+      seen.push([ctx, event]);
+    });
+    provider.on('mrrt.store_error', (_ctx, error) => {
+      seen.length = error ? 0 : seen.length;
+    });
     // oidc-provider's own events keep their types
-    provider.on('grant.success', (ctx) => { expect(ctx.oidc).toBeDefined(); });
+    provider.on('grant.success', (ctx) => {
+      expect(ctx.oidc).toBeDefined();
+    });
     expect(provider).toBeInstanceOf(Provider);
     expect(provider.listenerCount('mrrt.exchange')).toBe(1);
   });

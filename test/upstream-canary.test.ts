@@ -5,7 +5,9 @@ import { API, claims, login, refresh, snapshot, startServer, type TestServer } f
 
 describe('oidc-provider behaviour the extension depends on', () => {
   let plain: TestServer;
-  beforeAll(async () => { plain = await startServer({ mrrt: false, rotate: true }); });
+  beforeAll(async () => {
+    plain = await startServer({ mrrt: false, rotate: true });
+  });
   afterAll(() => plain.close());
 
   test('plain oidc-provider rotates before it resolves the resource, burning the token on invalid_target', async () => {
@@ -36,7 +38,6 @@ describe('oidc-provider behaviour the extension depends on', () => {
       await server.close();
     }
   });
-
 });
 
 describe('the overlay never reaches storage', () => {

@@ -23,7 +23,14 @@ export interface RedisAdapterOptions {
 /** Models indexed by `grantId` for `revokeByGrantId`, as in oidc-provider's own memory adapter. */
 const GRANTABLE = new Set(['AccessToken', 'AuthorizationCode', 'RefreshToken', 'DeviceCode', 'BackchannelAuthenticationRequest', 'PreAuthorizedCode']);
 /** Models whose oidc-provider class calls `adapter.consume` (9.13: the grantable codes plus PAR). */
-const CONSUMABLE = new Set(['AuthorizationCode', 'RefreshToken', 'DeviceCode', 'BackchannelAuthenticationRequest', 'PreAuthorizedCode', 'PushedAuthorizationRequest']);
+const CONSUMABLE = new Set([
+  'AuthorizationCode',
+  'RefreshToken',
+  'DeviceCode',
+  'BackchannelAuthenticationRequest',
+  'PreAuthorizedCode',
+  'PushedAuthorizationRequest',
+]);
 const DEFAULT_PREFIX = 'oidc:';
 const DEFAULT_REUSE_INTERVAL = 2;
 const MAX_REUSE_INTERVAL = 60;
@@ -241,7 +248,8 @@ export class RedisAdapter implements Adapter {
    */
   constructor(name: string, redis: Redis | Cluster, options: RedisAdapterOptions = {}) {
     if (typeof name !== 'string' || name.length === 0) throw new TypeError('"name" must be a non-empty oidc-provider model name');
-    if (redis === undefined) throw new TypeError('"redis" must be an ioredis Redis or Cluster instance; configure the adapter with RedisAdapter.factory(redis)');
+    if (redis === undefined)
+      throw new TypeError('"redis" must be an ioredis Redis or Cluster instance; configure the adapter with RedisAdapter.factory(redis)');
     this.#redis = prepareClient(redis);
     const { prefix, reuseInterval } = resolveSettings(options);
     this.#prefix = prefix;
@@ -301,7 +309,10 @@ export class RedisAdapter implements Adapter {
     }
 
     const writes: Promise<unknown>[] = [];
-    const lookups = [['uid', payload.uid], ['userCode', payload.userCode]] as const;
+    const lookups = [
+      ['uid', payload.uid],
+      ['userCode', payload.userCode],
+    ] as const;
     for (const [kind, value] of lookups) {
       if (typeof value !== 'string') continue;
       const lookup = this.#lookupKey(kind, value);
@@ -328,9 +339,8 @@ export class RedisAdapter implements Adapter {
       const json = await this.#redis.get(key);
       return json === null ? undefined : parse(key, json);
     }
-    const [json, consumed] = this.#reuseMs === '0'
-      ? await this.#redis.hmget(key, 'payload', 'consumed')
-      : await this.#redis.mrrtAdapterFind(key, this.#reuseMs);
+    const [json, consumed] =
+      this.#reuseMs === '0' ? await this.#redis.hmget(key, 'payload', 'consumed') : await this.#redis.mrrtAdapterFind(key, this.#reuseMs);
     if (json == null || json === 0) return undefined;
     const payload = parse(key, json);
     if (consumed != null) payload.consumed = Number(consumed);

@@ -3,8 +3,17 @@ import { randomBytes } from 'node:crypto';
 import { PolicyConflictError } from '../errors.js';
 import { NO_LIMITS, parseWithin, type Policy } from '../policy.js';
 import {
-  ChangeNotifier, assertClientId, assertWriteOptions, compareClientIds, resolveListOptions,
-  type ChangeListener, type ListOptions, type PolicyPage, type PolicyRecord, type PolicyStore, type WriteOptions,
+  ChangeNotifier,
+  assertClientId,
+  assertWriteOptions,
+  compareClientIds,
+  resolveListOptions,
+  type ChangeListener,
+  type ListOptions,
+  type PolicyPage,
+  type PolicyRecord,
+  type PolicyStore,
+  type WriteOptions,
 } from '../store.js';
 
 export const newVersion = (): string => randomBytes(9).toString('base64url');

@@ -3,8 +3,16 @@ import type { Cluster, Redis } from 'ioredis';
 import { MrrtTypeError, PolicyConflictError, PolicyStoreError, PolicyValidationError } from '../errors.js';
 import { NO_LIMITS, parseWithin, type Policy } from '../policy.js';
 import {
-  ChangeNotifier, assertClientId, assertWriteOptions, resolveListOptions,
-  type ChangeListener, type ListOptions, type PolicyPage, type PolicyRecord, type PolicyStore, type WriteOptions,
+  ChangeNotifier,
+  assertClientId,
+  assertWriteOptions,
+  resolveListOptions,
+  type ChangeListener,
+  type ListOptions,
+  type PolicyPage,
+  type PolicyRecord,
+  type PolicyStore,
+  type WriteOptions,
 } from '../store.js';
 import { newVersion } from './memory.js';
 
@@ -106,7 +114,8 @@ export class RedisPolicyStore implements PolicyStore {
     const { prefix = 'mrrt:{policies}:', ...unknown } = options;
     const extra = Object.keys(unknown);
     if (extra.length) throw new MrrtTypeError(`"${extra[0]}" is not a RedisPolicyStore option`);
-    if (typeof prefix !== 'string' || prefix.length === 0 || prefix.length > 256) throw new MrrtTypeError('"prefix" option must be a non-empty string of at most 256 characters');
+    if (typeof prefix !== 'string' || prefix.length === 0 || prefix.length > 256)
+      throw new MrrtTypeError('"prefix" option must be a non-empty string of at most 256 characters');
     if (redis.isCluster && !hasHashTag(prefix)) throw new MrrtTypeError('"prefix" option must contain a hash tag such as "{policies}" on Redis Cluster');
 
     if (!('mrrtPolicySet' in redis)) {
@@ -191,7 +200,13 @@ export class RedisPolicyStore implements PolicyStore {
     let reply: ScriptReply;
     try {
       reply = await this.#redis.mrrtPolicySet(
-        this.keyFor(clientId), this.#index, ...precondition(options.ifMatch), version, JSON.stringify(parsed), clientId, this.channel,
+        this.keyFor(clientId),
+        this.#index,
+        ...precondition(options.ifMatch),
+        version,
+        JSON.stringify(parsed),
+        clientId,
+        this.channel,
       );
     } catch (cause) {
       throw storeError(cause, `writing the policy of client "${clientId}" failed`);
@@ -207,9 +222,7 @@ export class RedisPolicyStore implements PolicyStore {
     assertWriteOptions(options);
     let reply: ScriptReply;
     try {
-      reply = await this.#redis.mrrtPolicyDelete(
-        this.keyFor(clientId), this.#index, ...precondition(options.ifMatch), clientId, this.channel,
-      );
+      reply = await this.#redis.mrrtPolicyDelete(this.keyFor(clientId), this.#index, ...precondition(options.ifMatch), clientId, this.channel);
     } catch (cause) {
       throw storeError(cause, `deleting the policy of client "${clientId}" failed`);
     }

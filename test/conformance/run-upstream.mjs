@@ -42,9 +42,11 @@ function fail(message) {
 
 // npm run puts our package's identity into the environment; upstream's npm ci and suite must
 // see upstream's package only.
-const baseEnv = Object.fromEntries(Object.entries(process.env).filter(([key]) => !(
-  key.startsWith('npm_package_') || key.startsWith('npm_lifecycle_') || key === 'npm_config_local_prefix' || key === 'INIT_CWD'
-)));
+const baseEnv = Object.fromEntries(
+  Object.entries(process.env).filter(
+    ([key]) => !(key.startsWith('npm_package_') || key.startsWith('npm_lifecycle_') || key === 'npm_config_local_prefix' || key === 'INIT_CWD'),
+  ),
+);
 
 const children = new Set();
 let interrupted = false;
@@ -60,11 +62,12 @@ function run(command, argv, { cwd, env = baseEnv, log, timeout, capture = false 
     children.add(child);
     const out = log ? createWriteStream(log, { flags: 'a' }) : undefined;
     let stdout = '';
-    const forward = (stream, target) => stream.on('data', (chunk) => {
-      out?.write(chunk);
-      if (capture && target === process.stdout) stdout += chunk;
-      else if (verbose) target.write(chunk);
-    });
+    const forward = (stream, target) =>
+      stream.on('data', (chunk) => {
+        out?.write(chunk);
+        if (capture && target === process.stdout) stdout += chunk;
+        else if (verbose) target.write(chunk);
+      });
     forward(child.stdout, process.stdout);
     forward(child.stderr, process.stderr);
     let timedOut = false;
@@ -106,7 +109,10 @@ async function node22(dir) {
   if (atLeast(process.version, MIN_NODE)) return { node: process.execPath, npm: ['npm'] };
   const npx = ['-y', '-p', 'node@22', '--'];
   const probe = await run('npx', [...npx, 'node', '-p', 'process.execPath + " " + process.version'], {
-    cwd: dir, log: join(dir, 'npm-ci.log'), timeout: INSTALL_TIMEOUT, capture: true,
+    cwd: dir,
+    log: join(dir, 'npm-ci.log'),
+    timeout: INSTALL_TIMEOUT,
+    capture: true,
   });
   const [node, version] = probe.stdout.trim().split('\n').at(-1)?.split(' ') ?? [];
   if (probe.code !== 0 || !node || !version) fail(`could not get Node 22 through \`npx -p node@22\`:\n${tail(join(dir, 'npm-ci.log'))}`);
@@ -221,7 +227,9 @@ try {
   const { node, npm } = await node22(dir);
   console.log(`test:upstream: oidc-provider ${JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')).version} in ${dir}; npm ci on Node 22`);
   const install = await run(npm[0], [...npm.slice(1), 'ci', '--ignore-scripts', '--no-audit', '--no-fund'], {
-    cwd: dir, log: join(dir, 'npm-ci.log'), timeout: INSTALL_TIMEOUT,
+    cwd: dir,
+    log: join(dir, 'npm-ci.log'),
+    timeout: INSTALL_TIMEOUT,
   });
   if (install.code !== 0) fail(`npm ci failed in ${dir}${install.timedOut ? ' (timed out)' : ''}:\n${tail(join(dir, 'npm-ci.log'))}`);
 
@@ -242,12 +250,15 @@ try {
   for (const { mode, report } of [plain, mrrt]) {
     if (!report) continue;
     const { attempted, built } = report.constructions;
-    console.log(`test:upstream: ${mode} run: ${attempted} Provider constructions through ${mode}-provider.mjs (${built} built, ${attempted - built} threw), `
-      + `${report.redirected.length} upstream test modules given it for lib/index.js, `
-      + `${report.extensionImports.length} dist/ modules importing upstream's lib/index.js as 'oidc-provider'`);
-    if (attempted === 0 || report.redirected.length === 0) problems.push(`the ${mode} run's tests did not get ${mode}-provider.mjs (the resolve hook did not take effect)`);
+    console.log(
+      `test:upstream: ${mode} run: ${attempted} Provider constructions through ${mode}-provider.mjs (${built} built, ${attempted - built} threw), ` +
+        `${report.redirected.length} upstream test modules given it for lib/index.js, ` +
+        `${report.extensionImports.length} dist/ modules importing upstream's lib/index.js as 'oidc-provider'`,
+    );
+    if (attempted === 0 || report.redirected.length === 0)
+      problems.push(`the ${mode} run's tests did not get ${mode}-provider.mjs (the resolve hook did not take effect)`);
   }
-  if (mrrt.report && mrrt.report.extensionImports.length === 0) problems.push('the withMrrt run did not load the extension against upstream\'s lib/index.js');
+  if (mrrt.report && mrrt.report.extensionImports.length === 0) problems.push("the withMrrt run did not load the extension against upstream's lib/index.js");
   if (plain.report && plain.report.extensionImports.length !== 0) problems.push('the plain run loaded the extension');
   if (plain.report && mrrt.report && plain.report.redirected.join() !== mrrt.report.redirected.join()) {
     problems.push('the two runs substituted lib/index.js in different upstream test modules');
@@ -266,12 +277,14 @@ try {
   const verdict = !plain.complete || !mrrt.complete ? 'incomplete' : differing === 0 ? 'identical' : `${differing} tests differ`;
   const p = counts(plain.report);
   const m = counts(mrrt.report);
-  console.log(`\n${problems.length === 0 ? '' : `test:upstream: ${problems.join('; ')}\n`}`
-    + `upstream conformance: plain ${p.passing} passing / ${p.pending} pending / ${p.failing} failing; `
-    + `mrrt ${m.passing} / ${m.pending} / ${m.failing}; ${verdict} `
-    + `(${((Date.now() - started) / 1000).toFixed(0)} s)`);
+  console.log(
+    `\n${problems.length === 0 ? '' : `test:upstream: ${problems.join('; ')}\n`}` +
+      `upstream conformance: plain ${p.passing} passing / ${p.pending} pending / ${p.failing} failing; ` +
+      `mrrt ${m.passing} / ${m.pending} / ${m.failing}; ${verdict} ` +
+      `(${((Date.now() - started) / 1000).toFixed(0)} s)`,
+  );
   process.exitCode = problems.length === 0 ? 0 : 1;
-  if (problems.length !== 0 && !keep) console.log('test:upstream: run again with -- --keep to keep both suites\' logs and results');
+  if (problems.length !== 0 && !keep) console.log("test:upstream: run again with -- --keep to keep both suites' logs and results");
 } catch (error) {
   console.error('test:upstream:', error instanceof Abort ? error.message : error);
   process.exitCode = 1;

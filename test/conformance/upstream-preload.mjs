@@ -71,9 +71,7 @@ module.registerHooks({
     // Only our own modules are re-pointed: our node_modules has an oidc-provider of its own, whose
     // Provider class the suite never sees; upstream's lib/ resolves as it always does.
     if ((parent.startsWith(ownDist) || parent.startsWith(ownConformance)) && isPackage(specifier)) {
-      const url = specifier === 'oidc-provider'
-        ? upstreamIndex
-        : new URL(specifier.slice('oidc-provider/'.length), upstreamURL).href;
+      const url = specifier === 'oidc-provider' ? upstreamIndex : new URL(specifier.slice('oidc-provider/'.length), upstreamURL).href;
       if (parent.startsWith(ownDist)) stats.extensionImports.add(relative(ownRoot, fileURLToPath(parent)));
       return { url, format: 'module', shortCircuit: true };
     }
@@ -138,16 +136,19 @@ Mocha.Runner.prototype.run = function (...args) {
 };
 
 function write() {
-  writeFileSync(resultsFile, JSON.stringify({
-    mode,
-    node: process.version,
-    complete,
-    results,
-    constructions: stats.constructions,
-    redirected: [...stats.redirected].sort(),
-    extensionImports: [...stats.extensionImports].sort(),
-    nonLoopback: [...stats.nonLoopback].sort(),
-  }));
+  writeFileSync(
+    resultsFile,
+    JSON.stringify({
+      mode,
+      node: process.version,
+      complete,
+      results,
+      constructions: stats.constructions,
+      redirected: [...stats.redirected].sort(),
+      extensionImports: [...stats.extensionImports].sort(),
+      nonLoopback: [...stats.nonLoopback].sort(),
+    }),
+  );
 }
 
 // a run that crashes before mocha's end still leaves what it saw, marked incomplete

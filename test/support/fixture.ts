@@ -9,16 +9,14 @@ import Provider, { type Configuration } from 'oidc-provider';
 import request from 'supertest';
 
 import { API, CLIENTS, interactionHandler, providerConfiguration } from './provider-fixture.mjs';
-import {
-  MemoryAdapter, MemoryStorage, withMrrt, type MrrtExchangeEvent, type MrrtOptions, type PolicyStore,
-} from '../../lib/index.js';
+import { MemoryAdapter, MemoryStorage, withMrrt, type MrrtExchangeEvent, type MrrtOptions, type PolicyStore } from '../../lib/index.js';
 
 export { API, CLIENTS, RESOURCE_SERVERS, SKIP_CONSENT } from './provider-fixture.mjs';
 export type ClientName = keyof typeof CLIENTS;
 /** A client by its fixture name, or the metadata of one registered some other way (dynamic registration). */
 export type ClientRef = ClientName | { readonly client_id: string; readonly client_secret?: string; readonly redirect_uris: readonly string[] };
 type ClientMetadata = Exclude<ClientRef, ClientName>;
-const metadataOf = (client: ClientRef): ClientMetadata => (typeof client === 'string' ? CLIENTS[client] as ClientMetadata : client);
+const metadataOf = (client: ClientRef): ClientMetadata => (typeof client === 'string' ? (CLIENTS[client] as ClientMetadata) : client);
 
 let signingKey: jose.JWK | undefined;
 async function jwks(): Promise<{ keys: jose.JWK[] }> {
@@ -33,7 +31,7 @@ export interface ServerOptions {
   /** Adapter for oidc-provider's models; default a MemoryAdapter on the server's own `storage`. */
   adapter?: Configuration['adapter'];
   /** MRRT options; `false` builds a plain oidc-provider with the same configuration. */
-  mrrt: Partial<MrrtOptions> & { store: PolicyStore } | false;
+  mrrt: (Partial<MrrtOptions> & { store: PolicyStore }) | false;
   rotate?: boolean;
   configure?: (configuration: Configuration) => void;
 }
@@ -76,8 +74,16 @@ export async function startServer(options: ServerOptions): Promise<TestServer> {
   app.use(provider.callback());
 
   return {
-    url, provider, storage, events, providerEvents,
-    close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }),
+    url,
+    provider,
+    storage,
+    events,
+    providerEvents,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
 }
 
@@ -115,8 +121,18 @@ export interface TokenSet {
 /** Logs `sub` in through the provider's real authorization endpoint and interaction routes (code + PKCE). */
 export async function login(
   server: TestServer,
-  { client = 'app', scope = 'openid offline_access a:read', resource = API.A as string | undefined, sub = 'alice', dpop }: {
-    client?: ClientRef; scope?: string; resource?: string | undefined; sub?: string; dpop?: DpopKey;
+  {
+    client = 'app',
+    scope = 'openid offline_access a:read',
+    resource = API.A as string | undefined,
+    sub = 'alice',
+    dpop,
+  }: {
+    client?: ClientRef;
+    scope?: string;
+    resource?: string | undefined;
+    sub?: string;
+    dpop?: DpopKey;
   } = {},
 ): Promise<TokenSet> {
   const agent = request.agent(server.url);
@@ -125,8 +141,14 @@ export async function login(
   const challenge = createHash('sha256').update(verifier).digest('base64url');
 
   let res = await agent.get('/auth').query({
-    client_id: metadata.client_id, response_type: 'code', scope, redirect_uri: metadata.redirect_uris[0],
-    code_challenge: challenge, code_challenge_method: 'S256', prompt: 'consent', state: 'st',
+    client_id: metadata.client_id,
+    response_type: 'code',
+    scope,
+    redirect_uri: metadata.redirect_uris[0],
+    code_challenge: challenge,
+    code_challenge_method: 'S256',
+    prompt: 'consent',
+    state: 'st',
     ...(resource ? { resource } : {}),
   });
   if (res.status !== 303) throw new Error(`authorization request failed: ${res.status} ${res.text}`);
@@ -142,8 +164,12 @@ export async function login(
   const token = agent.post('/token').type('form');
   if (dpop) token.set('DPoP', await dpopProof(dpop, `${server.url}/token`));
   const tokenRes = await token.send({
-    grant_type: 'authorization_code', code, redirect_uri: metadata.redirect_uris[0], code_verifier: verifier,
-    client_id: metadata.client_id, ...(metadata.client_secret ? { client_secret: metadata.client_secret } : {}),
+    grant_type: 'authorization_code',
+    code,
+    redirect_uri: metadata.redirect_uris[0],
+    code_verifier: verifier,
+    client_id: metadata.client_id,
+    ...(metadata.client_secret ? { client_secret: metadata.client_secret } : {}),
     ...(resource ? { resource } : {}),
   });
   if (tokenRes.status !== 200 || !tokenRes.body.refresh_token) throw new Error(`code exchange failed: ${tokenRes.status} ${tokenRes.text}`);

@@ -23,10 +23,7 @@ if (!config) {
   console.error('MRRT_INSTANCE (JSON configuration) is not set');
   process.exit(2);
 }
-const {
-  name, issuer, jwks, cookieKeys, redisUrl, adapterPrefix, storePrefix, rotate, denyList,
-  quickFailure = false, storeTimeout,
-} = config;
+const { name, issuer, jwks, cookieKeys, redisUrl, adapterPrefix, storePrefix, rotate, denyList, quickFailure = false, storeTimeout } = config;
 
 // every promise rejection nobody handled in this process (Node would otherwise crash on the first one)
 const unhandledRejections = [];
@@ -41,25 +38,37 @@ const redisOptions = quickFailure
   : { maxRetriesPerRequest: 1 };
 const redis = new Redis(redisUrl, { ...redisOptions, connectionName: `mrrt-test-instance-${name}` });
 let redisErrors = 0;
-redis.on('error', () => { redisErrors += 1; });
+redis.on('error', () => {
+  redisErrors += 1;
+});
 const store = new RedisPolicyStore(redis, { prefix: storePrefix });
 
 const MrrtProvider = withMrrt(Provider, { store, allowSkippingConsent: SKIP_CONSENT, denyList, ...(storeTimeout === undefined ? {} : { storeTimeout }) });
-const provider = new MrrtProvider(issuer, providerConfiguration({
-  adapter: RedisAdapter.factory(redis, { prefix: adapterPrefix, reuseInterval: 0 }), // reuse right after a rotation is reuse here
-  jwks,
-  cookieKeys,
-  rotate,
-}));
+const provider = new MrrtProvider(
+  issuer,
+  providerConfiguration({
+    adapter: RedisAdapter.factory(redis, { prefix: adapterPrefix, reuseInterval: 0 }), // reuse right after a rotation is reuse here
+    jwks,
+    cookieKeys,
+    rotate,
+  }),
+);
 
 // what happened on this instance, for the test to read back (never token values)
 const events = [];
 let storeErrors = 0;
-provider.on('mrrt.exchange', (_ctx, event) => events.push({
-  event: 'mrrt.exchange', outcome: event.outcome, reason: event.reason, audience: event.resolvedAudience ?? event.requestedAudience,
-  ...(event.error ? { error: event.error } : {}),
-}));
-provider.on('mrrt.store_error', () => { storeErrors += 1; });
+provider.on('mrrt.exchange', (_ctx, event) =>
+  events.push({
+    event: 'mrrt.exchange',
+    outcome: event.outcome,
+    reason: event.reason,
+    audience: event.resolvedAudience ?? event.requestedAudience,
+    ...(event.error ? { error: event.error } : {}),
+  }),
+);
+provider.on('mrrt.store_error', () => {
+  storeErrors += 1;
+});
 for (const event of ['grant.revoked', 'refresh_token.consumed', 'server_error']) {
   provider.on(event, () => events.push({ event }));
 }
@@ -86,7 +95,13 @@ async function shutdown(code) {
   await redis.quit().catch(() => redis.disconnect());
   process.exit(code);
 }
-process.on('SIGTERM', () => { void shutdown(0); });
-process.on('SIGINT', () => { void shutdown(0); });
-process.stdin.on('end', () => { void shutdown(0); });
+process.on('SIGTERM', () => {
+  void shutdown(0);
+});
+process.on('SIGINT', () => {
+  void shutdown(0);
+});
+process.stdin.on('end', () => {
+  void shutdown(0);
+});
 process.stdin.resume();

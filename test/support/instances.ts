@@ -101,7 +101,9 @@ export function startInstance(name: string, config: InstanceConfig): Promise<Ins
   children.add(child);
   child.once('exit', () => children.delete(child));
   let stderr = '';
-  child.stderr.on('data', (chunk: Buffer) => { stderr = (stderr + chunk.toString('utf8')).slice(-10_000); });
+  child.stderr.on('data', (chunk: Buffer) => {
+    stderr = (stderr + chunk.toString('utf8')).slice(-10_000);
+  });
   const alive = (): boolean => child.exitCode === null && child.signalCode === null;
 
   const stop = async (): Promise<void> => {
@@ -128,7 +130,10 @@ export function startInstance(name: string, config: InstanceConfig): Promise<Ins
     child.stdout.on('data', (chunk: Buffer) => {
       if (reported) return; // oidc-provider prints notices on stdout later
       stdout = (stdout + chunk.toString('utf8')).slice(-10_000);
-      const line = stdout.split('\n').slice(0, -1).find((candidate) => candidate.startsWith('{'));
+      const line = stdout
+        .split('\n')
+        .slice(0, -1)
+        .find((candidate) => candidate.startsWith('{'));
       if (!line) return;
       reported = true;
       clearTimeout(timer);
@@ -137,9 +142,16 @@ export function startInstance(name: string, config: InstanceConfig): Promise<Ins
       const { port, pid } = JSON.parse(line) as { port: number; pid: number };
       const url = `http://127.0.0.1:${port}`;
       resolve({
-        name, url, pid, child,
-        get stderr() { return stderr; },
-        get alive() { return alive(); },
+        name,
+        url,
+        pid,
+        child,
+        get stderr() {
+          return stderr;
+        },
+        get alive() {
+          return alive();
+        },
         server: { url } as TestServer,
         async report() {
           const res = await request(url).get('/__test/events');

@@ -14,10 +14,32 @@ export declare const API: {
 export declare const RESOURCE_SERVERS: Readonly<Record<string, ResourceServer>>;
 export declare const SKIP_CONSENT: readonly string[];
 export declare const CLIENTS: {
-  readonly app: { readonly client_id: 'app'; readonly client_secret: string; readonly first_party: true; readonly redirect_uris: readonly string[]; readonly token_endpoint_auth_method: 'client_secret_post' };
-  readonly spa: { readonly client_id: 'spa'; readonly first_party: true; readonly redirect_uris: readonly string[]; readonly token_endpoint_auth_method: 'none' };
-  readonly partner: { readonly client_id: 'partner'; readonly client_secret: string; readonly redirect_uris: readonly string[]; readonly token_endpoint_auth_method: 'client_secret_post' };
-  readonly other: { readonly client_id: 'other'; readonly client_secret: string; readonly first_party: true; readonly redirect_uris: readonly string[]; readonly token_endpoint_auth_method: 'client_secret_post' };
+  readonly app: {
+    readonly client_id: 'app';
+    readonly client_secret: string;
+    readonly first_party: true;
+    readonly redirect_uris: readonly string[];
+    readonly token_endpoint_auth_method: 'client_secret_post';
+  };
+  readonly spa: {
+    readonly client_id: 'spa';
+    readonly first_party: true;
+    readonly redirect_uris: readonly string[];
+    readonly token_endpoint_auth_method: 'none';
+  };
+  readonly partner: {
+    readonly client_id: 'partner';
+    readonly client_secret: string;
+    readonly redirect_uris: readonly string[];
+    readonly token_endpoint_auth_method: 'client_secret_post';
+  };
+  readonly other: {
+    readonly client_id: 'other';
+    readonly client_secret: string;
+    readonly first_party: true;
+    readonly redirect_uris: readonly string[];
+    readonly token_endpoint_auth_method: 'client_secret_post';
+  };
 };
 export declare const TTL: NonNullable<Configuration['ttl']>;
 

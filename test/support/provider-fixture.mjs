@@ -25,10 +25,27 @@ export const RESOURCE_SERVERS = Object.freeze({
 export const SKIP_CONSENT = Object.freeze([API.A, API.B, API.C, API.ADMIN, API.GONE]);
 
 export const CLIENTS = Object.freeze({
-  app: { client_id: 'app', client_secret: 'app-secret-app-secret-app-secret', first_party: true, redirect_uris: ['https://app.example.com/cb'], token_endpoint_auth_method: 'client_secret_post' },
+  app: {
+    client_id: 'app',
+    client_secret: 'app-secret-app-secret-app-secret',
+    first_party: true,
+    redirect_uris: ['https://app.example.com/cb'],
+    token_endpoint_auth_method: 'client_secret_post',
+  },
   spa: { client_id: 'spa', first_party: true, redirect_uris: ['https://spa.example.com/cb'], token_endpoint_auth_method: 'none' },
-  partner: { client_id: 'partner', client_secret: 'partner-secret-partner-secret-ps', redirect_uris: ['https://partner.example.com/cb'], token_endpoint_auth_method: 'client_secret_post' },
-  other: { client_id: 'other', client_secret: 'other-secret-other-secret-other-s', first_party: true, redirect_uris: ['https://other.example.com/cb'], token_endpoint_auth_method: 'client_secret_post' },
+  partner: {
+    client_id: 'partner',
+    client_secret: 'partner-secret-partner-secret-ps',
+    redirect_uris: ['https://partner.example.com/cb'],
+    token_endpoint_auth_method: 'client_secret_post',
+  },
+  other: {
+    client_id: 'other',
+    client_secret: 'other-secret-other-secret-other-s',
+    first_party: true,
+    redirect_uris: ['https://other.example.com/cb'],
+    token_endpoint_auth_method: 'client_secret_post',
+  },
 });
 
 export const TTL = Object.freeze({

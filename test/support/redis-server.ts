@@ -122,7 +122,7 @@ export class RedisServer {
       configFile = path.join(dir, 'redis.conf');
       await writeFile(configFile, config);
     }
-    const server = new RedisServer(port ?? await freePort(), dir, extraArgs, configFile);
+    const server = new RedisServer(port ?? (await freePort()), dir, extraArgs, configFile);
     try {
       await server.start();
     } catch (err) {
@@ -150,17 +150,32 @@ export class RedisServer {
     if (this.running) throw new Error(`redis-server on port ${this.port} is already running`);
     const args = [
       ...(this.#configFile ? [this.#configFile] : []),
-      '--port', String(this.port), '--bind', HOST, '--save', '', '--appendonly', 'no', '--dir', this.dir,
-      '--protected-mode', 'yes', ...this.#args,
+      '--port',
+      String(this.port),
+      '--bind',
+      HOST,
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--dir',
+      this.dir,
+      '--protected-mode',
+      'yes',
+      ...this.#args,
     ];
     const child = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     running.add(child);
     this.#child = child;
-    const append = (chunk: Buffer): void => { this.#log = (this.#log + chunk.toString('utf8')).slice(-20_000); };
+    const append = (chunk: Buffer): void => {
+      this.#log = (this.#log + chunk.toString('utf8')).slice(-20_000);
+    };
     child.stdout!.on('data', append);
     child.stderr!.on('data', append);
     let spawnError: Error | undefined;
-    child.once('error', (err) => { spawnError = err; });
+    child.once('error', (err) => {
+      spawnError = err;
+    });
     child.once('exit', () => running.delete(child));
 
     for (let attempt = 0; attempt < 200; attempt += 1) {
@@ -236,18 +251,33 @@ export async function startCluster({ masters = 3 }: { masters?: number } = {}): 
   try {
     for (let i = 0; i < masters; i += 1) {
       const busPort = await freePort();
-      nodes.push(await RedisServer.start({
-        extraArgs: [
-          '--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${i}.conf`, '--cluster-port', String(busPort),
-          '--cluster-node-timeout', '5000', '--cluster-require-full-coverage', 'yes',
-        ],
-      }));
+      nodes.push(
+        await RedisServer.start({
+          extraArgs: [
+            '--cluster-enabled',
+            'yes',
+            '--cluster-config-file',
+            `nodes-${i}.conf`,
+            '--cluster-port',
+            String(busPort),
+            '--cluster-node-timeout',
+            '5000',
+            '--cluster-require-full-coverage',
+            'yes',
+          ],
+        }),
+      );
     }
     await run('redis-cli', ['--cluster', 'create', ...nodes.map((node) => `${HOST}:${node.port}`), '--cluster-replicas', '0', '--cluster-yes'], 30_000);
 
     for (let attempt = 0; ; attempt += 1) {
       const infos = await Promise.all(nodes.map((node) => node.command('CLUSTER', 'INFO').catch(() => '')));
-      if (infos.every((info) => /cluster_state:ok/.test(info) && /cluster_slots_assigned:16384/.test(info) && new RegExp(`cluster_known_nodes:${masters}\\b`).test(info))) break;
+      if (
+        infos.every(
+          (info) => /cluster_state:ok/.test(info) && /cluster_slots_assigned:16384/.test(info) && new RegExp(`cluster_known_nodes:${masters}\\b`).test(info),
+        )
+      )
+        break;
       if (attempt >= 300) throw new Error(`the cluster did not reach cluster_state:ok within 15s:\n${infos.join('\n---\n')}`);
       await sleep(50);
     }
@@ -283,7 +313,10 @@ function rawArray(port: number, args: readonly string[]): Promise<string[] | und
   return new Promise((resolve) => {
     const socket = net.connect({ port, host: HOST });
     let data = '';
-    const done = (items: string[] | undefined): void => { socket.destroy(); resolve(items); };
+    const done = (items: string[] | undefined): void => {
+      socket.destroy();
+      resolve(items);
+    };
     socket.setTimeout(1000, () => done(undefined));
     socket.once('error', () => done(undefined));
     socket.once('connect', () => socket.write(encode(args)));
@@ -307,7 +340,7 @@ function rawArray(port: number, args: readonly string[]): Promise<string[] | und
 
 /** `SENTINEL MASTER <name>` as a map (empty when the sentinel does not answer). */
 async function sentinelView(sentinel: RedisServer, name: string): Promise<Map<string, string>> {
-  const items = await rawArray(sentinel.port, ['SENTINEL', 'MASTER', name]) ?? [];
+  const items = (await rawArray(sentinel.port, ['SENTINEL', 'MASTER', name])) ?? [];
   const map = new Map<string, string>();
   for (let i = 0; i + 1 < items.length; i += 2) map.set(items[i]!, items[i + 1]!);
   return map;
@@ -320,8 +353,18 @@ async function sentinelView(sentinel: RedisServer, name: string): Promise<Map<st
  * must be unreachable before a sentinel thinks it down; `failoverTimeoutMs` (default 5000) bounds a
  * failover attempt. Everything started is killed again if any step fails.
  */
-export async function startSentinel({ name = 'mrrt', replicas = 1, sentinels = 3, downAfterMs = 1000, failoverTimeoutMs = 5000 }: {
-  name?: string; replicas?: number; sentinels?: number; downAfterMs?: number; failoverTimeoutMs?: number;
+export async function startSentinel({
+  name = 'mrrt',
+  replicas = 1,
+  sentinels = 3,
+  downAfterMs = 1000,
+  failoverTimeoutMs = 5000,
+}: {
+  name?: string;
+  replicas?: number;
+  sentinels?: number;
+  downAfterMs?: number;
+  failoverTimeoutMs?: number;
 } = {}): Promise<RedisSentinel> {
   const nodes: RedisServer[] = [];
   const watchers: RedisServer[] = [];
@@ -353,11 +396,16 @@ export async function startSentinel({ name = 'mrrt', replicas = 1, sentinels = 3
 
     for (let attempt = 0; ; attempt += 1) {
       const infos = await Promise.all(watchers.map((s) => sentinelView(s, name)));
-      const ready = infos.every((info) => info.get('num-slaves') === String(replicas) && info.get('num-other-sentinels') === String(sentinels - 1)
-        && info.get('flags') === 'master');
-      const synced = (await master.command('INFO', 'replication').catch(() => '')).split('\n').filter((line) => /^slave\d+:.*state=online/.test(line)).length === replicas;
+      const ready = infos.every(
+        (info) => info.get('num-slaves') === String(replicas) && info.get('num-other-sentinels') === String(sentinels - 1) && info.get('flags') === 'master',
+      );
+      const synced =
+        (await master.command('INFO', 'replication').catch(() => '')).split('\n').filter((line) => /^slave\d+:.*state=online/.test(line)).length === replicas;
       if (ready && synced) break;
-      if (attempt >= 300) throw new Error(`the sentinels did not see ${replicas} replica(s) and ${sentinels - 1} other sentinel(s) within 30s: ${JSON.stringify(infos.map((info) => Object.fromEntries(info)))}`);
+      if (attempt >= 300)
+        throw new Error(
+          `the sentinels did not see ${replicas} replica(s) and ${sentinels - 1} other sentinel(s) within 30s: ${JSON.stringify(infos.map((info) => Object.fromEntries(info)))}`,
+        );
       await sleep(100);
     }
   } catch (err) {
@@ -365,9 +413,13 @@ export async function startSentinel({ name = 'mrrt', replicas = 1, sentinels = 3
     throw err;
   }
   return {
-    name, nodes, sentinels: watchers,
+    name,
+    nodes,
+    sentinels: watchers,
     sentinelNodes: watchers.map((s) => ({ host: HOST, port: s.port })),
-    masterPort, masterPorts, destroy,
+    masterPort,
+    masterPorts,
+    destroy,
   };
 }
 

@@ -10,7 +10,9 @@ export type Snapshot = ReturnType<typeof snapshot>;
 
 /** RFC 7662 introspection, authenticated as the confidential client `app` (allowed to introspect any token). */
 export async function introspect(server: TestServer, token: string): Promise<Record<string, unknown>> {
-  const res = await request(server.url).post('/token/introspection').type('form')
+  const res = await request(server.url)
+    .post('/token/introspection')
+    .type('form')
     .send({ token, client_id: CLIENTS.app.client_id, client_secret: CLIENTS.app.client_secret });
   expect(res.status).toBe(200);
   return res.body as Record<string, unknown>;

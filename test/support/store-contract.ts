@@ -2,19 +2,23 @@
 // Redis stores) and test/cluster.test.ts (RedisPolicyStore on a real Redis Cluster).
 import { describe, test, expect, beforeEach } from '@jest/globals';
 
-import {
-  PolicyConflictError, PolicyValidationError, type Policy, type PolicyRecord, type PolicyStore,
-} from '../../lib/index.js';
+import { PolicyConflictError, PolicyValidationError, type Policy, type PolicyRecord, type PolicyStore } from '../../lib/index.js';
 
 export const A = 'https://a.example.com';
 export const B = 'https://b.example.com';
 export const P1: Policy = [{ audience: A, scope: ['read'] }];
-export const P2: Policy = [{ audience: A, scope: ['read', 'write'] }, { audience: B, scope: ['b:all'] }];
+export const P2: Policy = [
+  { audience: A, scope: ['read', 'write'] },
+  { audience: B, scope: ['b:all'] },
+];
 export const P3: Policy = [{ audience: B, scope: ['b:read'] }];
 
 /** Expects `promise` to reject with a PolicyConflictError and returns it. */
 export async function conflict(promise: Promise<unknown>): Promise<PolicyConflictError> {
-  const error = await promise.then(() => undefined, (err: unknown) => err);
+  const error = await promise.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
   expect(error).toBeInstanceOf(PolicyConflictError);
   expect((error as PolicyConflictError).code).toBe('ERR_MRRT_POLICY_CONFLICT');
   return error as PolicyConflictError;
@@ -51,7 +55,10 @@ export function describeStoreContract(name: string, makeStore: () => PolicyStore
       expect(written.version.length).toBeGreaterThan(0);
       const read = await store.get('app');
       expect(read).toEqual(written);
-      expect(read!.policies).toEqual([{ audience: A, scope: ['read', 'write'] }, { audience: B, scope: ['b:all'] }]);
+      expect(read!.policies).toEqual([
+        { audience: A, scope: ['read', 'write'] },
+        { audience: B, scope: ['b:all'] },
+      ]);
       // policies of other clients are separate
       await expect(store.get('app2')).resolves.toBeUndefined();
       await expect(store.get('ap')).resolves.toBeUndefined();
@@ -152,7 +159,7 @@ export function describeStoreContract(name: string, makeStore: () => PolicyStore
       await expect(store.list({ after: 'app-1', limit: 2 })).resolves.toEqual({ clientIds: ['app-10', 'app-11'], next: 'app-11' });
       await expect(store.list({ after: 'app-15x', limit: 3 })).resolves.toEqual({ clientIds: ['app-16', 'app-17', 'app-18'], next: 'app-18' });
       await expect(store.list({ after: 'app-9' })).resolves.toEqual({ clientIds: [] });
-      await expect(store.list({ after: '' , limit: 1 })).resolves.toEqual({ clientIds: ['app-0'], next: 'app-0' });
+      await expect(store.list({ after: '', limit: 1 })).resolves.toEqual({ clientIds: ['app-0'], next: 'app-0' });
 
       // deleted clients disappear; a last page that is exactly full has no `next`
       for (const id of ['app-0', 'app-12', 'app-2', 'app-20', 'app-9']) await expect(store.delete(id)).resolves.toBe(true);
@@ -222,8 +229,11 @@ export function describeStoreContract(name: string, makeStore: () => PolicyStore
       await expect(store.list({ limit: 1 })).resolves.toEqual({ clientIds: [long] });
     });
 
-    test('records are frozen and independent of the caller\'s input', async () => {
-      const input = [{ audience: A, scope: ['read'] }, { audience: B, scope: ['b:read'] }];
+    test("records are frozen and independent of the caller's input", async () => {
+      const input = [
+        { audience: A, scope: ['read'] },
+        { audience: B, scope: ['b:read'] },
+      ];
       const written = await store.set('app', input);
       expectDeeplyFrozen(written);
       input[0]!.scope.push('write');
@@ -232,12 +242,20 @@ export function describeStoreContract(name: string, makeStore: () => PolicyStore
       input.splice(1, 1);
       const read = await store.get('app');
       expectDeeplyFrozen(read!);
-      expect(read!.policies).toEqual([{ audience: A, scope: ['read'] }, { audience: B, scope: ['b:read'] }]);
+      expect(read!.policies).toEqual([
+        { audience: A, scope: ['read'] },
+        { audience: B, scope: ['b:read'] },
+      ]);
       expect(written.policies).toEqual(read!.policies);
       expect(() => {
         (read!.policies[0]!.scope as string[]).push('x');
       }).toThrow(TypeError);
-      await expect(store.get('app')).resolves.toMatchObject({ policies: [{ audience: A, scope: ['read'] }, { audience: B, scope: ['b:read'] }] });
+      await expect(store.get('app')).resolves.toMatchObject({
+        policies: [
+          { audience: A, scope: ['read'] },
+          { audience: B, scope: ['b:read'] },
+        ],
+      });
     });
 
     test('concurrent writes with the same ifMatch: exactly one wins', async () => {
