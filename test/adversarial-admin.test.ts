@@ -10,7 +10,6 @@
 // the exchange fails closed (500 server_error, reason store_corrupt) while the granted API keeps
 // working, and that the admin API reports an error instead of crashing.
 import { randomBytes, randomUUID } from 'node:crypto';
-import type { EventEmitter } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { gzipSync } from 'node:zlib';
@@ -55,7 +54,7 @@ beforeAll(async () => {
   server = await startServer({
     mrrt: { store, allowSkippingConsent: SKIP_CONSENT, denyList: [API.ADMIN], limits: { maxEntries: 3, maxScopesPerEntry: 5 } },
   });
-  (server.provider as unknown as EventEmitter).on('mrrt.store_error', (_ctx: unknown, err: unknown) => {
+  server.provider.on('mrrt.store_error', (_ctx, err) => {
     storeErrors.push(err);
   });
   const app = express();

@@ -580,9 +580,9 @@ describe('more than one target', () => {
       await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
       const server = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT }, rotate });
       const written: string[] = [];
-      for (const name of ['access_token.saved', 'refresh_token.saved', 'refresh_token.consumed']) {
-        (server.provider as unknown as import('node:events').EventEmitter).on(name, () => written.push(name));
-      }
+      server.provider.on('access_token.saved', () => written.push('access_token.saved'));
+      server.provider.on('refresh_token.saved', () => written.push('refresh_token.saved'));
+      server.provider.on('refresh_token.consumed', () => written.push('refresh_token.consumed'));
       try {
         const tokens = await login(server);
         const before = snapshot(server, tokens.refresh_token);
@@ -741,7 +741,7 @@ describe('option functions that fail or never answer', () => {
       mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, isFirstParty: () => true, storeTimeout: 50, [option]: answer },
       rotate: true,
     });
-    (server.provider as unknown as import('node:events').EventEmitter).on('mrrt.check_error', (_ctx: unknown, err: unknown) => errorsSeen.push(err));
+    server.provider.on('mrrt.check_error', (_ctx, err) => errorsSeen.push(err));
     try {
       const tokens = await login(server);
       const before = snapshot(server, tokens.refresh_token);
@@ -823,7 +823,7 @@ test("the request's MRRT state is not an enumerable part of the Koa context that
   await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
   const server = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT } });
   const copies: Array<Record<string | symbol, unknown>> = [];
-  (server.provider as unknown as import('node:events').EventEmitter).on('mrrt.exchange', (ctx: object) => copies.push({ ...ctx }));
+  server.provider.on('mrrt.exchange', (ctx) => copies.push({ ...ctx }));
   try {
     const tokens = await login(server);
     // a refusal is reported while the request is still being handled (its state still in place)

@@ -1,7 +1,6 @@
 // When Redis misbehaves: stopped in the middle of a run and started again, or answering slowly.
 // Every Redis here is a redis-server this file starts itself (test/support/redis-server.ts); the
 // shared test Redis is never stopped or slowed down.
-import type { EventEmitter } from 'node:events';
 
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { Redis, type RedisOptions } from 'ioredis';
@@ -235,7 +234,7 @@ describe('a Redis that answers slowly (DEBUG SLEEP)', () => {
       rotate: true,
     });
     servers.push(server);
-    (server.provider as unknown as EventEmitter).on('mrrt.store_error', (_ctx: unknown, err: unknown) => storeErrors.push(err));
+    server.provider.on('mrrt.store_error', (_ctx, err) => storeErrors.push(err));
   }, 30_000);
 
   test('a policy store slower than storeTimeout: 503 for a policy-only target, the granted target served without policy scopes, nothing consumed', async () => {

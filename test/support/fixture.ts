@@ -1,5 +1,4 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import type { EventEmitter } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 
@@ -9,7 +8,7 @@ import Provider, { type Configuration } from 'oidc-provider';
 import request from 'supertest';
 
 import { API, CLIENTS, interactionHandler, providerConfiguration } from './provider-fixture.mjs';
-import { MemoryAdapter, MemoryStorage, withMrrt, type MrrtExchangeEvent, type MrrtOptions, type PolicyStore } from '../../lib/index.js';
+import { MemoryAdapter, MemoryStorage, withMrrt, type MrrtEvents, type MrrtExchangeEvent, type MrrtOptions, type PolicyStore } from '../../lib/index.js';
 
 export { API, CLIENTS, RESOURCE_SERVERS, SKIP_CONSENT } from './provider-fixture.mjs';
 export type ClientName = keyof typeof CLIENTS;
@@ -38,7 +37,8 @@ export interface ServerOptions {
 
 export interface TestServer {
   readonly url: string;
-  readonly provider: Provider;
+  /** Typed with the MRRT events, which a plain provider (`mrrt: false`) simply never emits. */
+  readonly provider: MrrtEvents & Provider;
   readonly storage: MemoryStorage;
   readonly events: MrrtExchangeEvent[];
   readonly providerEvents: string[];
@@ -60,15 +60,17 @@ export async function startServer(options: ServerOptions): Promise<TestServer> {
   if (options.mrrt === false) configuration.extraClientMetadata = { properties: ['first_party'] };
   options.configure?.(configuration);
 
-  const ProviderClass = options.mrrt === false ? Provider : withMrrt(Provider, options.mrrt as MrrtOptions);
-  const provider = new ProviderClass(url, configuration);
+  const provider: MrrtEvents & Provider =
+    options.mrrt === false
+      ? (new Provider(url, configuration) as MrrtEvents & Provider)
+      : new (withMrrt(Provider, options.mrrt as MrrtOptions))(url, configuration);
   const events: MrrtExchangeEvent[] = [];
   const providerEvents: string[] = [];
-  const emitter = provider as unknown as EventEmitter;
-  emitter.on('mrrt.exchange', (_ctx: unknown, event: MrrtExchangeEvent) => events.push(event));
-  for (const name of ['refresh_token.consumed', 'refresh_token.saved', 'grant.revoked', 'server_error']) {
-    emitter.on(name, () => providerEvents.push(name));
-  }
+  provider.on('mrrt.exchange', (_ctx, event) => events.push(event));
+  provider.on('refresh_token.consumed', () => providerEvents.push('refresh_token.consumed'));
+  provider.on('refresh_token.saved', () => providerEvents.push('refresh_token.saved'));
+  provider.on('grant.revoked', () => providerEvents.push('grant.revoked'));
+  provider.on('server_error', () => providerEvents.push('server_error'));
 
   app.use(interactionHandler(provider));
   app.use(provider.callback());
