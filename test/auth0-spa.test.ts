@@ -2,7 +2,7 @@
 // @auth0/auth0-spa-js production bundle the lock file pins and signs in against the example's
 // Auth0-style tenant (auth0Configuration + withMrrt profile 'auth0') in headless Debian Chromium
 // driven by playwright-core, on an ephemeral 127.0.0.1 port. The server's own log counts the
-// token requests. No skipping: without Chromium this test fails (.ci/run installs it).
+// token requests. No skipping: without Chromium this test fails (jest's global setup finds or installs one).
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 
@@ -46,7 +46,7 @@ describe('auth0-spa-js (useMrrt) on the example SPA page in headless Chromium', 
 
   beforeAll(async () => {
     if (!existsSync(CHROMIUM)) {
-      throw new Error(`${CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium (.ci/run installs it)`);
+      throw new Error(`${CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium (jest's global setup finds or installs one)`);
     }
     server = await startExampleServer({
       port: 0,

@@ -1,5 +1,6 @@
 import { errors, type Adapter, type AdapterFactory, type AdapterPayload } from 'oidc-provider';
 import type { Cluster, Redis } from 'ioredis';
+import { MrrtError, MrrtTypeError } from '../errors.js';
 
 /** Options for {@link RedisAdapter}. */
 export interface RedisAdapterOptions {
@@ -99,7 +100,7 @@ type Client = (Redis | Cluster) & ScriptClient;
 
 function prepareClient(redis: Redis | Cluster): Client {
   if (typeof redis !== 'object' || redis === null || typeof (redis as Redis).hmget !== 'function' || typeof (redis as Redis).defineCommand !== 'function') {
-    throw new TypeError('"redis" must be an ioredis Redis or Cluster instance');
+    throw new MrrtTypeError('"redis" must be an ioredis Redis or Cluster instance');
   }
   if (!('mrrtAdapterFind' in redis)) {
     redis.defineCommand('mrrtAdapterUpsert', { numberOfKeys: 1, lua: UPSERT_SCRIPT });
@@ -117,15 +118,15 @@ interface Settings {
 }
 
 function resolveSettings(options: RedisAdapterOptions): Settings {
-  if (typeof options !== 'object' || options === null) throw new TypeError('"options" must be an object');
+  if (typeof options !== 'object' || options === null) throw new MrrtTypeError('"options" must be an object');
   const { prefix = DEFAULT_PREFIX, reuseInterval = DEFAULT_REUSE_INTERVAL, ...unknown } = options;
   const extra = Object.keys(unknown);
-  if (extra.length) throw new TypeError(`"${extra[0]}" is not a RedisAdapter option`);
+  if (extra.length) throw new MrrtTypeError(`"${extra[0]}" is not a RedisAdapter option`);
   if (typeof prefix !== 'string' || prefix.length === 0 || prefix.length > 256) {
-    throw new TypeError('"prefix" option must be a non-empty string of at most 256 characters');
+    throw new MrrtTypeError('"prefix" option must be a non-empty string of at most 256 characters');
   }
   if (typeof reuseInterval !== 'number' || !Number.isFinite(reuseInterval) || reuseInterval < 0 || reuseInterval > MAX_REUSE_INTERVAL) {
-    throw new TypeError(`"reuseInterval" option must be a number of seconds from 0 to ${MAX_REUSE_INTERVAL}`);
+    throw new MrrtTypeError(`"reuseInterval" option must be a number of seconds from 0 to ${MAX_REUSE_INTERVAL}`);
   }
   return { prefix, reuseInterval };
 }
@@ -149,7 +150,7 @@ function refusal(model: string, gone: boolean): Error {
 /** `undefined` for no expiry, whole seconds (rounded up) otherwise; 0 or less means already expired. */
 function ttlOf(expiresIn: number | undefined): number | undefined {
   if (expiresIn === undefined) return undefined;
-  if (typeof expiresIn !== 'number' || !Number.isFinite(expiresIn)) throw new TypeError('"expiresIn" must be a finite number of seconds');
+  if (typeof expiresIn !== 'number' || !Number.isFinite(expiresIn)) throw new MrrtTypeError('"expiresIn" must be a finite number of seconds');
   return Math.ceil(expiresIn);
 }
 
@@ -157,7 +158,7 @@ function parse(key: string, json: string): AdapterPayload {
   try {
     return JSON.parse(json) as AdapterPayload;
   } catch (cause) {
-    throw new Error(`oidc-provider-mrrt: Redis key "${key}" does not hold a JSON payload`, { cause });
+    throw new MrrtError('ERR_MRRT_ADAPTER_CORRUPT', `oidc-provider-mrrt: Redis key "${key}" does not hold a JSON payload`, { cause });
   }
 }
 
@@ -247,9 +248,9 @@ export class RedisAdapter implements Adapter {
    * ```
    */
   constructor(name: string, redis: Redis | Cluster, options: RedisAdapterOptions = {}) {
-    if (typeof name !== 'string' || name.length === 0) throw new TypeError('"name" must be a non-empty oidc-provider model name');
+    if (typeof name !== 'string' || name.length === 0) throw new MrrtTypeError('"name" must be a non-empty oidc-provider model name');
     if (redis === undefined)
-      throw new TypeError('"redis" must be an ioredis Redis or Cluster instance; configure the adapter with RedisAdapter.factory(redis)');
+      throw new MrrtTypeError('"redis" must be an ioredis Redis or Cluster instance; configure the adapter with RedisAdapter.factory(redis)');
     this.#redis = prepareClient(redis);
     const { prefix, reuseInterval } = resolveSettings(options);
     this.#prefix = prefix;
@@ -390,7 +391,7 @@ export class RedisAdapter implements Adapter {
    * ```
    */
   async consume(id: string): Promise<void> {
-    if (!this.#consumable) throw new Error(`oidc-provider-mrrt: RedisAdapter cannot consume a ${this.#model}`);
+    if (!this.#consumable) throw new MrrtTypeError(`oidc-provider-mrrt: RedisAdapter cannot consume a ${this.#model}`);
     const outcome = await this.#redis.mrrtAdapterConsume(this.keyFor(id));
     if (outcome !== 1) throw refusal(this.#model, outcome === -1);
   }
