@@ -1,6 +1,6 @@
 // One provider instance for `npm run chaos` (bench/chaos.mjs), in its own OS process: withMrrt on
 // oidc-provider with RedisAdapter + RedisPolicyStore from the compiled package (dist/), the ioredis
-// settings docs/production.md recommends, and a minimal login/consent interaction. Everything the
+// settings docs/production.md recommends, and the shared provider setup and login/consent interaction. Everything the
 // instances must share comes from the parent as JSON in CHAOS_INSTANCE. Prints one JSON line
 // {"port":…,"pid":…} once it listens on 127.0.0.1; GET /__chaos/stats reports what it saw (never
 // token values). Exits on SIGTERM or when its stdin closes.
@@ -9,9 +9,10 @@ import process from 'node:process';
 
 import express from 'express';
 import { Redis } from 'ioredis';
-import Provider, { errors } from 'oidc-provider';
+import Provider from 'oidc-provider';
 
 import { RedisAdapter, RedisPolicyStore, withMrrt } from '../dist/index.js';
+import { interactionHandler, providerConfiguration } from '../test/support/provider-fixture.mjs';
 
 const config = JSON.parse(process.env.CHAOS_INSTANCE ?? 'null');
 if (!config) {
@@ -39,28 +40,21 @@ redis.on('error', () => {
 const store = new RedisPolicyStore(redis, { prefix: storePrefix });
 
 const MrrtProvider = withMrrt(Provider, { store, allowSkippingConsent: skipConsent, denyList, storeTimeout: 300 });
-const provider = new MrrtProvider(issuer, {
-  adapter: RedisAdapter.factory(redis, { prefix: adapterPrefix }),
-  clients: clients.map((client) => ({ ...client, grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'] })),
-  jwks,
-  cookies: { keys: cookieKeys },
-  findAccount: (_ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
-  interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
-  ttl: { AccessToken: 300, AuthorizationCode: 60, Grant: 86_400, IdToken: 300, Interaction: 600, RefreshToken: 86_400, Session: 86_400 },
-  features: {
-    devInteractions: { enabled: false },
-    resourceIndicators: {
-      enabled: true,
-      defaultResource: () => undefined,
-      getResourceServerInfo: (_ctx, resource) => {
-        const info = resourceServers[resource];
-        if (!info) throw new errors.InvalidTarget();
-        return info;
-      },
-    },
-  },
-  rotateRefreshToken: true,
-});
+// the shared provider setup (test/support/provider-fixture.mjs) with the chaos run's clients, APIs and TTLs
+const provider = new MrrtProvider(
+  issuer,
+  providerConfiguration({
+    adapter: RedisAdapter.factory(redis, { prefix: adapterPrefix }),
+    jwks,
+    clients,
+    resourceServers,
+    cookieKeys,
+    rotate: true,
+    ttl: { AccessToken: 300, AuthorizationCode: 60, Grant: 86_400, IdToken: 300, Interaction: 600, RefreshToken: 86_400, Session: 86_400 },
+    dpop: false,
+    introspection: false,
+  }),
+);
 
 const stats = { serverErrors: 0, storeErrors: 0 };
 provider.on('server_error', () => {
@@ -74,24 +68,7 @@ const app = express();
 app.get('/__chaos/stats', (_req, res) => {
   res.json({ name, pid: process.pid, ...stats, redisErrors, unhandled });
 });
-app.post('/interaction/:uid/login', async (req, res, next) => {
-  try {
-    await provider.interactionFinished(req, res, { login: { accountId: String(req.query.sub ?? 'alice') } }, { mergeWithLastSubmission: false });
-  } catch (err) {
-    next(err);
-  }
-});
-app.post('/interaction/:uid/consent', async (req, res, next) => {
-  try {
-    const { prompt, params, session, grantId } = await provider.interactionDetails(req, res);
-    const grant = grantId ? await provider.Grant.find(grantId) : new provider.Grant({ accountId: session.accountId, clientId: String(params.client_id) });
-    if (prompt.details.missingOIDCScope) grant.addOIDCScope(prompt.details.missingOIDCScope.join(' '));
-    for (const [indicator, scopes] of Object.entries(prompt.details.missingResourceScopes ?? {})) grant.addResourceScope(indicator, scopes.join(' '));
-    await provider.interactionFinished(req, res, { consent: { grantId: await grant.save() } }, { mergeWithLastSubmission: true });
-  } catch (err) {
-    next(err);
-  }
-});
+app.use(interactionHandler(provider));
 app.use(provider.callback());
 
 const server = http.createServer(app);
