@@ -67,3 +67,22 @@ export function sendPage(res: Response, title: string, body: Html, status = 200)
         </html>`.value,
     );
 }
+
+/** oidc-provider's `renderError` for the example's providers: a plain page with a way back. */
+export function renderError(back: { readonly href: string; readonly label: string }) {
+  return (ctx: { type: string; body: unknown }, out: { readonly error: string; readonly error_description?: string }): void => {
+    ctx.type = 'html';
+    ctx.body = html`<!doctype html>
+      <html lang="en">
+        <head>
+          <meta charset="utf-8" />
+          <title>Error</title>
+        </head>
+        <body>
+          <h1>${out.error}</h1>
+          <p>${out.error_description ?? ''}</p>
+          <p><a href="${back.href}">${back.label}</a></p>
+        </body>
+      </html>`.value;
+  };
+}

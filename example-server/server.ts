@@ -22,7 +22,7 @@ import {
 import { createPolicyRouter, jwtAuthorizer } from '../lib/express.js';
 import { bffRoutes } from './bff.js';
 import { config as defaultConfig, type DemoClient, type ExampleConfig } from './config.js';
-import { html, sendPage } from './html.js';
+import { html, sendPage, renderError } from './html.js';
 import { interactionRoutes } from './interactions.js';
 import { createLogger, requestLogger, type LogLevel, type LogSink, type Logger } from './log.js';
 import { demoApis } from './resource-api.js';
@@ -198,21 +198,7 @@ export async function createExampleApp(options: ExampleOptions): Promise<Example
         getResourceServerInfo: (_ctx, resource, client) => resourceServer(resource, client.clientId),
       },
     },
-    renderError: (ctx, out) => {
-      ctx.type = 'html';
-      ctx.body = html`<!doctype html>
-        <html lang="en">
-          <head>
-            <meta charset="utf-8" />
-            <title>Error</title>
-          </head>
-          <body>
-            <h1>${out.error}</h1>
-            <p>${out.error_description ?? ''}</p>
-            <p><a href="/">Back to the demo</a></p>
-          </body>
-        </html>`.value;
-    },
+    renderError: renderError({ href: '/', label: 'Back to the demo' }),
   };
   const provider = new MrrtProvider(issuer, configuration);
   provider.on('mrrt.exchange', (_ctx, event) => logger.info({ event: 'mrrt.exchange', ...event }));

@@ -32,7 +32,7 @@ import {
   type PolicyStore,
 } from '../lib/index.js';
 import { spaApp, type ExampleConfig } from './config.js';
-import { html, sendPage, type Html } from './html.js';
+import { html, sendPage, type Html, renderError } from './html.js';
 import { authenticate } from './interactions.js';
 import type { Logger } from './log.js';
 import { demoApis } from './resource-api.js';
@@ -172,21 +172,7 @@ export async function createSpaTenant(options: SpaTenantOptions): Promise<SpaTen
         },
       },
     },
-    renderError: (ctx, out) => {
-      ctx.type = 'html';
-      ctx.body = html`<!doctype html>
-        <html lang="en">
-          <head>
-            <meta charset="utf-8" />
-            <title>Error</title>
-          </head>
-          <body>
-            <h1>${out.error}</h1>
-            <p>${out.error_description ?? ''}</p>
-            <p><a href="${spaApp.path}">Back to the SPA</a></p>
-          </body>
-        </html>`.value;
-    },
+    renderError: renderError({ href: spaApp.path, label: 'Back to the SPA' }),
   };
   const provider = new MrrtProvider(issuer, auth0Configuration(configuration, { allowSkippingConsent: skipConsent }));
   provider.use(auth0LogoutParameters());
