@@ -810,8 +810,12 @@ describe("the provider's OpenID scopes", () => {
       const all = await refresh(server, tokens.refresh_token, { audience: API.B });
       expect(all.status).toBe(200);
       expect(claims(all.body.access_token).scope).toBe('b:read');
+      const before = snapshot(server, tokens.refresh_token);
       const asked = await refresh(server, tokens.refresh_token, { audience: API.B, scope: 'email b:read' });
       expect({ status: asked.status, error: asked.body.error }).toEqual({ status: 400, error: 'invalid_scope' });
+      // the refused request changed nothing, and the refresh token still works
+      expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+      expect((await refresh(server, tokens.refresh_token, { resource: API.A })).status).toBe(200);
     } finally {
       await server.close();
     }
