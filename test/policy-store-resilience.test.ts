@@ -65,6 +65,16 @@ async function expectNarrowingApplies(readerRedis: Redis, url: string, prefix: s
   const server = await startServer({ mrrt: { store: reader, allowSkippingConsent: SKIP_CONSENT }, rotate: false });
   servers.push(server);
   await ready(readerRedis);
+  // the reader's subscriber must have (re)subscribed: if it never does, this fails; once it has, the
+  // narrowing below is announced to it (without this wait a slow reconnect looked like a lost change)
+  const observer = connect(url);
+  let subscribers = 0;
+  for (let attempt = 0; attempt < 100 && subscribers === 0; attempt += 1) {
+    subscribers = Number(((await observer.pubsub('NUMSUB', reader.channel)) as [string, number])[1]);
+    if (subscribers === 0) await sleep(100);
+  }
+  await observer.quit();
+  expect(subscribers).toBeGreaterThan(0);
 
   const writer = new RedisPolicyStore(connect(url), { prefix });
   stores.push(writer);
