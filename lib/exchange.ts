@@ -135,6 +135,7 @@ export class Exchange {
   /** Set once the rules have run against the answer issuance uses; then it is that answer. */
   #settled: Promise<ResourceServerAnswer | undefined> | undefined;
   #withdrawn = false;
+  #ended = false;
   #nothingAvailable = false;
   #raised: { readonly error: Error; readonly reason: MrrtReason } | undefined;
   readonly #setup: ExchangeSetup;
@@ -171,10 +172,10 @@ export class Exchange {
     return this.#withdrawn;
   }
 
-  /** Whether this request presents its overlay in `token` (this request's refresh token or its rotation). */
+  /** Whether this request presents its overlay in an object holding `grantId` (its refresh token, the rotation, the Grant). */
   #presents(token: { readonly grantId?: string }): boolean {
     const grantId = this.#held?.grantId;
-    return this.plan.kind === 'policy' && !this.#withdrawn && grantId !== undefined && token.grantId === grantId;
+    return this.plan.kind === 'policy' && !this.#withdrawn && !this.#ended && grantId !== undefined && token.grantId === grantId;
   }
 
   /** The refusal in force: unconditional, or because the target is not among the refresh token's resources. */
@@ -187,9 +188,13 @@ export class Exchange {
 
   // --- transitions, one for each observation ---
 
-  /** oidc-provider found this request's refresh token (and has not checked the `scope` parameter yet). */
-  sawRefreshToken(ctx: KoaContextWithOIDC, value: string, token: RefreshTokenLike | undefined): void {
-    if (value !== this.refreshTokenValue || !token || this.#held) return;
+  /**
+   * oidc-provider found a refresh token (and has not checked the `scope` parameter yet). Answers
+   * whether the exchange goes on with it: then how oidc-provider reads it, consumes it and rotates
+   * it, and the Grant it finds, come to this exchange.
+   */
+  sawRefreshToken(ctx: KoaContextWithOIDC, value: string, token: RefreshTokenLike): boolean {
+    if (value !== this.refreshTokenValue || this.#held) return false;
     const resources = Array.isArray(token.resource) ? token.resource : token.resource === undefined ? [] : [token.resource];
     const held: Held = {
       grantId: token.grantId,
@@ -199,8 +204,17 @@ export class Exchange {
     };
     this.#held = held;
     // a refusal that only applies outside the grant, for a target the refresh token holds: nothing left to do
-    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#stepAside(ctx);
-    else if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(ctx, held, this.plan.policyScopes);
+    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) {
+      this.#stepAside(ctx);
+      return false;
+    }
+    if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(ctx, held, this.plan.policyScopes);
+    return true;
+  }
+
+  /** oidc-provider's handler returned or threw: whatever reads this request's objects from now on sees what they hold. */
+  end(): void {
+    this.#ended = true;
   }
 
   /**
@@ -239,11 +253,10 @@ export class Exchange {
 
   /** The Grant's scope for `resource` filtered by `filter`, as this request presents it: the policy scopes the user never rejected join the target's. */
   presentGrantScope(grant: GrantLike, resource: string, filter: Iterable<string>, scope: string): string {
-    if (resource !== this.target || this.plan.kind !== 'policy' || this.#withdrawn || grant.jti === undefined || grant.jti !== this.#held?.grantId)
-      return scope;
+    if (resource !== this.target || !this.#presents({ grantId: grant.jti })) return scope;
     const wanted = new Set(filter);
     const rejected = rejectedScopes(grant);
-    const added = this.plan.policyScopes.filter((value) => wanted.has(value) && !rejected.has(value));
+    const added = (this.plan as Plan & { kind: 'policy' }).policyScopes.filter((value) => wanted.has(value) && !rejected.has(value));
     return added.length === 0 ? scope : union(splitScope(scope), added).join(' ');
   }
 
@@ -453,6 +466,7 @@ export function createExchangeHandler(
         throw report(ctx, exchange, err);
       } finally {
         install(ctx, undefined);
+        exchange.end();
       }
       if (plan.kind !== 'policy' || !exchange.held || exchange.withdrawn) return;
       const body = ctx.body as Record<string, unknown>;

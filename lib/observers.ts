@@ -6,20 +6,28 @@ import { MrrtTypeError } from './errors.js';
 
 /**
  * Where the extension watches oidc-provider from inside. Each observer forwards what it sees to the
- * request's {@link Exchange} — one call each — and holds no rule; outside an exchange it is a plain
- * call of what it wraps. Everything here is per provider instance: oidc-provider builds its model
- * classes for each provider, so nothing is shared with another provider in the process.
+ * request's {@link Exchange} — one call each — and holds no rule.
+ *
+ * Two observers live as long as the provider: `RefreshToken.find` and the configured
+ * `getResourceServerInfo`; outside an exchange each is a plain call of what it wraps after one
+ * lookup. Everything else is watched on the instances one exchange reads — the refresh token it
+ * finds, that token's rotation and the Grant — as own properties of those objects: no model class
+ * or prototype is changed, so oidc-provider runs its own code for every other request, and an
+ * object of another request can never show this one's overlay.
  */
 
 type ExchangeOf = () => Exchange | undefined;
 type Getter = (this: unknown) => Set<string>;
+type Consume = (this: unknown) => Promise<void>;
+type GetResourceScopeFiltered = (this: unknown, resource: string, filter: Iterable<string>) => string;
+type Entity = (this: unknown, key: string, value: unknown) => void;
 
-function getterOf(proto: object, name: string): Getter {
+function getterOf(proto: object, name: string, owner: string): Getter {
   for (let at: object | null = proto; at !== null; at = Object.getPrototypeOf(at) as object | null) {
     const descriptor = Object.getOwnPropertyDescriptor(at, name);
     if (descriptor?.get) return descriptor.get as Getter;
   }
-  throw new MrrtTypeError(`oidc-provider-mrrt: RefreshToken.prototype.${name} is not a getter; this oidc-provider version is not supported`);
+  throw new MrrtTypeError(`oidc-provider-mrrt: ${owner}.${name} is not a getter; this oidc-provider version is not supported`);
 }
 
 function methodOf<T extends (...args: never[]) => unknown>(target: object, name: string, owner: string): T {
@@ -30,70 +38,84 @@ function methodOf<T extends (...args: never[]) => unknown>(target: object, name:
 }
 
 const define = (target: object, name: string, descriptor: PropertyDescriptor): void => {
-  Object.defineProperty(target, name, { configurable: true, ...descriptor });
+  Object.defineProperty(target, name, { configurable: true, enumerable: false, ...descriptor });
 };
 
+type ModelClass = object & { readonly prototype: object };
+
 /**
- * Observes this provider's `RefreshToken` and `Grant` models for the request's exchange: the
- * refresh token oidc-provider finds, the scopes and resources it reads from it (and from its
- * rotation), the scope it reads from the Grant for the target, and the moment before it consumes
- * the refresh token. The models' stored data is never changed.
+ * Observes this provider's refresh tokens for the request's exchange. When oidc-provider finds the
+ * request's refresh token and the exchange asks to watch it, the token's scopes and resources as
+ * oidc-provider reads them, and the moment before it consumes the token, go to the exchange; so do
+ * the rotated refresh token and the Grant oidc-provider sets on the request's context. The models'
+ * stored data is never changed: what is watched are reads, on own properties of this request's
+ * objects, which no model stores.
  */
 export function observeModels(provider: Provider, exchangeOf: ExchangeOf): void {
-  const { RefreshToken, Grant } = provider as unknown as { RefreshToken: object & { prototype: object }; Grant: object & { prototype: object } };
-
+  const { RefreshToken, Grant, OIDCContext } = provider as unknown as { RefreshToken: ModelClass; Grant: ModelClass; OIDCContext: ModelClass };
   const find = methodOf<(this: unknown, value: string, ...rest: unknown[]) => Promise<unknown>>(RefreshToken, 'find', 'RefreshToken');
+  // read once, from the classes as oidc-provider built them; the watched objects keep using these
+  const scopes = getterOf(RefreshToken.prototype, 'scopes', 'RefreshToken.prototype');
+  const resourceIndicators = getterOf(RefreshToken.prototype, 'resourceIndicators', 'RefreshToken.prototype');
+  const consume = methodOf<Consume>(RefreshToken.prototype, 'consume', 'RefreshToken.prototype');
+  const getResourceScopeFiltered = methodOf<GetResourceScopeFiltered>(Grant.prototype, 'getResourceScopeFiltered', 'Grant.prototype');
+  const entity = methodOf<Entity>(OIDCContext.prototype, 'entity', 'OIDCContext.prototype');
+
+  const watchRefreshToken = (ctx: KoaContextWithOIDC, exchange: Exchange, token: object): void => {
+    define(token, 'scopes', {
+      get(this: object) {
+        return exchange.presentScopes(this, scopes.call(this));
+      },
+    });
+    define(token, 'resourceIndicators', {
+      get(this: object) {
+        return exchange.presentResources(this, resourceIndicators.call(this));
+      },
+    });
+    define(token, 'consume', {
+      writable: true,
+      value: function consumeRefreshToken(this: object): Promise<void> {
+        return exchange.beforeRotation(ctx, this).then(() => consume.call(this));
+      },
+    });
+  };
+
+  const watchGrant = (exchange: Exchange, grant: object): void => {
+    define(grant, 'getResourceScopeFiltered', {
+      writable: true,
+      value: function getResourceScopeFilteredForExchange(this: object, resource: string, filter: Iterable<string>): string {
+        return exchange.presentGrantScope(this, resource, filter, getResourceScopeFiltered.call(this, resource, filter));
+      },
+    });
+  };
+
+  // the rotated refresh token and the Grant are first handed to the request's context: watched from there on
+  const watchContext = (ctx: KoaContextWithOIDC, exchange: Exchange, found: object): void => {
+    define(ctx.oidc, 'entity', {
+      writable: true,
+      value: function entityOfExchange(this: unknown, key: string, value: unknown): void {
+        entity.call(this, key, value);
+        if (typeof value !== 'object' || value === null) return;
+        if (key === 'Grant') watchGrant(exchange, value);
+        else if (key === 'RefreshToken' && value !== found) watchRefreshToken(ctx, exchange, value);
+      },
+    });
+  };
+
   define(RefreshToken, 'find', {
     writable: true,
     value: function findRefreshToken(this: unknown, value: string, ...rest: unknown[]): Promise<unknown> {
       const found = find.call(this, value, ...rest);
       const exchange = exchangeOf();
-      const ctx = (provider.constructor as typeof Provider).ctx;
-      return exchange && ctx
-        ? found.then((token) => {
-            exchange.sawRefreshToken(ctx, value, token as never);
-            return token;
-          })
-        : found;
-    },
-  });
-
-  const tokenProto = RefreshToken.prototype;
-  const scopes = getterOf(tokenProto, 'scopes');
-  define(tokenProto, 'scopes', {
-    get(this: object) {
-      const own = scopes.call(this);
-      return exchangeOf()?.presentScopes(this, own) ?? own;
-    },
-  });
-  const resourceIndicators = getterOf(tokenProto, 'resourceIndicators');
-  define(tokenProto, 'resourceIndicators', {
-    get(this: object) {
-      const own = resourceIndicators.call(this);
-      return exchangeOf()?.presentResources(this, own) ?? own;
-    },
-  });
-  const consume = methodOf<(this: unknown) => Promise<void>>(tokenProto, 'consume', 'RefreshToken.prototype');
-  define(tokenProto, 'consume', {
-    writable: true,
-    value: function consumeRefreshToken(this: object): Promise<void> {
-      const exchange = exchangeOf();
-      const ctx = (provider.constructor as typeof Provider).ctx;
-      return exchange && ctx ? exchange.beforeRotation(ctx, this).then(() => consume.call(this)) : consume.call(this);
-    },
-  });
-
-  const grantProto = Grant.prototype;
-  const getResourceScopeFiltered = methodOf<(this: unknown, resource: string, filter: Iterable<string>) => string>(
-    grantProto,
-    'getResourceScopeFiltered',
-    'Grant.prototype',
-  );
-  define(grantProto, 'getResourceScopeFiltered', {
-    writable: true,
-    value: function getResourceScopeFilteredForExchange(this: object, resource: string, filter: Iterable<string>): string {
-      const own = getResourceScopeFiltered.call(this, resource, filter);
-      return exchangeOf()?.presentGrantScope(this, resource, filter, own) ?? own;
+      if (!exchange) return found;
+      const ctx = (provider.constructor as typeof Provider).ctx as KoaContextWithOIDC;
+      return found.then((token) => {
+        if (typeof token === 'object' && token !== null && exchange.sawRefreshToken(ctx, value, token)) {
+          watchRefreshToken(ctx, exchange, token);
+          watchContext(ctx, exchange, token);
+        }
+        return token;
+      });
     },
   });
 }

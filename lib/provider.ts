@@ -116,12 +116,15 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
   }
   // validated here, once, so that a bad option fails where the class is made
   const classConfig = options === undefined ? undefined : resolveOptions(options);
-  // this class's exchange of a request lives on its Koa context, under a key of its own
-  const slot: unique symbol = Symbol('oidc-provider-mrrt.exchange');
-  const exchangeOf = (): Exchange | undefined => (Base.ctx as { [slot]?: Exchange } | undefined)?.[slot];
+  // this class's exchange of a request, by the request's Koa context: nothing is added to the context itself
+  const exchanges = new WeakMap<KoaContextWithOIDC, Exchange>();
+  const exchangeOf = (): Exchange | undefined => {
+    const ctx = Base.ctx;
+    return ctx === undefined ? undefined : exchanges.get(ctx);
+  };
   const install = (ctx: KoaContextWithOIDC, exchange: Exchange | undefined): void => {
-    // a property of the request's own context, not enumerable: spreading or copying the context never carries it
-    Object.defineProperty(ctx, slot, { value: exchange, writable: true, configurable: true, enumerable: false });
+    if (exchange) exchanges.set(ctx, exchange);
+    else exchanges.delete(ctx);
   };
   // set while a constructor runs: oidc-provider registers its grants synchronously from the constructor
   let constructing: { readonly setup: ExchangeSetup; hooked: boolean } | undefined;
