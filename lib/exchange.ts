@@ -71,7 +71,7 @@ type RefusalReason = TargetRefusal | 'store_unavailable' | 'store_corrupt' | 'ch
 interface Held {
   readonly grantId: string | undefined;
   readonly subject: string | undefined;
-  readonly scopes: ReadonlySet<string>;
+  readonly scope: string | undefined;
   readonly granted: boolean;
 }
 
@@ -138,11 +138,16 @@ export class Exchange {
   #ended = false;
   #nothingAvailable = false;
   #raised: { readonly error: Error; readonly reason: MrrtReason } | undefined;
+  #heldScopes: ReadonlySet<string> | undefined;
   readonly #setup: ExchangeSetup;
   readonly #stepAside: (ctx: KoaContextWithOIDC) => void;
 
-  /** `stepAside` uninstalls the exchange from the request: what oidc-provider does next is a plain refresh. */
+  /**
+   * `ctx`: the request's context. `stepAside` uninstalls the exchange from the request: what
+   * oidc-provider does next is a plain refresh.
+   */
   constructor(
+    readonly ctx: KoaContextWithOIDC,
     setup: ExchangeSetup,
     request: { readonly targets: readonly string[]; readonly refreshTokenValue: string; readonly requestedScope: string | undefined; readonly started: number },
     plan: Plan,
@@ -161,6 +166,12 @@ export class Exchange {
 
   get held(): Held | undefined {
     return this.#held;
+  }
+
+  /** The scopes of this request's refresh token, as stored. */
+  get heldScopes(): ReadonlySet<string> {
+    this.#heldScopes ??= new Set(splitScope(this.#held?.scope));
+    return this.#heldScopes;
   }
 
   get raised(): { readonly error: Error; readonly reason: MrrtReason } | undefined {
@@ -193,22 +204,22 @@ export class Exchange {
    * whether the exchange goes on with it: then how oidc-provider reads it, consumes it and rotates
    * it, and the Grant it finds, come to this exchange.
    */
-  sawRefreshToken(ctx: KoaContextWithOIDC, value: string, token: RefreshTokenLike): boolean {
+  sawRefreshToken(value: string, token: RefreshTokenLike): boolean {
     if (value !== this.refreshTokenValue || this.#held) return false;
-    const resources = Array.isArray(token.resource) ? token.resource : token.resource === undefined ? [] : [token.resource];
+    const { resource } = token;
     const held: Held = {
       grantId: token.grantId,
       subject: token.accountId,
-      scopes: new Set(splitScope(token.scope)),
-      granted: resources.includes(this.target),
+      scope: token.scope,
+      granted: Array.isArray(resource) ? resource.includes(this.target) : resource === this.target,
     };
     this.#held = held;
     // a refusal that only applies outside the grant, for a target the refresh token holds: nothing left to do
     if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) {
-      this.#stepAside(ctx);
+      this.#stepAside(this.ctx);
       return false;
     }
-    if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(ctx, held, this.plan.policyScopes);
+    if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(this.plan.policyScopes);
     return true;
   }
 
@@ -222,11 +233,13 @@ export class Exchange {
    * policy entry holds is dropped rather than refused. When nothing would remain the parameter is
    * left as sent, so the scope check refuses it (reported as `empty_scope`).
    */
-  #dropUnavailableScopes(ctx: KoaContextWithOIDC, held: Held, policy: readonly string[]): void {
-    const params = ctx.oidc.params;
+  #dropUnavailableScopes(policy: readonly string[]): void {
+    const { oidc } = this.ctx;
+    const params = oidc.params;
     if (!params?.scope) return;
-    const requested = [...ctx.oidc.requestParamScopes];
-    const available = requested.filter((scope) => held.scopes.has(scope) || policy.includes(scope));
+    const requested = [...oidc.requestParamScopes];
+    const held = this.heldScopes;
+    const available = requested.filter((scope) => held.has(scope) || policy.includes(scope));
     if (available.length === requested.length) return;
     if (available.length === 0) {
       this.#nothingAvailable = true;
@@ -261,8 +274,8 @@ export class Exchange {
   }
 
   /** oidc-provider is about to consume (rotate) this request's refresh token: the last moment to refuse without loss. */
-  async beforeRotation(ctx: KoaContextWithOIDC, token: RefreshTokenLike): Promise<void> {
-    if (token.grantId !== undefined && token.grantId === this.#held?.grantId) await this.#settle(ctx, true);
+  async beforeRotation(token: RefreshTokenLike): Promise<void> {
+    if (token.grantId !== undefined && token.grantId === this.#held?.grantId) await this.#settle(true);
   }
 
   /**
@@ -270,19 +283,20 @@ export class Exchange {
    * written before this answer on a request without rotation; with rotation the rules ran before
    * the refresh token was consumed and this is the answer they were checked against (SPEC E12).
    */
-  async resourceServerInfo(ctx: KoaContextWithOIDC, resource: string, ask: () => unknown): Promise<unknown> {
-    const answer = await this.#settle(ctx, false);
+  async resourceServerInfo(resource: string, ask: () => unknown): Promise<unknown> {
+    const answer = await this.#settle(false);
     return resource === this.target && answer !== undefined ? answer : ask();
   }
 
   // --- the rules that need the refresh token, Grant and account loaded ---
 
-  #settle(ctx: KoaContextWithOIDC, rotating: boolean): Promise<ResourceServerAnswer | undefined> {
-    this.#settled ??= this.#check(ctx, rotating);
+  #settle(rotating: boolean): Promise<ResourceServerAnswer | undefined> {
+    this.#settled ??= this.#check(rotating);
     return this.#settled;
   }
 
-  async #check(ctx: KoaContextWithOIDC, rotating: boolean): Promise<ResourceServerAnswer | undefined> {
+  async #check(rotating: boolean): Promise<ResourceServerAnswer | undefined> {
+    const { ctx } = this;
     if (this.#raised) throw this.#raised.error;
     const refusal = this.activeRefusal();
     if (refusal) this.#raise(refusal.reason);
@@ -301,7 +315,7 @@ export class Exchange {
       this.#raise('provider_check', Object.assign(error, { error_description: 'the resource server configuration of this API is invalid' }));
     }
     const refused = resourceServerRefusal(config, answer);
-    if (refused) return this.#refuseOrWithdraw(ctx, held, refused);
+    if (refused) return this.#refuseOrWithdraw(held, refused);
 
     // SPEC E5: a policy-only target needs at least one API scope, from the scopes the token would get
     // oidc-provider set both entities before it resolves the account, the earliest point this runs at
@@ -315,14 +329,14 @@ export class Exchange {
         this.#raise('empty_scope', new errors.InvalidScope(`no requested scope is available for ${this.target}`, requested as string));
       }
     }
-    if (config.publicClients !== 'any' && unprotectedPublicRefresh(ctx, rotating)) return this.#refuseOrWithdraw(ctx, held, 'public_client_unprotected');
+    if (config.publicClients !== 'any' && unprotectedPublicRefresh(ctx, rotating)) return this.#refuseOrWithdraw(held, 'public_client_unprotected');
     return answer;
   }
 
   /** A rule that failed for the target: a refusal, or for a target the refresh token holds, a refresh as without MRRT. */
-  #refuseOrWithdraw(ctx: KoaContextWithOIDC, held: Held, reason: TargetRefusal): undefined {
+  #refuseOrWithdraw(held: Held, reason: TargetRefusal): undefined {
     if (!held.granted) this.#raise(reason);
-    this.#withdraw(ctx, held);
+    this.#withdraw();
     return undefined;
   }
 
@@ -336,15 +350,25 @@ export class Exchange {
    * Serves a granted target as without MRRT: the scope parameter as the client sent it (the Auth0
    * profile may have dropped some), checked against the refresh token alone as oidc-provider does.
    */
-  #withdraw(ctx: KoaContextWithOIDC, held: Held): void {
+  #withdraw(): void {
     this.#withdrawn = true;
     if (this.requestedScope === undefined) return;
-    ctx.oidc.params!.scope = this.requestedScope;
-    const missing = splitScope(this.requestedScope).filter((scope) => !held.scopes.has(scope));
+    this.ctx.oidc.params!.scope = this.requestedScope;
+    const held = this.heldScopes;
+    const missing = splitScope(this.requestedScope).filter((scope) => !held.has(scope));
     if (missing.length !== 0) {
       throw new errors.InvalidScope(`refresh token missing requested scope${missing.length === 1 ? '' : 's'}`, missing.join(' '));
     }
   }
+}
+
+/** A refusal decided before any token is read, void when the refresh token holds the target. */
+function refusalPlan(reason: RefusalReason): Refusal {
+  return { kind: 'refusal', reason, unlessGranted: true };
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return (typeof value === 'object' || typeof value === 'function') && value !== null && typeof (value as PromiseLike<unknown>).then === 'function';
 }
 
 function readValues(value: unknown): string[] {
@@ -372,9 +396,10 @@ export function createExchangeHandler(
 ): (builtin: Handler) => Handler {
   const { config } = setup;
   const cache = config.cache === false ? undefined : new PolicyCache(config.store, { ...config.cache, readTimeout: config.storeTimeout });
-  const lookup = (clientId: string): Promise<PolicyRecord | undefined> => {
+  // a cached policy is used as it is, without a promise; anything else is read, bounded by storeTimeout
+  const lookup = (clientId: string): PolicyRecord | undefined | Promise<PolicyRecord | undefined> => {
     const hit = cache?.peek(clientId);
-    if (hit) return Promise.resolve(hit.record);
+    if (hit) return hit.record;
     return cache
       ? cache.get(clientId)
       : withTimeout(
@@ -388,44 +413,44 @@ export function createExchangeHandler(
   // a synchronous answer is used as it is (no timer); a thenable is awaited for at most storeTimeout
   const check = (question: () => unknown): unknown => {
     const answer = question();
-    const thenable =
-      (typeof answer === 'object' || typeof answer === 'function') && answer !== null && typeof (answer as PromiseLike<unknown>).then === 'function';
-    if (!thenable) return answer;
+    if (!isThenable(answer)) return answer;
     return withTimeout(Promise.resolve(answer), config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
+  };
+  const checkFailed = (ctx: KoaContextWithOIDC, err: unknown): Plan => {
+    ctx.oidc.provider.emit('mrrt.check_error', ctx, err);
+    return refusalPlan('check_unavailable');
   };
 
   /** What the policy alone says about the target (SPEC E3), before any token is read. */
   async function decide(ctx: KoaContextWithOIDC, target: string): Promise<Plan> {
     const client = ctx.oidc.client!;
-    const refuse = (reason: RefusalReason): Plan => ({ kind: 'refusal', reason, unlessGranted: true });
-    const failed = (err: unknown): Plan => {
-      ctx.oidc.provider.emit('mrrt.check_error', ctx, err);
-      return refuse('check_unavailable');
-    };
     let ineligible: TargetRefusal | undefined;
     try {
-      ineligible = firstPartyRefusal(await check(() => setup.isFirstParty(client))) ?? denyListRefusal(config, target);
+      const firstParty = check(() => setup.isFirstParty(client));
+      ineligible = firstPartyRefusal(isThenable(firstParty) ? await firstParty : firstParty) ?? denyListRefusal(config, target);
     } catch (err) {
-      return failed(err);
+      return checkFailed(ctx, err);
     }
-    if (ineligible) return refuse(ineligible);
+    if (ineligible) return refusalPlan(ineligible);
 
     let record: PolicyRecord | undefined;
     try {
-      record = await lookup(client.clientId);
+      const found = lookup(client.clientId);
+      record = isThenable(found) ? await found : found;
     } catch (err) {
       ctx.oidc.provider.emit('mrrt.store_error', ctx, err);
-      return refuse(err instanceof PolicyStoreError && err.code === 'ERR_MRRT_STORE_CORRUPT' ? 'store_corrupt' : 'store_unavailable');
+      return refusalPlan(err instanceof PolicyStoreError && err.code === 'ERR_MRRT_STORE_CORRUPT' ? 'store_corrupt' : 'store_unavailable');
     }
     const entry = record?.policies.find((candidate) => candidate.audience === target);
-    if (!entry) return refuse(record ? 'not_in_policy' : 'no_policy');
+    if (!entry) return refusalPlan(record ? 'not_in_policy' : 'no_policy');
     let refused: TargetRefusal | undefined;
     try {
-      refused = consentRefusal(await check(() => config.allowSkippingConsent(target, client)));
+      const consent = check(() => config.allowSkippingConsent(target, client));
+      refused = consentRefusal(isThenable(consent) ? await consent : consent);
     } catch (err) {
-      return failed(err);
+      return checkFailed(ctx, err);
     }
-    if (refused) return refuse(refused);
+    if (refused) return refusalPlan(refused);
     return { kind: 'policy', policyScopes: policyScopes(entry.scope, setup.oidcScopes) };
   }
 
@@ -453,11 +478,11 @@ export function createExchangeHandler(
       const request = { targets, refreshTokenValue: value, requestedScope: typeof params.scope === 'string' ? params.scope : undefined, started };
       if (targets.length !== 1) {
         // SPEC E1: one target per access token; refused before oidc-provider reads or writes anything
-        const refused = new Exchange(setup, request, { kind: 'refusal', reason: 'multiple_targets', unlessGranted: false }, () => {});
+        const refused = new Exchange(ctx, setup, request, { kind: 'refusal', reason: 'multiple_targets', unlessGranted: false }, () => {});
         throw report(ctx, refused, refusalError('multiple_targets'));
       }
       const plan = await decide(ctx, targets[0]!);
-      const exchange = new Exchange(setup, request, plan, (released) => install(released, undefined));
+      const exchange = new Exchange(ctx, setup, request, plan, (released) => install(released, undefined));
 
       install(ctx, exchange);
       try {
@@ -474,7 +499,7 @@ export function createExchangeHandler(
       const tokenScope = typeof body.scope === 'string' ? body.scope : undefined;
       if (config.profile === 'auth0' && params.scope) {
         // Auth0 answers with the requested OpenID scopes too; the access token's own `scope` claim keeps API scopes only
-        const held = exchange.held.scopes;
+        const held = exchange.heldScopes;
         const oidc = [...ctx.oidc.requestParamOIDCScopes].filter((scope) => held.has(scope));
         body.scope = union(splitScope(body.scope), oidc).join(' ');
       }

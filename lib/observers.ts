@@ -37,10 +37,6 @@ function methodOf<T extends (...args: never[]) => unknown>(target: object, name:
   return method as T;
 }
 
-const define = (target: object, name: string, descriptor: PropertyDescriptor): void => {
-  Object.defineProperty(target, name, { configurable: true, enumerable: false, ...descriptor });
-};
-
 type ModelClass = object & { readonly prototype: object };
 
 /**
@@ -61,58 +57,73 @@ export function observeModels(provider: Provider, exchangeOf: ExchangeOf): void 
   const getResourceScopeFiltered = methodOf<GetResourceScopeFiltered>(Grant.prototype, 'getResourceScopeFiltered', 'Grant.prototype');
   const entity = methodOf<Entity>(OIDCContext.prototype, 'entity', 'OIDCContext.prototype');
 
-  const watchRefreshToken = (ctx: KoaContextWithOIDC, exchange: Exchange, token: object): void => {
-    define(token, 'scopes', {
+  // each watched object, and the exchange it reports to; the property descriptors below are the same
+  // objects for every request, so watched objects share their shapes and oidc-provider's code stays fast
+  const watched = new WeakMap<object, Exchange>();
+  const tokenWatch: PropertyDescriptorMap = {
+    scopes: {
+      configurable: true,
       get(this: object) {
-        return exchange.presentScopes(this, scopes.call(this));
+        const own = scopes.call(this);
+        return watched.get(this)?.presentScopes(this, own) ?? own;
       },
-    });
-    define(token, 'resourceIndicators', {
+    },
+    resourceIndicators: {
+      configurable: true,
       get(this: object) {
-        return exchange.presentResources(this, resourceIndicators.call(this));
+        const own = resourceIndicators.call(this);
+        return watched.get(this)?.presentResources(this, own) ?? own;
       },
-    });
-    define(token, 'consume', {
+    },
+    consume: {
+      configurable: true,
       writable: true,
       value: function consumeRefreshToken(this: object): Promise<void> {
-        return exchange.beforeRotation(ctx, this).then(() => consume.call(this));
+        const exchange = watched.get(this);
+        return exchange ? exchange.beforeRotation(this).then(() => consume.call(this)) : consume.call(this);
       },
-    });
+    },
   };
-
-  const watchGrant = (exchange: Exchange, grant: object): void => {
-    define(grant, 'getResourceScopeFiltered', {
+  const grantWatch: PropertyDescriptorMap = {
+    getResourceScopeFiltered: {
+      configurable: true,
       writable: true,
       value: function getResourceScopeFilteredForExchange(this: object, resource: string, filter: Iterable<string>): string {
-        return exchange.presentGrantScope(this, resource, filter, getResourceScopeFiltered.call(this, resource, filter));
+        const own = getResourceScopeFiltered.call(this, resource, filter);
+        return watched.get(this)?.presentGrantScope(this, resource, filter, own) ?? own;
       },
-    });
+    },
   };
-
   // the rotated refresh token and the Grant are first handed to the request's context: watched from there on
-  const watchContext = (ctx: KoaContextWithOIDC, exchange: Exchange, found: object): void => {
-    define(ctx.oidc, 'entity', {
+  const contextWatch: PropertyDescriptorMap = {
+    entity: {
+      configurable: true,
       writable: true,
-      value: function entityOfExchange(this: unknown, key: string, value: unknown): void {
+      value: function entityOfExchange(this: object, key: string, value: unknown): void {
         entity.call(this, key, value);
-        if (typeof value !== 'object' || value === null) return;
-        if (key === 'Grant') watchGrant(exchange, value);
-        else if (key === 'RefreshToken' && value !== found) watchRefreshToken(ctx, exchange, value);
+        const exchange = watched.get(this);
+        if (!exchange || typeof value !== 'object' || value === null || watched.has(value)) return;
+        if (key === 'Grant') watch(value, exchange, grantWatch);
+        else if (key === 'RefreshToken') watch(value, exchange, tokenWatch);
       },
-    });
+    },
+  };
+  const watch = (target: object, exchange: Exchange, descriptors: PropertyDescriptorMap): void => {
+    watched.set(target, exchange);
+    Object.defineProperties(target, descriptors);
   };
 
-  define(RefreshToken, 'find', {
+  Object.defineProperty(RefreshToken, 'find', {
+    configurable: true,
     writable: true,
     value: function findRefreshToken(this: unknown, value: string, ...rest: unknown[]): Promise<unknown> {
       const found = find.call(this, value, ...rest);
       const exchange = exchangeOf();
       if (!exchange) return found;
-      const ctx = (provider.constructor as typeof Provider).ctx as KoaContextWithOIDC;
       return found.then((token) => {
-        if (typeof token === 'object' && token !== null && exchange.sawRefreshToken(ctx, value, token)) {
-          watchRefreshToken(ctx, exchange, token);
-          watchContext(ctx, exchange, token);
+        if (typeof token === 'object' && token !== null && exchange.sawRefreshToken(value, token)) {
+          watch(token, exchange, tokenWatch);
+          watch(exchange.ctx.oidc, exchange, contextWatch);
         }
         return token;
       });
@@ -144,7 +155,7 @@ export function observeResourceServerInfo(configuration: Configuration, exchange
         getResourceServerInfo(ctx, resource, client) {
           const exchange = exchangeOf();
           if (!exchange) return ask(ctx, resource, client);
-          return exchange.resourceServerInfo(ctx, resource, () => ask(ctx, resource, client)) as ReturnType<GetResourceServerInfo>;
+          return exchange.resourceServerInfo(resource, () => ask(ctx, resource, client)) as ReturnType<GetResourceServerInfo>;
         },
       },
     },

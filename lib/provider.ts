@@ -116,9 +116,12 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
   }
   // validated here, once, so that a bad option fails where the class is made
   const classConfig = options === undefined ? undefined : resolveOptions(options);
-  // this class's exchange of a request, by the request's Koa context: nothing is added to the context itself
-  const exchanges = new WeakMap<KoaContextWithOIDC, Exchange>();
+  // this class's exchanges in flight, by the request's Koa context: nothing is added to the context
+  // itself, and each leaves the map when its request's grant handling ends
+  const exchanges = new Map<KoaContextWithOIDC, Exchange>();
   const exchangeOf = (): Exchange | undefined => {
+    // no exchange in flight: not even the request's context is looked up
+    if (exchanges.size === 0) return undefined;
     const ctx = Base.ctx;
     return ctx === undefined ? undefined : exchanges.get(ctx);
   };
