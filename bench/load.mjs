@@ -1,4 +1,4 @@
-// Load against the bench server: one scenario for a fixed time with autocannon (closed loop), one
+// Load against the bench servers: scenarios side by side for a fixed time with autocannon (closed loop), one
 // token at a time (the Redis command count), and the sanity check that every server answers as its
 // scenario says before anything is timed. A–D get a token with one refresh request; E with two (a
 // silent authorization request and its code exchange): every figure is per token.
@@ -9,25 +9,60 @@ import { percentile } from './stats.mjs';
 import { log, sleep } from './util.mjs';
 
 /**
- * Runs one scenario for `seconds` with autocannon and returns requests/s and latency percentiles
- * computed from every response (autocannon's own histogram rounds to whole milliseconds).
- * Rotating variants get a pool of `poolRps × seconds` fresh refresh tokens, purged afterwards;
- * `profileFile` profiles the server during the window.
+ * Runs scenarios side by side for `seconds`, each job on its own server process and all at the same
+ * time, so that whatever else the machine does meanwhile weighs on each alike; returns, per job,
+ * requests/s and latency percentiles computed from every response (autocannon's own histogram rounds
+ * to whole milliseconds) and the server's CPU per request over the window. A job is `{ server,
+ * targets, variant, scenario, poolRps, profileFile }`: rotating variants get a pool of
+ * `poolRps × seconds` fresh refresh tokens, purged afterwards; `profileFile` profiles the server
+ * during the window.
  */
-export async function measure(server, targets, { variant, scenario, seconds, connections, poolRps, profileFile }) {
-  if (SCENARIOS[scenario].silent) return measureSilent(server, targets, { variant, scenario, seconds, connections, profileFile });
+export async function measureTogether(jobs, { seconds, connections }) {
+  const windows = await Promise.all(jobs.map((job) => openWindow(job, { seconds, connections })));
+  await Promise.all(jobs.map(({ server }) => server.call('gc')));
+  await sleep(50);
+  await Promise.all(jobs.map(({ server, profileFile }) => profileFile && server.call('profileStart')));
+  const cpuBefore = await Promise.all(jobs.map(({ server }) => server.call('cpu')));
+  const started = performance.now();
+  const ran = await Promise.all(windows.map((window) => window.run(started)));
+  await sleep(200); // let requests still in flight drain before anything else runs
+  const cpuAfter = await Promise.all(jobs.map(({ server }) => server.call('cpu')));
+  await Promise.all(jobs.map(({ server, profileFile }) => profileFile && server.call('profileStop', { file: profileFile })));
+  await Promise.all(jobs.map(({ server, targets, variant, scenario }, i) => windows[i].purge && server.call('purge', { name: targets.get(targetName(variant, scenario)).name })));
+  return ran.map((r, i) => summariseWindow(jobs[i], r, cpuAfter[i] - cpuBefore[i]));
+}
+
+function summariseWindow({ variant, scenario }, { latencies, status, errors, last, started, exhausted, poolSize, httpRequests }, cpuUs) {
+  latencies.sort((a, b) => a - b);
+  const ok = latencies.length;
+  const failed = status.failed + errors;
+  if (failed) log(`WARNING ${variant} ${scenario}: ${failed} failed requests ${JSON.stringify(status.codes)} errors=${errors}`);
+  if (exhausted) log(`note: ${variant} ${scenario} used its whole token pool (${poolSize}); the window was shorter`);
+  return {
+    rps: ok / ((last - started) / 1000),
+    p50_ms: percentile(latencies, 0.5),
+    p99_ms: percentile(latencies, 0.99),
+    // the server's CPU time per request (per token for E): far less disturbed by other work on the machine than req/s
+    cpu_us: cpuUs / (ok + failed),
+    requests: ok,
+    ...(httpRequests === undefined ? {} : { http_requests: httpRequests }),
+    failed,
+  };
+}
+
+/** One scenario's window, ready to run: a refresh request per token (A–D), or E's two requests. */
+async function openWindow(job, { seconds, connections }) {
+  const { server, targets, variant, scenario, poolRps } = job;
   const target = targets.get(targetName(variant, scenario));
   const { resource } = SCENARIOS[scenario];
+  if (SCENARIOS[scenario].silent) return silentWindow(target, resource, { seconds, connections });
   let tokens;
   if (rotating(variant)) {
     const count = Math.ceil(poolRps * seconds) + 4 * connections + 100;
     tokens = await server.call('mint', { name: target.name, count });
   }
-  await server.call('gc');
-  await sleep(50);
-
   const latencies = [];
-  const status = {};
+  const codes = {};
   let next = 0;
   let last = 0;
   const options = {
@@ -46,125 +81,89 @@ export async function measure(server, targets, { variant, scenario, seconds, con
   } else {
     options.body = refreshBody(target.refreshToken, resource);
   }
-
-  if (profileFile) await server.call('profileStart');
-  const cpuBefore = await server.call('cpu');
-  const start = performance.now();
-  const instance = autocannon(options);
-  instance.on('response', (_client, statusCode, _bytes, responseTime) => {
-    status[statusCode] = (status[statusCode] ?? 0) + 1;
-    if (statusCode === 200) {
-      latencies.push(responseTime);
-      last = performance.now();
-    }
-  });
-  const result = await instance;
-  await sleep(200); // let requests still in flight drain before anything else runs
-  const cpuUs = (await server.call('cpu')) - cpuBefore;
-  if (profileFile) await server.call('profileStop', { file: profileFile });
-  if (tokens) await server.call('purge', { name: target.name });
-
-  latencies.sort((a, b) => a - b);
-  const ok = latencies.length;
-  const failed =
-    Object.entries(status)
-      .filter(([code]) => code !== '200')
-      .reduce((sum, [, n]) => sum + n, 0) + result.errors;
-  if (failed) log(`WARNING ${variant} ${scenario}: ${failed} failed requests ${JSON.stringify(status)} errors=${result.errors}`);
-  const exhausted = tokens ? next >= tokens.length - 2 * connections : false;
-  if (exhausted) log(`note: ${variant} ${scenario} used its whole token pool (${tokens.length}); the window was shorter`);
   return {
-    rps: ok / ((last - start) / 1000),
-    p50_ms: percentile(latencies, 0.5),
-    p99_ms: percentile(latencies, 0.99),
-    // the server's CPU time per request: far less disturbed by other work on the machine than req/s
-    cpu_us: cpuUs / (ok + failed),
-    requests: ok,
-    failed,
+    purge: Boolean(tokens),
+    async run(started) {
+      const instance = autocannon(options);
+      instance.on('response', (_client, statusCode, _bytes, responseTime) => {
+        codes[statusCode] = (codes[statusCode] ?? 0) + 1;
+        if (statusCode === 200) {
+          latencies.push(responseTime);
+          last = performance.now();
+        }
+      });
+      const result = await instance;
+      const failed = Object.entries(codes)
+        .filter(([code]) => code !== '200')
+        .reduce((sum, [, n]) => sum + n, 0);
+      const exhausted = tokens ? next >= tokens.length - 2 * connections : false;
+      return { latencies, status: { codes, failed }, errors: result.errors, last, started, exhausted, poolSize: tokens?.length };
+    },
   };
 }
 
 const silentScope = 'c:read c:write';
 
 /**
- * Scenario E for `seconds`: every connection loops over a silent authorization request (the next
+ * Scenario E's window: every connection loops over a silent authorization request (the next
  * session of the provider's pool, round robin) and the code exchange for the code it returned.
  * Tokens per second, latency per token (the two requests one after the other on one connection),
  * server CPU per token. The codes and refresh tokens written are purged afterwards.
  */
-async function measureSilent(server, targets, { variant, scenario, seconds, connections, profileFile }) {
-  const target = targets.get(targetName(variant, scenario));
-  const { resource } = SCENARIOS[scenario];
+function silentWindow(target, resource, { seconds, connections }) {
   const authorizePath = `/auth?${silentAuthorizationQuery(resource, silentScope)}`;
-  await server.call('gc');
-  await sleep(50);
-
   const latencies = [];
-  const status = {};
+  const codes = {};
   const pending = new Map(); // connection -> latency of its authorization request
   let failed = 0;
   let next = 0;
   let last = 0;
-  if (profileFile) await server.call('profileStart');
-  const cpuBefore = await server.call('cpu');
-  const start = performance.now();
-  const instance = autocannon({
-    url: target.url,
-    connections,
-    duration: seconds,
-    sampleInt: 100,
-    timeout: 30,
-    requests: [
-      {
-        method: 'GET',
-        setupRequest: (req) => ({ ...req, path: authorizePath, headers: { cookie: target.sessions[next++ % target.sessions.length] } }),
-        onResponse: (_status, _body, context, headers) => {
-          const location = Object.entries(headers).find(([name]) => name.toLowerCase() === 'location')?.[1];
-          context.code = codeFromRedirect(location);
-        },
-      },
-      {
-        method: 'POST',
-        setupRequest: (req, context) => ({
-          ...req,
-          path: '/token',
-          headers: { 'content-type': 'application/x-www-form-urlencoded' },
-          body: codeExchangeBody(context.code, resource),
-        }),
-      },
-    ],
-  });
-  instance.on('response', (client, statusCode, _bytes, responseTime) => {
-    status[statusCode] = (status[statusCode] ?? 0) + 1;
-    if (statusCode === 303) {
-      pending.set(client, responseTime);
-    } else if (statusCode === 200 && pending.has(client)) {
-      latencies.push(pending.get(client) + responseTime);
-      pending.delete(client);
-      last = performance.now();
-    } else {
-      failed += 1;
-      pending.delete(client);
-    }
-  });
-  const result = await instance;
-  await sleep(200);
-  const cpuUs = (await server.call('cpu')) - cpuBefore;
-  if (profileFile) await server.call('profileStop', { file: profileFile });
-  await server.call('purge', { name: target.name });
-
-  latencies.sort((a, b) => a - b);
-  const ok = latencies.length;
-  failed += result.errors;
-  if (failed) log(`WARNING ${variant} ${scenario}: ${failed} failed requests ${JSON.stringify(status)} errors=${result.errors}`);
   return {
-    rps: ok / ((last - start) / 1000),
-    p50_ms: percentile(latencies, 0.5),
-    p99_ms: percentile(latencies, 0.99),
-    cpu_us: cpuUs / (ok + failed),
-    requests: ok,
-    http_requests: (status[303] ?? 0) + (status[200] ?? 0) + failed,
-    failed,
+    purge: true,
+    async run(started) {
+      const instance = autocannon({
+        url: target.url,
+        connections,
+        duration: seconds,
+        sampleInt: 100,
+        timeout: 30,
+        requests: [
+          {
+            method: 'GET',
+            setupRequest: (req) => ({ ...req, path: authorizePath, headers: { cookie: target.sessions[next++ % target.sessions.length] } }),
+            onResponse: (_status, _body, context, headers) => {
+              const location = Object.entries(headers).find(([name]) => name.toLowerCase() === 'location')?.[1];
+              context.code = codeFromRedirect(location);
+            },
+          },
+          {
+            method: 'POST',
+            setupRequest: (req, context) => ({
+              ...req,
+              path: '/token',
+              headers: { 'content-type': 'application/x-www-form-urlencoded' },
+              body: codeExchangeBody(context.code, resource),
+            }),
+          },
+        ],
+      });
+      instance.on('response', (client, statusCode, _bytes, responseTime) => {
+        codes[statusCode] = (codes[statusCode] ?? 0) + 1;
+        if (statusCode === 303) {
+          pending.set(client, responseTime);
+        } else if (statusCode === 200 && pending.has(client)) {
+          latencies.push(pending.get(client) + responseTime);
+          pending.delete(client);
+          last = performance.now();
+        } else {
+          failed += 1;
+          pending.delete(client);
+        }
+      });
+      const result = await instance;
+      const httpRequests = (codes[303] ?? 0) + (codes[200] ?? 0) + failed + result.errors;
+      return { latencies, status: { codes, failed }, errors: result.errors, last, started, exhausted: false, httpRequests };
+    },
   };
 }
 
@@ -172,9 +171,9 @@ async function measureSilent(server, targets, { variant, scenario, seconds, conn
  * A function that gets one token for the scenario and returns the token response (`i`: the
  * request's place in a sequence). `refreshToken` is the refresh token to use for A–D.
  */
-export function tokenRequester(target, scenario) {
+export function tokenRequester(target, scenario, headers = {}) {
   const { resource } = SCENARIOS[scenario];
-  const form = { 'content-type': 'application/x-www-form-urlencoded' };
+  const form = { 'content-type': 'application/x-www-form-urlencoded', ...headers };
   const expect200 = async (res, what) => {
     const body = await res.json();
     if (res.status !== 200) throw new Error(`${what}: status ${res.status} ${JSON.stringify(body)}`);
@@ -186,7 +185,7 @@ export function tokenRequester(target, scenario) {
   }
   return async (_refreshToken, i = 0) => {
     const auth = await fetch(`${target.url}/auth?${silentAuthorizationQuery(resource, silentScope)}`, {
-      headers: { cookie: target.sessions[i % target.sessions.length] },
+      headers: { ...headers, cookie: target.sessions[i % target.sessions.length] },
       redirect: 'manual',
     });
     await auth.arrayBuffer();
@@ -197,6 +196,40 @@ export function tokenRequester(target, scenario) {
       `${scenario} code exchange`,
     );
   };
+}
+
+/**
+ * Server CPU per token of each scenario, interleaved: `perScenario` tokens each, one request at a
+ * time, the scenarios taking turns (A, B, C, A, B, C, … in an order rotated every turn), so that
+ * whatever else the machine does weighs on every scenario alike. The server counts the CPU time of
+ * each request from its arrival to its response (bench/server.mjs) by the scenario the request
+ * names. Returns µs per token by scenario (E: its two requests).
+ */
+export async function measureInterleaved(server, targets, { variant, scenarioNames, perScenario }) {
+  const steps = scenarioNames.map((scenario) => {
+    const target = targets.get(targetName(variant, scenario));
+    return { scenario, target, request: tokenRequester(target, scenario, { 'x-bench-scenario': scenario }) };
+  });
+  const pools = new Map();
+  for (const { scenario, target } of steps) {
+    if (rotating(variant) && !SCENARIOS[scenario].silent) pools.set(scenario, await server.call('mint', { name: target.name, count: perScenario }));
+  }
+  await server.call('gc');
+  await server.call('requestCpu'); // counts from here
+  for (let i = 0; i < perScenario; i += 1) {
+    for (let j = 0; j < steps.length; j += 1) {
+      const { scenario, target, request } = steps[(i + j) % steps.length];
+      await request(pools.get(scenario)?.[i] ?? target.refreshToken, i);
+    }
+  }
+  const counted = await server.call('requestCpu');
+  const purged = new Set();
+  for (const { target } of steps) {
+    if (purged.has(target.name)) continue;
+    purged.add(target.name);
+    await server.call('purge', { name: target.name });
+  }
+  return Object.fromEntries(scenarioNames.map((scenario) => [scenario, counted[scenario].us / perScenario]));
 }
 
 /** One request per scenario: the servers answer as the scenario says before anything is timed. */

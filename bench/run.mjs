@@ -24,7 +24,7 @@ import { parseArgs } from 'node:util';
 
 import { Redis } from 'ioredis';
 
-import { measure, sanityCheck } from './load.mjs';
+import { measureInterleaved, measureTogether, sanityCheck } from './load.mjs';
 import { countCommands } from './redis-commands.mjs';
 import { fmt, fmtInt, machine, markdown, revision } from './report.mjs';
 import { scaleRun } from './scale.mjs';
@@ -53,8 +53,8 @@ const { values: args } = parseArgs({
 });
 
 const PRESET = args.quick
-  ? { rounds: 3, duration: 1, warmup: 0.3, scale: 10_000, sample: 2_000, count: 30 }
-  : { rounds: 8, duration: 3, warmup: 2, scale: 100_000, sample: 10_000, count: 500 };
+  ? { rounds: 3, duration: 1, warmup: 0.3, scale: 10_000, sample: 2_000, count: 30, interleaved: 40 }
+  : { rounds: 16, duration: 3, warmup: 2, scale: 100_000, sample: 10_000, count: 500, interleaved: 250 };
 const positive = (value, fallback, name) => {
   if (value === undefined) return fallback;
   const n = Number(value);
@@ -71,6 +71,7 @@ const settings = {
   scale_clients: Math.round(positive(args.scale, PRESET.scale, 'scale')),
   scale_sample: PRESET.sample,
   count_requests: PRESET.count,
+  interleaved_tokens: PRESET.interleaved,
 };
 if (!['ES256', 'RS256', 'EdDSA'].includes(settings.alg)) throw new Error('--alg must be ES256, RS256 or EdDSA');
 if (settings.rounds > 50 || settings.duration_s > 120 || settings.scale_clients > 1_000_000)
@@ -102,12 +103,14 @@ async function main() {
   } catch (err) {
     throw new Error(`no Redis at ${REDIS_URL} (set REDIS_URL): ${err.message}`);
   }
-  const server = new ServerProcess({ pin: args.pin });
+  // one server process per scenario: the scenarios of a round run side by side (see measureTogether)
+  const servers = SCENARIO_NAMES.map(() => new ServerProcess({ pin: args.pin }));
+  const [server] = servers;
   let cleaning;
   const cleanup = () => {
     // once, whoever asks first (the end of the run, a signal or a crash)
     cleaning ??= (async () => {
-      await server.stop().catch((err) => log(`stopping the bench server: ${err.message}`));
+      await Promise.all(servers.map((each) => each.stop().catch((err) => log(`stopping a bench server: ${err.message}`))));
       const removed = await deleteByPrefix(redis, RUN_PREFIX).catch((err) => {
         log(`cleanup failed: ${err.message}`);
         return 0;
@@ -137,52 +140,69 @@ async function main() {
       mkdirSync(PROFILE_DIR, { recursive: true });
       for (const file of readdirSync(PROFILE_DIR)) if (file.endsWith('.cpuprofile') || file === 'windows.json') rmSync(path.join(PROFILE_DIR, file));
     }
-    await server.start();
+    await Promise.all(servers.map((each) => each.start()));
     // scenario E's sessions: a few more than connections, taken round robin, so that two requests
     // in flight rarely share one (when they do, the session's last save wins; nothing fails)
     const sessions = SCENARIO_NAMES.some((s) => SCENARIOS[s].silent) ? settings.connections + 4 : 0;
-    const created = await server.call('init', { redisUrl: REDIS_URL, prefix: RUN_PREFIX, alg: settings.alg, sessions });
-    const targets = new Map(created.map((t) => [t.name, t]));
-    log(`servers up (${created.length} providers, one real login each, ${sessions} more sessions per plain provider); sanity checks`);
-    await sanityCheck(server, targets, { variants, scenarioNames: SCENARIO_NAMES });
+    // every server process hosts the same providers, each under a Redis prefix of its own
+    const targetsOf = await Promise.all(
+      servers.map(async (each, i) => {
+        const created = await each.call('init', { redisUrl: REDIS_URL, prefix: `${RUN_PREFIX}p${i}:`, alg: settings.alg, sessions });
+        return new Map(created.map((t) => [t.name, t]));
+      }),
+    );
+    const [targets] = targetsOf;
+    log(`${servers.length} servers up (${targets.size} providers each, one real login each, ${sessions} more sessions per plain provider); sanity checks`);
+    for (const [i, each] of servers.entries()) await sanityCheck(each, targetsOf[i], { variants, scenarioNames: SCENARIO_NAMES });
 
     const { connections } = settings;
     const GUESS_RPS = 3000; // pool size for the warm-up of rotating scenarios (an exhausted pool only shortens it)
     // the highest rate seen so far per scenario: rotating scenarios get twice that many tokens per second
     const peakRps = new Map();
+    // in round r scenario i runs on server (i + r) mod k: every server serves every scenario in turn
+    const jobsOf = (variant, shift, profileOf = () => undefined) =>
+      SCENARIO_NAMES.map((scenario, i) => {
+        const at = (i + shift) % servers.length;
+        const key = `${variant}/${scenario}`;
+        return { server: servers[at], targets: targetsOf[at], variant, scenario, poolRps: 2 * Math.max(peakRps.get(key) ?? GUESS_RPS / 2, 500), profileFile: profileOf(scenario) };
+      });
     for (const variant of variants) {
-      for (const scenario of SCENARIO_NAMES) {
-        const r = await measure(server, targets, { variant, scenario, seconds: settings.warmup_s, connections, poolRps: GUESS_RPS });
-        peakRps.set(`${variant}/${scenario}`, r.rps);
-        log(`warm-up ${variant} ${scenario}: ${fmtInt(r.rps)} req/s`);
+      // each server warms up every scenario
+      for (let shift = 0; shift < servers.length; shift += 1) {
+        const warm = await measureTogether(jobsOf(variant, shift), { seconds: settings.warmup_s, connections });
+        for (const [i, scenario] of SCENARIO_NAMES.entries()) peakRps.set(`${variant}/${scenario}`, Math.max(peakRps.get(`${variant}/${scenario}`) ?? 0, warm[i].rps));
       }
+      log(`warm-up ${variant}: ${SCENARIO_NAMES.map((s) => `${s} ${fmtInt(peakRps.get(`${variant}/${s}`))}`).join(', ')} req/s`);
     }
 
     const results = new Map(); // "<variant>/<scenario>" -> per-round results
     const profileWindows = [];
     for (let round_ = 0; round_ < settings.rounds; round_ += 1) {
       for (const variant of variants) {
-        // rotate the order every round so that no scenario always runs first or last
-        const order = SCENARIO_NAMES.map((_, i) => SCENARIO_NAMES[(i + round_) % SCENARIO_NAMES.length]);
-        for (const scenario of order) {
+        const profileOf = (scenario) =>
+          args['cpu-prof'] ? path.join(PROFILE_DIR, `${variant.replace('/', '-')}-${scenario}-round${round_ + 1}.cpuprofile`) : undefined;
+        const jobs = jobsOf(variant, round_, profileOf);
+        const measured_ = await measureTogether(jobs, { seconds: settings.duration_s, connections });
+        // CPU per token from the interleaved measurement of the same round (the windows' own CPU figures,
+        // taken with every scenario competing for the machine, are kept as window_cpu_us)
+        const cpu = await measureInterleaved(servers[round_ % servers.length], targetsOf[round_ % servers.length], {
+          variant,
+          scenarioNames: SCENARIO_NAMES,
+          perScenario: settings.interleaved_tokens,
+        });
+        for (const [i, r] of measured_.entries()) {
+          const { scenario, profileFile } = jobs[i];
+          r.window_cpu_us = r.cpu_us;
+          r.cpu_us = cpu[scenario];
           const key = `${variant}/${scenario}`;
-          const profileFile = args['cpu-prof'] ? path.join(PROFILE_DIR, `${variant.replace('/', '-')}-${scenario}-round${round_ + 1}.cpuprofile`) : undefined;
-          const r = await measure(server, targets, {
-            variant,
-            scenario,
-            seconds: settings.duration_s,
-            connections,
-            poolRps: 2 * Math.max(peakRps.get(key), 500),
-            profileFile,
-          });
           if (profileFile) profileWindows.push({ file: path.basename(profileFile), variant, scenario, round: round_ + 1, requests: r.requests + r.failed });
           peakRps.set(key, Math.max(peakRps.get(key), r.rps));
           if (!results.has(key)) results.set(key, []);
           results.get(key).push(r);
-          log(
-            `round ${round_ + 1}/${settings.rounds} ${variant} ${scenario}: ${fmtInt(r.rps)} req/s, p50 ${fmt(r.p50_ms)} ms, p99 ${fmt(r.p99_ms)} ms, ${fmtInt(r.cpu_us)} µs CPU/req`,
-          );
         }
+        log(
+          `round ${round_ + 1}/${settings.rounds} ${variant}: ${measured_.map((r, i) => `${jobs[i].scenario} ${fmtInt(r.rps)} req/s ${fmtInt(r.cpu_us)} µs CPU/req p99 ${fmt(r.p99_ms)} ms`).join(' | ')}`,
+        );
       }
     }
 
@@ -206,7 +226,7 @@ async function main() {
     });
     log(`storage per user for N = ${STORAGE_COUNTS.join(', ')} APIs`);
     const storage = await server.call('storage', { redisUrl: REDIS_URL, prefix: RUN_PREFIX, counts: STORAGE_COUNTS });
-    await server.stop();
+    await Promise.all(servers.map((each) => each.stop()));
 
     log(`policy-store scale run: ${fmtInt(settings.scale_clients)} clients`);
     const policyStore = await scaleRun(redis, {

@@ -28,6 +28,31 @@ const stores = [];
 let signing;
 let profiler;
 
+// server CPU per request of the interleaved measurement, by the scenario its `x-bench-scenario` header names
+const requestCpu = new Map(); // scenario -> { us, requests }
+
+/**
+ * Counts the server's CPU time from a request's arrival to its response's end, for requests that
+ * name their scenario. The interleaved measurement sends one request at a time, so nothing else
+ * runs meanwhile but what that request causes (a garbage collection falls on whichever request it
+ * interrupts). Requests without the header (every throughput window) are not touched.
+ */
+function accounted(handle) {
+  return (req, res) => {
+    const scenario = req.headers['x-bench-scenario'];
+    if (typeof scenario !== 'string') return handle(req, res);
+    const before = process.cpuUsage();
+    res.once('finish', () => {
+      const { user, system } = process.cpuUsage(before);
+      const entry = requestCpu.get(scenario) ?? { us: 0, requests: 0 };
+      entry.us += user + system;
+      entry.requests += 1;
+      requestCpu.set(scenario, entry);
+    });
+    return handle(req, res);
+  };
+}
+
 /** `kind`: 'plain' (oidc-provider), 'mrrt' (withMrrt, default options) or 'mrrt-nocache' (withMrrt, `cache: false`). */
 async function createTarget({ adapterKind, rotate, kind, redisUrl, prefix, sessionCount }) {
   const mrrt = kind !== 'plain';
@@ -62,7 +87,7 @@ async function createTarget({ adapterKind, rotate, kind, redisUrl, prefix, sessi
     ? withMrrt(Provider, { store, allowSkippingConsent: SKIP_CONSENT, denyList: DENY_LIST, ...(kind === 'mrrt-nocache' ? { cache: false } : {}) })
     : Provider;
   const provider = new ProviderClass(url, configuration({ adapter, rotate, jwk: signing }));
-  server.on('request', handler(provider));
+  server.on('request', accounted(handler(provider)));
   server.keepAliveTimeout = 60_000;
 
   const { refreshToken } = await login(url);
@@ -159,6 +184,13 @@ const handlers = {
   async cpu() {
     const { user, system } = process.cpuUsage();
     return user + system;
+  },
+
+  /** The interleaved measurement's CPU per scenario since the last call (and starts counting afresh). */
+  async requestCpu() {
+    const taken = Object.fromEntries(requestCpu);
+    requestCpu.clear();
+    return taken;
   },
 
   /** Starts the V8 CPU profiler (measurement windows only: minting, purging and IPC stay out). */

@@ -200,12 +200,10 @@ export class Exchange {
   // --- transitions, one for each observation ---
 
   /**
-   * oidc-provider found a refresh token (and has not checked the `scope` parameter yet). Answers
-   * whether the exchange goes on with it: then how oidc-provider reads it, consumes it and rotates
-   * it, and the Grant it finds, come to this exchange.
+   * oidc-provider found a refresh token (and has not checked the `scope` parameter yet).
    */
-  sawRefreshToken(value: string, token: RefreshTokenLike): boolean {
-    if (value !== this.refreshTokenValue || this.#held) return false;
+  sawRefreshToken(value: string, token: RefreshTokenLike): void {
+    if (value !== this.refreshTokenValue || this.#held) return;
     const { resource } = token;
     const held: Held = {
       grantId: token.grantId,
@@ -215,12 +213,8 @@ export class Exchange {
     };
     this.#held = held;
     // a refusal that only applies outside the grant, for a target the refresh token holds: nothing left to do
-    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) {
-      this.#stepAside(this.ctx);
-      return false;
-    }
-    if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(this.plan.policyScopes);
-    return true;
+    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#stepAside(this.ctx);
+    else if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(this.plan.policyScopes);
   }
 
   /** oidc-provider's handler returned or threw: whatever reads this request's objects from now on sees what they hold. */

@@ -8,127 +8,108 @@ import { MrrtTypeError } from './errors.js';
  * Where the extension watches oidc-provider from inside. Each observer forwards what it sees to the
  * request's {@link Exchange} — one call each — and holds no rule.
  *
- * Two observers live as long as the provider: `RefreshToken.find` and the configured
- * `getResourceServerInfo`; outside an exchange each is a plain call of what it wraps after one
- * lookup. Everything else is watched on the instances one exchange reads — the refresh token it
- * finds, that token's rotation and the Grant — as own properties of those objects: no model class
- * or prototype is changed, so oidc-provider runs its own code for every other request, and an
- * object of another request can never show this one's overlay.
+ * During an exchange, and only then, the provider hands oidc-provider subclasses of its own
+ * `RefreshToken` and `Grant` models (see `provider.ts`): the refresh token oidc-provider finds, the
+ * one it rotates to and the Grant it loads are instances of these, and report how oidc-provider
+ * reads their scopes and resources and when it consumes the refresh token. Nothing of
+ * oidc-provider is changed: no model class, prototype or object of another request; the watched
+ * models store exactly what the models they extend store, through the same adapters. The
+ * configured `getResourceServerInfo` is the only other touch point.
  */
 
 type ExchangeOf = () => Exchange | undefined;
-type Getter = (this: unknown) => Set<string>;
-type Consume = (this: unknown) => Promise<void>;
-type GetResourceScopeFiltered = (this: unknown, resource: string, filter: Iterable<string>) => string;
-type Entity = (this: unknown, key: string, value: unknown) => void;
 
-function getterOf(proto: object, name: string, owner: string): Getter {
-  for (let at: object | null = proto; at !== null; at = Object.getPrototypeOf(at) as object | null) {
-    const descriptor = Object.getOwnPropertyDescriptor(at, name);
-    if (descriptor?.get) return descriptor.get as Getter;
-  }
-  throw new MrrtTypeError(`oidc-provider-mrrt: ${owner}.${name} is not a getter; this oidc-provider version is not supported`);
+/** The models an exchange's request is given in place of the provider's own. */
+export interface WatchedModels {
+  readonly RefreshToken: object;
+  readonly Grant: object;
 }
 
-function methodOf<T extends (...args: never[]) => unknown>(target: object, name: string, owner: string): T {
-  const method = (target as Record<string, unknown>)[name];
-  if (typeof method !== 'function')
-    throw new MrrtTypeError(`oidc-provider-mrrt: ${owner}.${name} is not a function; this oidc-provider version is not supported`);
-  return method as T;
+// the parts of oidc-provider's models the watched models extend (types only)
+interface RefreshTokenInstance {
+  readonly grantId?: string;
+  readonly resource?: string | string[];
+  readonly scope?: string;
+  get scopes(): Set<string>;
+  get resourceIndicators(): Set<string>;
+  consume(): Promise<void>;
 }
+interface GrantInstance {
+  readonly jti?: string;
+  getResourceScopeFiltered(resource: string, filter: Iterable<string>): string;
+}
+type RefreshTokenModel = (new (...args: never[]) => RefreshTokenInstance) & {
+  readonly adapter: unknown;
+  find(value: string, ...rest: unknown[]): Promise<object | undefined>;
+};
+type GrantModel = (new (...args: never[]) => GrantInstance) & { readonly adapter: unknown };
 
-type ModelClass = object & { readonly prototype: object };
+function requireMembers(model: object, owner: string, statics: readonly string[], members: readonly string[]): void {
+  const proto = (model as { prototype?: object }).prototype;
+  for (const name of statics)
+    if (!(name in model)) throw new MrrtTypeError(`oidc-provider-mrrt: ${owner}.${name} is missing; this oidc-provider version is not supported`);
+  for (const name of members)
+    if (!proto || !(name in proto))
+      throw new MrrtTypeError(`oidc-provider-mrrt: ${owner}.prototype.${name} is missing; this oidc-provider version is not supported`);
+}
 
 /**
- * Observes this provider's refresh tokens for the request's exchange. When oidc-provider finds the
- * request's refresh token and the exchange asks to watch it, the token's scopes and resources as
- * oidc-provider reads them, and the moment before it consumes the token, go to the exchange; so do
- * the rotated refresh token and the Grant oidc-provider sets on the request's context. The models'
- * stored data is never changed: what is watched are reads, on own properties of this request's
- * objects, which no model stores.
+ * This provider's `RefreshToken` and `Grant`, extended to report to the request's exchange. Each
+ * keeps its model's name (stored payloads carry it as `kind`) and uses its model's adapter, so
+ * what is found, saved and consumed is exactly what the provider's own models find, save and consume.
  */
-export function observeModels(provider: Provider, exchangeOf: ExchangeOf): void {
-  const { RefreshToken, Grant, OIDCContext } = provider as unknown as { RefreshToken: ModelClass; Grant: ModelClass; OIDCContext: ModelClass };
-  const find = methodOf<(this: unknown, value: string, ...rest: unknown[]) => Promise<unknown>>(RefreshToken, 'find', 'RefreshToken');
-  // read once, from the classes as oidc-provider built them; the watched objects keep using these
-  const scopes = getterOf(RefreshToken.prototype, 'scopes', 'RefreshToken.prototype');
-  const resourceIndicators = getterOf(RefreshToken.prototype, 'resourceIndicators', 'RefreshToken.prototype');
-  const consume = methodOf<Consume>(RefreshToken.prototype, 'consume', 'RefreshToken.prototype');
-  const getResourceScopeFiltered = methodOf<GetResourceScopeFiltered>(Grant.prototype, 'getResourceScopeFiltered', 'Grant.prototype');
-  const entity = methodOf<Entity>(OIDCContext.prototype, 'entity', 'OIDCContext.prototype');
+export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): WatchedModels {
+  const { RefreshToken: Token, Grant: GrantBase } = provider as unknown as { RefreshToken: RefreshTokenModel; Grant: GrantModel };
+  requireMembers(Token, 'RefreshToken', ['find', 'adapter'], ['scopes', 'resourceIndicators', 'consume']);
+  requireMembers(GrantBase, 'Grant', ['find', 'adapter'], ['getResourceScopeFiltered']);
 
-  // each watched object, and the exchange it reports to; the property descriptors below are the same
-  // objects for every request, so watched objects share their shapes and oidc-provider's code stays fast
-  const watched = new WeakMap<object, Exchange>();
-  const tokenWatch: PropertyDescriptorMap = {
-    scopes: {
-      configurable: true,
-      get(this: object) {
-        const own = scopes.call(this);
-        return watched.get(this)?.presentScopes(this, own) ?? own;
-      },
-    },
-    resourceIndicators: {
-      configurable: true,
-      get(this: object) {
-        const own = resourceIndicators.call(this);
-        return watched.get(this)?.presentResources(this, own) ?? own;
-      },
-    },
-    consume: {
-      configurable: true,
-      writable: true,
-      value: function consumeRefreshToken(this: object): Promise<void> {
-        const exchange = watched.get(this);
-        return exchange ? exchange.beforeRotation(this).then(() => consume.call(this)) : consume.call(this);
-      },
-    },
-  };
-  const grantWatch: PropertyDescriptorMap = {
-    getResourceScopeFiltered: {
-      configurable: true,
-      writable: true,
-      value: function getResourceScopeFilteredForExchange(this: object, resource: string, filter: Iterable<string>): string {
-        const own = getResourceScopeFiltered.call(this, resource, filter);
-        return watched.get(this)?.presentGrantScope(this, resource, filter, own) ?? own;
-      },
-    },
-  };
-  // the rotated refresh token and the Grant are first handed to the request's context: watched from there on
-  const contextWatch: PropertyDescriptorMap = {
-    entity: {
-      configurable: true,
-      writable: true,
-      value: function entityOfExchange(this: object, key: string, value: unknown): void {
-        entity.call(this, key, value);
-        const exchange = watched.get(this);
-        if (!exchange || typeof value !== 'object' || value === null || watched.has(value)) return;
-        if (key === 'Grant') watch(value, exchange, grantWatch);
-        else if (key === 'RefreshToken') watch(value, exchange, tokenWatch);
-      },
-    },
-  };
-  const watch = (target: object, exchange: Exchange, descriptors: PropertyDescriptorMap): void => {
-    watched.set(target, exchange);
-    Object.defineProperties(target, descriptors);
+  const RefreshToken = class RefreshToken extends Token {
+    static override get adapter(): unknown {
+      return Token.adapter;
+    }
+
+    get adapter(): unknown {
+      return Token.adapter;
+    }
+
+    static override async find(value: string, ...rest: unknown[]): Promise<object | undefined> {
+      const token = await super.find(value, ...rest);
+      if (token) exchangeOf()?.sawRefreshToken(value, token);
+      return token;
+    }
+
+    override get scopes(): Set<string> {
+      const own = super.scopes;
+      return exchangeOf()?.presentScopes(this, own) ?? own;
+    }
+
+    override get resourceIndicators(): Set<string> {
+      const own = super.resourceIndicators;
+      return exchangeOf()?.presentResources(this, own) ?? own;
+    }
+
+    override async consume(): Promise<void> {
+      await exchangeOf()?.beforeRotation(this);
+      return super.consume();
+    }
   };
 
-  Object.defineProperty(RefreshToken, 'find', {
-    configurable: true,
-    writable: true,
-    value: function findRefreshToken(this: unknown, value: string, ...rest: unknown[]): Promise<unknown> {
-      const found = find.call(this, value, ...rest);
-      const exchange = exchangeOf();
-      if (!exchange) return found;
-      return found.then((token) => {
-        if (typeof token === 'object' && token !== null && exchange.sawRefreshToken(value, token)) {
-          watch(token, exchange, tokenWatch);
-          watch(exchange.ctx.oidc, exchange, contextWatch);
-        }
-        return token;
-      });
-    },
-  });
+  const Grant = class Grant extends GrantBase {
+    static override get adapter(): unknown {
+      return GrantBase.adapter;
+    }
+
+    get adapter(): unknown {
+      return GrantBase.adapter;
+    }
+
+    override getResourceScopeFiltered(resource: string, filter: Iterable<string>): string {
+      const own = super.getResourceScopeFiltered(resource, filter);
+      return exchangeOf()?.presentGrantScope(this, resource, filter, own) ?? own;
+    }
+  };
+
+  return { RefreshToken, Grant };
 }
 
 type ResourceIndicators = NonNullable<NonNullable<Configuration['features']>['resourceIndicators']>;

@@ -1,7 +1,7 @@
 import Provider, { type Configuration, type KoaContextWithOIDC, type TokenEndpointGrantContext } from 'oidc-provider';
 
 import { createExchangeHandler, type Exchange, type ExchangeSetup, type MrrtExchangeEvent, type ResourceServerInfo } from './exchange.js';
-import { observeModels, observeResourceServerInfo } from './observers.js';
+import { observeResourceServerInfo, watchedModels, type WatchedModels } from './observers.js';
 import { resolveOptions, type MrrtConfiguration, type MrrtOptions } from './options.js';
 import { oidcScopesOf, staticFirstParty } from './rules.js';
 import type { PolicyAuditEvent } from './store.js';
@@ -17,6 +17,8 @@ export interface MrrtInstallation extends ExchangeSetup {
 }
 
 const installations = new WeakMap<object, MrrtInstallation>();
+/** The watched models of each active `withMrrt` provider. */
+const watched = new WeakMap<object, WatchedModels>();
 
 /** The MRRT installation of a provider built with {@link withMrrt}, or `undefined` for any other object. */
 export function mrrtInstallation(provider: unknown): MrrtInstallation | undefined {
@@ -159,7 +161,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       if (!active) inactive = INACTIVE.resourceIndicators;
       else if (!state!.hooked) inactive = INACTIVE.refreshToken;
       if (inactive) warnOnce(inactive);
-      else observeModels(this, exchangeOf);
+      else watched.set(this, watchedModels(this, exchangeOf));
       installations.set(this, { ...setup, inactive });
       Object.defineProperty(this, mrrtConfiguration, { value: config, enumerable: false });
     }
@@ -179,5 +181,18 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       super.registerGrantType(name, handler, params, dupes);
     }
   };
+  // during an exchange, and only then, oidc-provider is handed the watched models (see observers.ts)
+  const modelGetter = (name: keyof WatchedModels): PropertyDescriptor => {
+    const own = Object.getOwnPropertyDescriptor(Provider.prototype, name)?.get;
+    if (!own) throw new MrrtTypeError(`withMrrt: this oidc-provider version is not supported (Provider.prototype.${name} is not a getter)`);
+    return {
+      configurable: true,
+      get(this: object) {
+        const model: unknown = own.call(this);
+        return exchangeOf() === undefined ? model : (watched.get(this)?.[name] ?? model);
+      },
+    };
+  };
+  Object.defineProperties(Mrrt.prototype, { RefreshToken: modelGetter('RefreshToken'), Grant: modelGetter('Grant') });
   return Mrrt as unknown as MrrtProviderClass<P>;
 }
