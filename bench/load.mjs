@@ -43,7 +43,7 @@ function summariseWindow({ variant, scenario }, { latencies, status, errors, las
     p50_ms: percentile(latencies, 0.5),
     p99_ms: percentile(latencies, 0.99),
     // the server's CPU time per request (per token for E): far less disturbed by other work on the machine than req/s
-    cpu_us: cpuUs / (ok + failed),
+    window_cpu_us: cpuUs / (ok + failed),
     requests: ok,
     ...(httpRequests === undefined ? {} : { http_requests: httpRequests }),
     failed,

@@ -30,7 +30,7 @@ import { fmt, fmtInt, machine, markdown, revision } from './report.mjs';
 import { scaleRun } from './scale.mjs';
 import { ServerProcess } from './server-process.mjs';
 import { SCENARIOS, deleteByPrefix, parseInfo } from './shared.mjs';
-import { round, summarise } from './stats.mjs';
+import { median, round, summarise } from './stats.mjs';
 import { log } from './util.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -53,8 +53,8 @@ const { values: args } = parseArgs({
 });
 
 const PRESET = args.quick
-  ? { rounds: 3, duration: 1, warmup: 0.3, scale: 10_000, sample: 2_000, count: 30, interleaved: 40 }
-  : { rounds: 16, duration: 3, warmup: 2, scale: 100_000, sample: 10_000, count: 500, interleaved: 250 };
+  ? { rounds: 3, duration: 1, warmup: 0.3, scale: 10_000, sample: 2_000, count: 30, cpuRounds: 4, cpuTokens: 40 }
+  : { rounds: 12, duration: 3, warmup: 2, scale: 100_000, sample: 10_000, count: 500, cpuRounds: 40, cpuTokens: 100 };
 const positive = (value, fallback, name) => {
   if (value === undefined) return fallback;
   const n = Number(value);
@@ -71,7 +71,8 @@ const settings = {
   scale_clients: Math.round(positive(args.scale, PRESET.scale, 'scale')),
   scale_sample: PRESET.sample,
   count_requests: PRESET.count,
-  interleaved_tokens: PRESET.interleaved,
+  cpu_rounds: PRESET.cpuRounds,
+  cpu_tokens: PRESET.cpuTokens,
 };
 if (!['ES256', 'RS256', 'EdDSA'].includes(settings.alg)) throw new Error('--alg must be ES256, RS256 or EdDSA');
 if (settings.rounds > 50 || settings.duration_s > 120 || settings.scale_clients > 1_000_000)
@@ -183,17 +184,8 @@ async function main() {
           args['cpu-prof'] ? path.join(PROFILE_DIR, `${variant.replace('/', '-')}-${scenario}-round${round_ + 1}.cpuprofile`) : undefined;
         const jobs = jobsOf(variant, round_, profileOf);
         const measured_ = await measureTogether(jobs, { seconds: settings.duration_s, connections });
-        // CPU per token from the interleaved measurement of the same round (the windows' own CPU figures,
-        // taken with every scenario competing for the machine, are kept as window_cpu_us)
-        const cpu = await measureInterleaved(servers[round_ % servers.length], targetsOf[round_ % servers.length], {
-          variant,
-          scenarioNames: SCENARIO_NAMES,
-          perScenario: settings.interleaved_tokens,
-        });
         for (const [i, r] of measured_.entries()) {
           const { scenario, profileFile } = jobs[i];
-          r.window_cpu_us = r.cpu_us;
-          r.cpu_us = cpu[scenario];
           const key = `${variant}/${scenario}`;
           if (profileFile) profileWindows.push({ file: path.basename(profileFile), variant, scenario, round: round_ + 1, requests: r.requests + r.failed });
           peakRps.set(key, Math.max(peakRps.get(key), r.rps));
@@ -201,9 +193,24 @@ async function main() {
           results.get(key).push(r);
         }
         log(
-          `round ${round_ + 1}/${settings.rounds} ${variant}: ${measured_.map((r, i) => `${jobs[i].scenario} ${fmtInt(r.rps)} req/s ${fmtInt(r.cpu_us)} µs CPU/req p99 ${fmt(r.p99_ms)} ms`).join(' | ')}`,
+          `round ${round_ + 1}/${settings.rounds} ${variant}: ${measured_.map((r, i) => `${jobs[i].scenario} ${fmtInt(r.rps)} req/s p99 ${fmt(r.p99_ms)} ms`).join(' | ')}`,
         );
       }
+    }
+
+    // server CPU per token: short interleaved rounds, each from a collected heap, on each server in turn
+    const cpuResults = new Map(); // "<variant>/<scenario>" -> µs per token, per round
+    for (const variant of variants) {
+      for (let round_ = 0; round_ < settings.cpu_rounds; round_ += 1) {
+        const at = round_ % servers.length;
+        const cpu = await measureInterleaved(servers[at], targetsOf[at], { variant, scenarioNames: SCENARIO_NAMES, perScenario: settings.cpu_tokens });
+        for (const scenario of SCENARIO_NAMES) {
+          const key = `${variant}/${scenario}`;
+          if (!cpuResults.has(key)) cpuResults.set(key, []);
+          cpuResults.get(key).push(cpu[scenario]);
+        }
+      }
+      log(`CPU per token ${variant} (${settings.cpu_rounds} interleaved rounds): ${SCENARIO_NAMES.map((s) => `${s} ${fmtInt(median(cpuResults.get(`${variant}/${s}`)))} µs`).join(', ')}`);
     }
 
     if (args['cpu-prof']) {
@@ -213,7 +220,7 @@ async function main() {
       );
     }
 
-    const { scenarios, ratios, c_vs_e: cVsE, targets: targetsMet } = summarise(results, variants, SCENARIO_NAMES);
+    const { scenarios, ratios, c_vs_e: cVsE, targets: targetsMet } = summarise(results, cpuResults, variants, SCENARIO_NAMES);
 
     log('counting Redis commands per token');
     const redisCommands = await countCommands(server, targets, redis, {

@@ -53,10 +53,11 @@ export function verdict(ratio, bound, atLeast) {
 /**
  * Medians over rounds per scenario, ratios per round against A (A and the other scenario measured
  * within the same round), C against E per token, and the Redis adapter's targets. `results` maps
- * "<variant>/<scenario>" to the scenario's per-round measurements. E (two requests per token) is
+ * "<variant>/<scenario>" to the scenario's per-round throughput measurements (side by side),
+ * `cpuResults` to its server CPU µs per token, per interleaved round. E (two requests per token) is
  * compared with C, the MRRT exchange it is the alternative to, not with A.
  */
-export function summarise(results, variants, scenarioNames) {
+export function summarise(results, cpuResults, variants, scenarioNames) {
   const scenarios = [];
   const ratios = {};
   const cVsE = {};
@@ -64,6 +65,7 @@ export function summarise(results, variants, scenarioNames) {
   for (const variant of variants) {
     const [adapter, rotation] = variant.split('/');
     const byScenario = Object.fromEntries(scenarioNames.map((s) => [s, results.get(`${variant}/${s}`)]));
+    const cpuOf = Object.fromEntries(scenarioNames.map((s) => [s, cpuResults.get(`${variant}/${s}`)]));
     for (const s of scenarioNames) {
       const rounds = byScenario[s];
       scenarios.push({
@@ -73,13 +75,13 @@ export function summarise(results, variants, scenarioNames) {
         rps: round(median(rounds.map((r) => r.rps)), 1),
         p50_ms: round(median(rounds.map((r) => r.p50_ms)), 3),
         p99_ms: round(median(rounds.map((r) => r.p99_ms)), 3),
-        cpu_us_per_req: round(median(rounds.map((r) => r.cpu_us)), 1),
+        cpu_us_per_req: round(median(cpuOf[s]), 1),
         failed: rounds.reduce((sum, r) => sum + r.failed, 0),
       });
     }
     if (byScenario.C && byScenario.E) {
       const perRound = (f) => byScenario.E.map((e, i) => f(byScenario.C[i], e));
-      const ratio = spread(perRound((c, e) => e.cpu_us / c.cpu_us));
+      const ratio = spread(cpuOf.E.map((e, i) => e / cpuOf.C[i]));
       cVsE[variant] = {
         e_c_cpu: ratio,
         e_c_p50: spread(perRound((c, e) => e.p50_ms / c.p50_ms)),
@@ -92,7 +94,7 @@ export function summarise(results, variants, scenarioNames) {
     const others = scenarioNames.filter((n) => n !== 'A' && n !== 'E');
     const per = (s, field) => byScenario[s].map((r, i) => r[field] / byScenario.A[i][field]);
     // throughput ratio implied by server CPU per request (A's CPU ÷ the scenario's)
-    const perCpu = (s) => byScenario[s].map((r, i) => byScenario.A[i].cpu_us / r.cpu_us);
+    const perCpu = (s) => cpuOf[s].map((cpu, i) => cpuOf.A[i] / cpu);
     const r = {};
     for (const n of others) {
       const x = n.toLowerCase();
