@@ -28,7 +28,11 @@ export async function measureTogether(jobs, { seconds, connections }) {
   await sleep(200); // let requests still in flight drain before anything else runs
   const cpuAfter = await Promise.all(jobs.map(({ server }) => server.call('cpu')));
   await Promise.all(jobs.map(({ server, profileFile }) => profileFile && server.call('profileStop', { file: profileFile })));
-  await Promise.all(jobs.map(({ server, targets, variant, scenario }, i) => windows[i].purge && server.call('purge', { name: targets.get(targetName(variant, scenario)).name })));
+  await Promise.all(
+    jobs.map(
+      ({ server, targets, variant, scenario }, i) => windows[i].purge && server.call('purge', { name: targets.get(targetName(variant, scenario)).name }),
+    ),
+  );
   return ran.map((r, i) => summariseWindow(jobs[i], r, cpuAfter[i] - cpuBefore[i]));
 }
 
@@ -201,35 +205,38 @@ export function tokenRequester(target, scenario, headers = {}) {
 /**
  * Server CPU per token of each scenario, interleaved: `perScenario` tokens each, one request at a
  * time, the scenarios taking turns (A, B, C, A, B, C, … in an order rotated every turn), so that
- * whatever else the machine does weighs on every scenario alike. The server counts the CPU time of
- * each request from its arrival to its response (bench/server.mjs) by the scenario the request
- * names. Returns µs per token by scenario (E: its two requests).
+ * whatever else the machine does weighs on every scenario alike. Each scenario has its server
+ * (`placeOf(scenario)` gives `{ server, targets }`), which counts the CPU time of each request from
+ * its arrival to its response (bench/server.mjs) by the scenario the request names. Returns µs per
+ * token by scenario (E: its two requests).
  */
-export async function measureInterleaved(server, targets, { variant, scenarioNames, perScenario }) {
+export async function measureInterleaved(placeOf, { variant, scenarioNames, perScenario }) {
   const steps = scenarioNames.map((scenario) => {
+    const { server, targets } = placeOf(scenario);
     const target = targets.get(targetName(variant, scenario));
-    return { scenario, target, request: tokenRequester(target, scenario, { 'x-bench-scenario': scenario }) };
+    return { scenario, server, target, request: tokenRequester(target, scenario, { 'x-bench-scenario': scenario }) };
   });
   const pools = new Map();
-  for (const { scenario, target } of steps) {
+  for (const { scenario, server, target } of steps) {
     if (rotating(variant) && !SCENARIOS[scenario].silent) pools.set(scenario, await server.call('mint', { name: target.name, count: perScenario }));
   }
-  await server.call('gc');
-  await server.call('requestCpu'); // counts from here
+  for (const { server } of steps) {
+    await server.call('gc');
+    await server.call('requestCpu'); // counts from here
+  }
   for (let i = 0; i < perScenario; i += 1) {
     for (let j = 0; j < steps.length; j += 1) {
       const { scenario, target, request } = steps[(i + j) % steps.length];
       await request(pools.get(scenario)?.[i] ?? target.refreshToken, i);
     }
   }
-  const counted = await server.call('requestCpu');
-  const purged = new Set();
-  for (const { target } of steps) {
-    if (purged.has(target.name)) continue;
-    purged.add(target.name);
+  const perToken = {};
+  for (const { scenario, server, target } of steps) {
+    const counted = await server.call('requestCpu');
+    perToken[scenario] = counted[scenario].us / perScenario;
     await server.call('purge', { name: target.name });
   }
-  return Object.fromEntries(scenarioNames.map((scenario) => [scenario, counted[scenario].us / perScenario]));
+  return perToken;
 }
 
 /** One request per scenario: the servers answer as the scenario says before anything is timed. */

@@ -80,7 +80,7 @@ const keyOf = (cmd) => String(/^eval(sha)?$/i.test(String(cmd[0])) ? cmd[3] : cm
  * prefix of every key this run's servers write. When other clients of the same Redis were busy, the
  * count is taken again, `attempts` times in all, and MONITOR's figures are used after the last.
  */
-export async function countCommands(server, targets, redis, { redisUrl, variants, scenarioNames, requests, runPrefix, attempts = 3 }) {
+export async function countCommands(placeOf, redis, { redisUrl, variants, scenarioNames, requests, runPrefix, attempts = 3 }) {
   const rows = [];
   for (const variant of variants.filter((v) => v.startsWith('redis/'))) {
     for (const scenario of scenarioNames) {
@@ -88,6 +88,7 @@ export async function countCommands(server, targets, redis, { redisUrl, variants
       // (its commands show up in commandstats but not among this run's keys in MONITOR), count again
       let pass;
       for (let attempt = 1; attempt <= attempts; attempt += 1) {
+        const { server, targets } = placeOf(scenario);
         pass = await countPass(server, targets, redis, { redisUrl, variant, scenario, requests, runPrefix });
         if (pass.consistent || attempt === attempts) break;
         log(`command count ${variant} ${scenario}: other Redis clients were active, counting again (${attempt}/${attempts - 1})`);

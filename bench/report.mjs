@@ -55,7 +55,7 @@ export function markdown(report) {
   );
   const s = report.settings;
   lines.push(
-    `Settings: revision ${s.revision}; ${s.mode}, ${s.rounds} rounds × ${s.duration_s} s per scenario (interleaved, after ${s.warmup_s} s warm-up each), ${s.connections} connections, ${s.alg} signatures (access token JWT + ID token per request).`,
+    `Settings: revision ${s.revision}; ${s.mode}; throughput: ${s.rounds} rounds of every scenario side by side for ${s.duration_s} s (one server process each, ${s.connections} connections each, after ${s.warmup_s} s warm-up of every scenario on every server); server CPU: ${s.cpu_rounds} interleaved rounds of ${s.cpu_tokens} tokens per scenario, one request at a time; ${s.alg} signatures (access token JWT + ID token per request).`,
   );
   lines.push('');
   lines.push('| scenario | adapter | rotation | req/s | p50 ms | p99 ms | server CPU µs/req |');
@@ -88,9 +88,15 @@ export function markdown(report) {
       ]),
     );
     lines.push('');
-    lines.push("Throughput ratio implied by server CPU per request (A's CPU µs/req ÷ the scenario's; robust to other load on the machine):");
+    lines.push(
+      "Throughput ratio implied by server CPU per request (A's CPU µs per token ÷ the scenario's, per interleaved round; robust to other load on the machine):",
+    );
     lines.push('');
     ratioTable(ratioColumns([['cpu', '']]).map(([k, title]) => [k, title.trim()]));
+    lines.push('');
+    lines.push("The same as server CPU µs per token beyond A (the scenario's minus A's, per interleaved round):");
+    lines.push('');
+    ratioTable(ratioColumns([['cpu_us', '']]).map(([k, title]) => [k, title.trim().replace('/A', ' − A µs')]));
   }
   if (report.targets.length) {
     lines.push('');

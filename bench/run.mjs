@@ -104,7 +104,8 @@ async function main() {
   } catch (err) {
     throw new Error(`no Redis at ${REDIS_URL} (set REDIS_URL): ${err.message}`);
   }
-  // one server process per scenario: the scenarios of a round run side by side (see measureTogether)
+  // one server process per scenario, running that scenario only: no process runs both plain
+  // oidc-provider's and the extension's code paths, as no deployment does
   const servers = SCENARIO_NAMES.map(() => new ServerProcess({ pin: args.pin }));
   const [server] = servers;
   let cleaning;
@@ -145,34 +146,35 @@ async function main() {
     // scenario E's sessions: a few more than connections, taken round robin, so that two requests
     // in flight rarely share one (when they do, the session's last save wins; nothing fails)
     const sessions = SCENARIO_NAMES.some((s) => SCENARIOS[s].silent) ? settings.connections + 4 : 0;
-    // every server process hosts the same providers, each under a Redis prefix of its own
+    // each server hosts its scenario's kind of provider for every variant, under a Redis prefix of its own
     const targetsOf = await Promise.all(
       servers.map(async (each, i) => {
-        const created = await each.call('init', { redisUrl: REDIS_URL, prefix: `${RUN_PREFIX}p${i}:`, alg: settings.alg, sessions });
+        const kinds = [SCENARIOS[SCENARIO_NAMES[i]].provider];
+        const created = await each.call('init', { redisUrl: REDIS_URL, prefix: `${RUN_PREFIX}p${i}:`, alg: settings.alg, sessions, kinds });
         return new Map(created.map((t) => [t.name, t]));
       }),
     );
-    const [targets] = targetsOf;
-    log(`${servers.length} servers up (${targets.size} providers each, one real login each, ${sessions} more sessions per plain provider); sanity checks`);
-    for (const [i, each] of servers.entries()) await sanityCheck(each, targetsOf[i], { variants, scenarioNames: SCENARIO_NAMES });
+    const placeOf = (scenario) => {
+      const i = SCENARIO_NAMES.indexOf(scenario);
+      return { server: servers[i], targets: targetsOf[i] };
+    };
+    log(
+      `${servers.length} servers up (one per scenario, ${targetsOf[0].size} providers each, one real login each, ${sessions} more sessions per plain provider); sanity checks`,
+    );
+    for (const [i, each] of servers.entries()) await sanityCheck(each, targetsOf[i], { variants, scenarioNames: [SCENARIO_NAMES[i]] });
 
     const { connections } = settings;
     const GUESS_RPS = 3000; // pool size for the warm-up of rotating scenarios (an exhausted pool only shortens it)
     // the highest rate seen so far per scenario: rotating scenarios get twice that many tokens per second
     const peakRps = new Map();
-    // in round r scenario i runs on server (i + r) mod k: every server serves every scenario in turn
-    const jobsOf = (variant, shift, profileOf = () => undefined) =>
-      SCENARIO_NAMES.map((scenario, i) => {
-        const at = (i + shift) % servers.length;
+    const jobsOf = (variant, profileOf = () => undefined) =>
+      SCENARIO_NAMES.map((scenario) => {
         const key = `${variant}/${scenario}`;
-        return { server: servers[at], targets: targetsOf[at], variant, scenario, poolRps: 2 * Math.max(peakRps.get(key) ?? GUESS_RPS / 2, 500), profileFile: profileOf(scenario) };
+        return { ...placeOf(scenario), variant, scenario, poolRps: 2 * Math.max(peakRps.get(key) ?? GUESS_RPS / 2, 500), profileFile: profileOf(scenario) };
       });
     for (const variant of variants) {
-      // each server warms up every scenario
-      for (let shift = 0; shift < servers.length; shift += 1) {
-        const warm = await measureTogether(jobsOf(variant, shift), { seconds: settings.warmup_s, connections });
-        for (const [i, scenario] of SCENARIO_NAMES.entries()) peakRps.set(`${variant}/${scenario}`, Math.max(peakRps.get(`${variant}/${scenario}`) ?? 0, warm[i].rps));
-      }
+      const warm = await measureTogether(jobsOf(variant), { seconds: settings.warmup_s, connections });
+      for (const [i, scenario] of SCENARIO_NAMES.entries()) peakRps.set(`${variant}/${scenario}`, warm[i].rps);
       log(`warm-up ${variant}: ${SCENARIO_NAMES.map((s) => `${s} ${fmtInt(peakRps.get(`${variant}/${s}`))}`).join(', ')} req/s`);
     }
 
@@ -182,7 +184,7 @@ async function main() {
       for (const variant of variants) {
         const profileOf = (scenario) =>
           args['cpu-prof'] ? path.join(PROFILE_DIR, `${variant.replace('/', '-')}-${scenario}-round${round_ + 1}.cpuprofile`) : undefined;
-        const jobs = jobsOf(variant, round_, profileOf);
+        const jobs = jobsOf(variant, profileOf);
         const measured_ = await measureTogether(jobs, { seconds: settings.duration_s, connections });
         for (const [i, r] of measured_.entries()) {
           const { scenario, profileFile } = jobs[i];
@@ -198,19 +200,20 @@ async function main() {
       }
     }
 
-    // server CPU per token: short interleaved rounds, each from a collected heap, on each server in turn
+    // server CPU per token: short interleaved rounds, each from collected heaps
     const cpuResults = new Map(); // "<variant>/<scenario>" -> µs per token, per round
     for (const variant of variants) {
       for (let round_ = 0; round_ < settings.cpu_rounds; round_ += 1) {
-        const at = round_ % servers.length;
-        const cpu = await measureInterleaved(servers[at], targetsOf[at], { variant, scenarioNames: SCENARIO_NAMES, perScenario: settings.cpu_tokens });
+        const cpu = await measureInterleaved(placeOf, { variant, scenarioNames: SCENARIO_NAMES, perScenario: settings.cpu_tokens });
         for (const scenario of SCENARIO_NAMES) {
           const key = `${variant}/${scenario}`;
           if (!cpuResults.has(key)) cpuResults.set(key, []);
           cpuResults.get(key).push(cpu[scenario]);
         }
       }
-      log(`CPU per token ${variant} (${settings.cpu_rounds} interleaved rounds): ${SCENARIO_NAMES.map((s) => `${s} ${fmtInt(median(cpuResults.get(`${variant}/${s}`)))} µs`).join(', ')}`);
+      log(
+        `CPU per token ${variant} (${settings.cpu_rounds} interleaved rounds): ${SCENARIO_NAMES.map((s) => `${s} ${fmtInt(median(cpuResults.get(`${variant}/${s}`)))} µs`).join(', ')}`,
+      );
     }
 
     if (args['cpu-prof']) {
@@ -223,7 +226,7 @@ async function main() {
     const { scenarios, ratios, c_vs_e: cVsE, targets: targetsMet } = summarise(results, cpuResults, variants, SCENARIO_NAMES);
 
     log('counting Redis commands per token');
-    const redisCommands = await countCommands(server, targets, redis, {
+    const redisCommands = await countCommands(placeOf, redis, {
       redisUrl: REDIS_URL,
       variants,
       scenarioNames: SCENARIO_NAMES,

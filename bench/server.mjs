@@ -130,12 +130,12 @@ async function snapshotKeys(target) {
 
 const handlers = {
   /** `sessions`: how many signed-in sessions each plain provider keeps for scenario E. */
-  async init({ redisUrl, prefix, alg, sessions: sessionCount }) {
+  async init({ redisUrl, prefix, alg, sessions: sessionCount, kinds = ['plain', 'mrrt', 'mrrt-nocache'] }) {
     signing = signingKey(alg);
     const created = [];
     for (const adapterKind of ['memory', 'redis']) {
       for (const rotate of [false, true]) {
-        for (const kind of ['plain', 'mrrt', 'mrrt-nocache']) created.push(await createTarget({ adapterKind, rotate, kind, redisUrl, prefix, sessionCount }));
+        for (const kind of kinds) created.push(await createTarget({ adapterKind, rotate, kind, redisUrl, prefix, sessionCount }));
       }
     }
     return created;

@@ -101,6 +101,8 @@ export function summarise(results, cpuResults, variants, scenarioNames) {
       r[`${x}_a_rps`] = spread(per(n, 'rps'));
       r[`${x}_a_p99`] = spread(per(n, 'p99_ms'));
       r[`${x}_a_cpu`] = spread(perCpu(n));
+      // the same in µs per token: the overhead itself, whatever the baseline's size
+      r[`${x}_a_cpu_us`] = spread(cpuOf[n].map((cpu, i) => cpu - cpuOf.A[i]));
     }
     ratios[variant] = r;
     if (adapter === 'redis') {

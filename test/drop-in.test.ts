@@ -4,7 +4,7 @@ import express from 'express';
 import Provider, { type Configuration } from 'oidc-provider';
 import request from 'supertest';
 
-import { MemoryPolicyStore, withMrrt } from '../lib/index.js';
+import { MemoryAdapter, MemoryPolicyStore, MemoryStorage, withMrrt } from '../lib/index.js';
 import { createPolicyRouter } from '../lib/express.js';
 import { API, CLIENTS, SKIP_CONSENT, claims, login, refresh, snapshot, startServer, type TestServer } from './support/fixture.js';
 
@@ -249,5 +249,68 @@ describe('MRRT options in the provider configuration', () => {
     } finally {
       await server.close();
     }
+  });
+});
+
+describe("the deployment's adapter and models are used as without MRRT", () => {
+  const servers: TestServer[] = [];
+  afterAll(async () => {
+    for (const s of servers) await s.close();
+  });
+
+  // what a deployment sees of oidc-provider's models from inside an exchange and from outside
+  const observe = async (mrrt: boolean): Promise<{ constructed: Record<string, number>; seen: unknown[]; stored: unknown }> => {
+    const constructed: Record<string, number> = {};
+    const seen: unknown[] = [];
+    const store = new MemoryPolicyStore();
+    await store.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    const server = await startServer({
+      mrrt: mrrt && { store, allowSkippingConsent: SKIP_CONSENT },
+      rotate: true,
+      configure: (configuration) => {
+        const storage = new MemoryStorage();
+        configuration.adapter = (name: string) => {
+          constructed[name] = (constructed[name] ?? 0) + 1;
+          return new MemoryAdapter(name, storage);
+        };
+        configuration.extraTokenClaims = (ctx) => {
+          // the refresh requests only: the code exchange has no refresh token entity yet
+          if (ctx.oidc.params?.grant_type !== 'refresh_token') return undefined;
+          const { RefreshToken, Grant } = ctx.oidc.provider;
+          const { RefreshToken: token, Grant: grant } = ctx.oidc.entities;
+          seen.push({
+            models: [RefreshToken.name, Grant.name],
+            kinds: [token?.kind, grant?.kind],
+            sameAdapter: [(token?.constructor as typeof RefreshToken | undefined)?.adapter === RefreshToken.adapter, grant?.adapter === Grant.adapter],
+            instances: [token instanceof RefreshToken, grant instanceof Grant],
+          });
+          return undefined;
+        };
+      },
+    });
+    servers.push(server);
+    const tokens = await login(server);
+    // plain oidc-provider refuses the API outside the grant; withMrrt exchanges for it
+    const res = await refresh(server, tokens.refresh_token, { resource: mrrt ? API.B : API.A });
+    expect(res.status).toBe(200);
+    const rotated = await server.provider.RefreshToken.find(res.body.refresh_token);
+    const again = await refresh(server, res.body.refresh_token, { resource: API.A });
+    expect(again.status).toBe(200);
+    return { constructed, seen, stored: { kind: rotated?.kind, resource: rotated?.resource, scope: rotated?.scope } };
+  };
+
+  test('each model gets one adapter, tokens keep their kind, and a hook sees the same models during an exchange', async () => {
+    const plain = await observe(false);
+    const mrrt = await observe(true);
+    expect(mrrt.constructed).toEqual(plain.constructed);
+    expect(mrrt.constructed.RefreshToken).toBe(1);
+    expect(mrrt.constructed.Grant).toBe(1);
+    expect(mrrt.stored).toEqual(plain.stored);
+    // the exchange (or plain refresh) and the second refresh: the hook saw the provider's own models both times
+    const expected = { models: ['RefreshToken', 'Grant'], kinds: ['RefreshToken', 'Grant'], sameAdapter: [true, true], instances: [true, true] };
+    expect(plain.seen).toEqual(plain.seen.map(() => expected));
+    expect(mrrt.seen).toEqual(mrrt.seen.map(() => expected));
+    expect(plain.seen).toHaveLength(2);
+    expect(mrrt.seen).toHaveLength(2);
   });
 });
