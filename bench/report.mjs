@@ -46,6 +46,9 @@ export function machine(redisInfo, loadBefore) {
 export const fmt = (value, digits = 2) => (Number.isFinite(value) ? value.toFixed(digits) : 'n/a');
 export const fmtInt = (value) => (Number.isFinite(value) ? Math.round(value).toLocaleString('en-US') : 'n/a');
 const fmtSpread = (s) => (s ? `${fmt(s.median)} (${fmt(s.min)}–${fmt(s.max)})` : 'n/a');
+// µs, which may be negative: "80 (−148 to 260)"
+const signed = (value) => (value < 0 ? `−${fmtInt(-value)}` : fmtInt(value));
+const fmtSpreadUs = (s) => (s ? `${signed(s.median)} (${signed(s.min)} to ${signed(s.max)})` : 'n/a');
 
 export function markdown(report) {
   const lines = [];
@@ -55,7 +58,7 @@ export function markdown(report) {
   );
   const s = report.settings;
   lines.push(
-    `Settings: revision ${s.revision}; ${s.mode}; throughput: ${s.rounds} rounds of every scenario side by side for ${s.duration_s} s (one server process each, ${s.connections} connections each, after ${s.warmup_s} s warm-up of every scenario on every server); server CPU: ${s.cpu_rounds} interleaved rounds of ${s.cpu_tokens} tokens per scenario, one request at a time; ${s.alg} signatures (access token JWT + ID token per request).`,
+    `Settings: revision ${s.revision}; ${s.mode}; throughput: ${s.rounds} rounds of every scenario side by side for ${s.duration_s} s (one server process each, ${s.connections} connections each, after a ${s.warmup_s} s warm-up); server CPU: ${s.cpu_rounds} interleaved rounds of ${s.cpu_tokens} tokens per scenario, one request at a time; ${s.alg} signatures (access token JWT + ID token per request).`,
   );
   lines.push('');
   lines.push('| scenario | adapter | rotation | req/s | p50 ms | p99 ms | server CPU µs/req |');
@@ -70,12 +73,12 @@ export function markdown(report) {
     const present = ['b', 'c', 'd'].filter((x) => Object.values(report.ratios).some((r) => r[`${x}_a_rps`]));
     return fields.flatMap(([suffix, title]) => present.map((x) => [`${x}_a_${suffix}`, `${x.toUpperCase()}/A ${title}`]));
   };
-  const ratioTable = (columns) => {
+  const ratioTable = (columns, format = fmtSpread) => {
     lines.push(`| adapter | rotation | ${columns.map(([, title]) => title).join(' | ')} |`);
     lines.push(`| --- | --- | ${columns.map(() => '---').join(' | ')} |`);
     for (const [key, r] of Object.entries(report.ratios)) {
       const [adapter, rotation] = key.split('/');
-      lines.push(`| ${adapter} | ${rotation} | ${columns.map(([k]) => fmtSpread(r[k])).join(' | ')} |`);
+      lines.push(`| ${adapter} | ${rotation} | ${columns.map(([k]) => format(r[k])).join(' | ')} |`);
     }
   };
   if (Object.keys(report.ratios).length) {
@@ -96,7 +99,10 @@ export function markdown(report) {
     lines.push('');
     lines.push("The same as server CPU µs per token beyond A (the scenario's minus A's, per interleaved round):");
     lines.push('');
-    ratioTable(ratioColumns([['cpu_us', '']]).map(([k, title]) => [k, title.trim().replace('/A', ' − A µs')]));
+    ratioTable(
+      ratioColumns([['cpu_us', '']]).map(([k, title]) => [k, title.trim().replace('/A', ' − A µs')]),
+      fmtSpreadUs,
+    );
   }
   if (report.targets.length) {
     lines.push('');
