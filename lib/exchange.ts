@@ -136,6 +136,7 @@ export class Exchange {
   #settled: Promise<ResourceServerAnswer | undefined> | undefined;
   #withdrawn = false;
   #ended = false;
+  #muted = false;
   #nothingAvailable = false;
   #raised: { readonly error: Error; readonly reason: MrrtReason } | undefined;
   #heldScopes: ReadonlySet<string> | undefined;
@@ -186,7 +187,7 @@ export class Exchange {
   /** Whether this request presents its overlay in an object holding `grantId` (its refresh token, the rotation, the Grant). */
   #presents(token: { readonly grantId?: string }): boolean {
     const grantId = this.#held?.grantId;
-    return this.plan.kind === 'policy' && !this.#withdrawn && !this.#ended && grantId !== undefined && token.grantId === grantId;
+    return this.plan.kind === 'policy' && !this.#withdrawn && !this.#ended && !this.#muted && grantId !== undefined && token.grantId === grantId;
   }
 
   /** The refusal in force: unconditional, or because the target is not among the refresh token's resources. */
@@ -203,7 +204,8 @@ export class Exchange {
    * oidc-provider found a refresh token (and has not checked the `scope` parameter yet).
    */
   sawRefreshToken(value: string, token: RefreshTokenLike): void {
-    if (value !== this.refreshTokenValue || this.#held) return;
+    // another client's refresh token is oidc-provider's to refuse (client mismatch); the exchange never holds it
+    if (value !== this.refreshTokenValue || this.#held || token.clientId !== this.ctx.oidc.client?.clientId) return;
     const { resource } = token;
     const held: Held = {
       grantId: token.grantId,
@@ -215,6 +217,17 @@ export class Exchange {
     // a refusal that only applies outside the grant, for a target the refresh token holds: nothing left to do
     if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#stepAside(this.ctx);
     else if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(this.plan.policyScopes);
+  }
+
+  /** Runs `read` with the overlay off: what the deployment's event listeners read is what is stored. */
+  withoutOverlay(read: () => void): void {
+    const muted = this.#muted;
+    this.#muted = true;
+    try {
+      read();
+    } finally {
+      this.#muted = muted;
+    }
   }
 
   /** oidc-provider's handler returned or threw: whatever reads this request's objects from now on sees what they hold. */

@@ -33,10 +33,12 @@ interface RefreshTokenInstance {
   get scopes(): Set<string>;
   get resourceIndicators(): Set<string>;
   consume(): Promise<void>;
+  emit(eventName: string): void;
 }
 interface GrantInstance {
   readonly jti?: string;
   getResourceScopeFiltered(resource: string, filter: Iterable<string>): string;
+  emit(eventName: string): void;
 }
 type RefreshTokenModel = (new (...args: never[]) => RefreshTokenInstance) & {
   readonly adapter: unknown;
@@ -60,8 +62,8 @@ function requireMembers(model: object, owner: string, statics: readonly string[]
  */
 export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): WatchedModels {
   const { RefreshToken: Token, Grant: GrantBase } = provider as unknown as { RefreshToken: RefreshTokenModel; Grant: GrantModel };
-  requireMembers(Token, 'RefreshToken', ['find', 'adapter'], ['scopes', 'resourceIndicators', 'consume']);
-  requireMembers(GrantBase, 'Grant', ['find', 'adapter'], ['getResourceScopeFiltered']);
+  requireMembers(Token, 'RefreshToken', ['find', 'adapter'], ['scopes', 'resourceIndicators', 'consume', 'emit']);
+  requireMembers(GrantBase, 'Grant', ['find', 'adapter'], ['getResourceScopeFiltered', 'emit']);
 
   const RefreshToken = class RefreshToken extends Token {
     static override get adapter(): unknown {
@@ -92,6 +94,13 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
       await exchangeOf()?.beforeRotation(this);
       return super.consume();
     }
+
+    // the deployment's listeners (`refresh_token.saved`, `.consumed`) see the token as stored
+    override emit(eventName: string): void {
+      const exchange = exchangeOf();
+      if (exchange) exchange.withoutOverlay(() => super.emit(eventName));
+      else super.emit(eventName);
+    }
   };
 
   const Grant = class Grant extends GrantBase {
@@ -106,6 +115,12 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
     override getResourceScopeFiltered(resource: string, filter: Iterable<string>): string {
       const own = super.getResourceScopeFiltered(resource, filter);
       return exchangeOf()?.presentGrantScope(this, resource, filter, own) ?? own;
+    }
+
+    override emit(eventName: string): void {
+      const exchange = exchangeOf();
+      if (exchange) exchange.withoutOverlay(() => super.emit(eventName));
+      else super.emit(eventName);
     }
   };
 
@@ -135,7 +150,8 @@ export function observeResourceServerInfo(configuration: Configuration, exchange
         ...resourceIndicators,
         getResourceServerInfo(ctx, resource, client) {
           const exchange = exchangeOf();
-          if (!exchange) return ask(ctx, resource, client);
+          // another provider's question, or another request's, is the deployment's to answer
+          if (exchange?.ctx !== ctx) return ask(ctx, resource, client);
           return exchange.resourceServerInfo(resource, () => ask(ctx, resource, client)) as ReturnType<GetResourceServerInfo>;
         },
       },

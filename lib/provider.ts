@@ -127,6 +127,12 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
     const ctx = Base.ctx;
     return ctx === undefined ? undefined : exchanges.get(ctx);
   };
+  // the exchange in flight on `provider`: another provider of this class, even sharing its storage,
+  // never sees it
+  const exchangeOn = (provider: object): Exchange | undefined => {
+    const exchange = exchangeOf();
+    return exchange !== undefined && exchange.ctx.oidc.provider === provider ? exchange : undefined;
+  };
   const install = (ctx: KoaContextWithOIDC, exchange: Exchange | undefined): void => {
     if (exchange) exchanges.set(ctx, exchange);
     else exchanges.delete(ctx);
@@ -161,7 +167,11 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       if (!active) inactive = INACTIVE.resourceIndicators;
       else if (!state!.hooked) inactive = INACTIVE.refreshToken;
       if (inactive) warnOnce(inactive);
-      else watched.set(this, watchedModels(this, exchangeOf));
+      else
+        watched.set(
+          this,
+          watchedModels(this, () => exchangeOn(this)),
+        );
       installations.set(this, { ...setup, inactive });
       Object.defineProperty(this, mrrtConfiguration, { value: config, enumerable: false });
     }
@@ -183,13 +193,18 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
   };
   // during an exchange, and only then, oidc-provider is handed the watched models (see observers.ts)
   const modelGetter = (name: keyof WatchedModels): PropertyDescriptor => {
-    const own = Object.getOwnPropertyDescriptor(Provider.prototype, name)?.get;
+    // the given class's own getter when it overrides oidc-provider's
+    let own: (() => unknown) | undefined;
+    for (let at: object | null = Base.prototype; at !== null && !own; at = Object.getPrototypeOf(at) as object | null) {
+      own = Object.getOwnPropertyDescriptor(at, name)?.get;
+    }
     if (!own) throw new MrrtTypeError(`withMrrt: this oidc-provider version is not supported (Provider.prototype.${name} is not a getter)`);
+    const model = own;
     return {
       configurable: true,
       get(this: object) {
-        const model: unknown = own.call(this);
-        return exchangeOf() === undefined ? model : (watched.get(this)?.[name] ?? model);
+        const base: unknown = model.call(this);
+        return exchangeOn(this) === undefined ? base : (watched.get(this)?.[name] ?? base);
       },
     };
   };

@@ -33,6 +33,8 @@ export interface ServerOptions {
   mrrt: (Partial<MrrtOptions> & { store: PolicyStore }) | false;
   rotate?: boolean;
   configure?: (configuration: Configuration) => void;
+  /** A `withMrrt` class to build the provider from (several servers of one class); default a class made from `mrrt`. */
+  providerClass?: new (issuer: string, configuration: Configuration) => MrrtEvents & Provider;
 }
 
 export interface TestServer {
@@ -63,7 +65,7 @@ export async function startServer(options: ServerOptions): Promise<TestServer> {
   const provider: MrrtEvents & Provider =
     options.mrrt === false
       ? (new Provider(url, configuration) as MrrtEvents & Provider)
-      : new (withMrrt(Provider, options.mrrt as MrrtOptions))(url, configuration);
+      : new (options.providerClass ?? withMrrt(Provider, options.mrrt as MrrtOptions))(url, configuration);
   const events: MrrtExchangeEvent[] = [];
   const providerEvents: string[] = [];
   provider.on('mrrt.exchange', (_ctx, event) => events.push(event));

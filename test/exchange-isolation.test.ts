@@ -1,0 +1,130 @@
+// What the deployment's own code sees of an MRRT exchange: the overlay (the target among the refresh
+// token's resources, the policy scopes among its scopes) is shown to oidc-provider's issuance in the
+// exchange's own request only — not to event listeners, not to another provider of the same class,
+// not to another client — and withMrrt keeps a Provider subclass's own model getters.
+import { afterAll, describe, expect, test } from '@jest/globals';
+import Provider from 'oidc-provider';
+
+import { MemoryAdapter, MemoryPolicyStore, MemoryStorage, withMrrt } from '../lib/index.js';
+import { API, SKIP_CONSENT, login, refresh, startServer, type TestServer } from './support/fixture.js';
+
+const servers: TestServer[] = [];
+afterAll(async () => {
+  for (const s of servers) await s.close();
+});
+
+const STORED = { scopes: ['openid', 'offline_access', 'a:read'], resources: [API.A] };
+
+async function policyStore(...clients: string[]): Promise<MemoryPolicyStore> {
+  const store = new MemoryPolicyStore();
+  for (const client of clients) await store.set(client, [{ audience: API.B, scope: ['b:read'] }]);
+  return store;
+}
+
+interface TokenLike {
+  readonly scopes: Set<string>;
+  readonly resourceIndicators: Set<string>;
+}
+
+describe("the deployment's event listeners see refresh tokens as stored", () => {
+  test.each([true, false])('refresh_token.saved and .consumed during an exchange (rotation %s)', async (rotate) => {
+    const server = await startServer({ mrrt: { store: await policyStore('app'), allowSkippingConsent: SKIP_CONSENT }, rotate });
+    servers.push(server);
+    const seen: unknown[] = [];
+    const record = (event: string) => (token: TokenLike) => seen.push({ event, scopes: [...token.scopes], resources: [...token.resourceIndicators] });
+    const tokens = await login(server);
+    const events = server.provider as unknown as NodeJS.EventEmitter;
+    events.on('refresh_token.saved', record('saved'));
+    events.on('refresh_token.consumed', record('consumed'));
+
+    const res = await refresh(server, tokens.refresh_token, { resource: API.B });
+    expect(res.status).toBe(200);
+    expect(res.body.scope).toBe('b:read');
+    const expected = rotate ? ['consumed', 'saved'].map((event) => ({ event, ...STORED })) : [];
+    expect(seen).toEqual(expected);
+  });
+});
+
+describe('another provider of the same withMrrt class never sees an exchange', () => {
+  test("inside one provider's exchange, the other's models and tokens are its own, even on shared storage", async () => {
+    const Mrrt = withMrrt(Provider, { store: await policyStore('app'), allowSkippingConsent: SKIP_CONSENT });
+    const storage = new MemoryStorage();
+    const adapter = (name: string): MemoryAdapter => new MemoryAdapter(name, storage);
+    const other = await startServer({ mrrt: { store: new MemoryPolicyStore() }, providerClass: Mrrt, adapter, rotate: false });
+    const otherModels = { RefreshToken: other.provider.RefreshToken, Grant: other.provider.Grant };
+    let value = '';
+    const seen: unknown[] = [];
+    const server = await startServer({
+      mrrt: { store: new MemoryPolicyStore() },
+      providerClass: Mrrt,
+      adapter,
+      rotate: false,
+      configure: (configuration) => {
+        configuration.extraTokenClaims = async (ctx) => {
+          if (ctx.oidc.params?.grant_type !== 'refresh_token') return undefined;
+          const found = (await other.provider.RefreshToken.find(value)) as unknown as TokenLike | undefined;
+          seen.push({
+            own: other.provider.RefreshToken === otherModels.RefreshToken && other.provider.Grant === otherModels.Grant,
+            scopes: found && [...found.scopes],
+            resources: found && [...found.resourceIndicators],
+          });
+          return undefined;
+        };
+      },
+    });
+    servers.push(other, server);
+    value = (await login(server)).refresh_token;
+
+    const res = await refresh(server, value, { resource: API.B });
+    expect(res.status).toBe(200);
+    expect(res.body.scope).toBe('b:read');
+    expect(seen).toEqual([{ own: true, ...STORED }]);
+  });
+});
+
+describe("another client's refresh token", () => {
+  test('is refused by oidc-provider as a client mismatch, with no MRRT event naming its user, and still works for its client', async () => {
+    const server = await startServer({ mrrt: { store: await policyStore('app', 'other'), allowSkippingConsent: SKIP_CONSENT }, rotate: true });
+    servers.push(server);
+    const tokens = await login(server);
+    const before = [...server.storage.entries].length;
+
+    const res = await refresh(server, tokens.refresh_token, { resource: API.B }, { client: 'other' });
+    expect(res.status).toBe(400);
+    expect(res.body.error).toBe('invalid_grant');
+    expect(server.events).toEqual([]);
+    expect([...server.storage.entries].length).toBe(before);
+    expect((await refresh(server, tokens.refresh_token, { resource: API.B })).status).toBe(200);
+  });
+});
+
+describe("withMrrt over a Provider subclass keeps the subclass's model getters", () => {
+  test('an overriding RefreshToken / Grant getter still runs', async () => {
+    const calls: string[] = [];
+    // a deployment's subclass that overrides the model getters (as accessors, which oidc-provider's types do not declare)
+    class Custom extends Provider {}
+    for (const name of ['RefreshToken', 'Grant'] as const) {
+      const own = Object.getOwnPropertyDescriptor(Provider.prototype, name)!.get!;
+      Object.defineProperty(Custom.prototype, name, {
+        configurable: true,
+        get(this: Provider) {
+          calls.push(name);
+          return own.call(this);
+        },
+      });
+    }
+    const server = await startServer({
+      mrrt: { store: new MemoryPolicyStore() },
+      providerClass: withMrrt(Custom, { store: await policyStore('app'), allowSkippingConsent: SKIP_CONSENT }),
+    });
+    servers.push(server);
+    calls.length = 0;
+    expect(server.provider.RefreshToken).toBeDefined();
+    expect(server.provider.Grant).toBeDefined();
+    expect(calls).toEqual(['RefreshToken', 'Grant']);
+    // and the exchange works through them
+    const res = await refresh(server, (await login(server)).refresh_token, { resource: API.B });
+    expect(res.status).toBe(200);
+    expect(res.body.scope).toBe('b:read');
+  });
+});
