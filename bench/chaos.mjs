@@ -29,6 +29,7 @@ import { Redis } from 'ioredis';
 import * as jose from 'jose';
 
 import { RedisPolicyStore } from '../dist/index.js';
+import { CLIENTS as FIXTURE_CLIENTS } from '../test/support/provider-fixture.mjs';
 
 const { AbortSignal } = globalThis;
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -65,13 +66,7 @@ const RESOURCE_SERVERS = {
   [API.ADMIN]: { scope: 'admin:write', accessTokenFormat: 'jwt' },
 };
 const CLIENTS = {
-  app: {
-    client_id: 'app',
-    client_secret: 'app-secret-app-secret-app-secret',
-    first_party: true,
-    redirect_uris: ['https://app.example.com/cb'],
-    token_endpoint_auth_method: 'client_secret_post',
-  },
+  app: FIXTURE_CLIENTS.app,
   probe: {
     client_id: 'probe',
     client_secret: 'probe-secret-probe-secret-probe-s',

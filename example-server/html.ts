@@ -41,31 +41,36 @@ label{display:block;margin:.5rem 0}input{font-size:1rem;padding:.3rem}
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:left}
 `;
 
-/** Sends a complete HTML page with a strict Content-Security-Policy (no scripts at all). */
-export function sendPage(res: Response, title: string, body: Html, status = 200): void {
+const NO_SCRIPTS = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/** The headers of every HTML page the example sends: never cached, never sniffed, no referrer, `csp`. */
+export const pageHeaders = (res: Response, status: number, csp: string): Response =>
   res
     .status(status)
     .set('Content-Type', 'text/html; charset=utf-8')
-    .set('Content-Security-Policy', "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+    .set('Content-Security-Policy', csp)
     .set('Cache-Control', 'no-store')
     .set('X-Content-Type-Options', 'nosniff')
-    .set('Referrer-Policy', 'no-referrer')
-    .send(
-      html`<!doctype html>
-        <html lang="en">
-          <head>
-            <meta charset="utf-8" />
-            <meta name="viewport" content="width=device-width,initial-scale=1" />
-            <title>${title}</title>
-            <style>
-              ${new Html(STYLE)}
-            </style>
-          </head>
-          <body>
-            ${body}
-          </body>
-        </html>`.value,
-    );
+    .set('Referrer-Policy', 'no-referrer');
+
+/** Sends a complete HTML page with a strict Content-Security-Policy (no scripts at all). */
+export function sendPage(res: Response, title: string, body: Html, status = 200): void {
+  pageHeaders(res, status, NO_SCRIPTS).send(
+    html`<!doctype html>
+      <html lang="en">
+        <head>
+          <meta charset="utf-8" />
+          <meta name="viewport" content="width=device-width,initial-scale=1" />
+          <title>${title}</title>
+          <style>
+            ${new Html(STYLE)}
+          </style>
+        </head>
+        <body>
+          ${body}
+        </body>
+      </html>`.value,
+  );
 }
 
 /** oidc-provider's `renderError` for the example's providers: a plain page with a way back. */

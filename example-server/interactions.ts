@@ -27,6 +27,34 @@ interface ConsentDetails {
   missingResourceScopes?: Record<string, string[]>;
 }
 
+/** The demo users' credentials, shown on every sign-in page. */
+export const demoCredentials = (users: readonly DemoUser[]): Html =>
+  html`<h2>Demo credentials</h2>
+    <table>
+      <tr>
+        <th>username</th>
+        <th>password</th>
+      </tr>
+      ${users.map(
+        (user) =>
+          html`<tr>
+            <td><code>${user.username}</code></td>
+            <td><code>${user.password}</code></td>
+          </tr>`,
+      )}
+    </table>`;
+
+/** A request for another step of the sign-in than the one in progress: 400, and where to start again. */
+export function wrongStep(res: Response, href: string, label: string): void {
+  sendPage(
+    res,
+    'Error',
+    html`<h1>Wrong sign-in step</h1>
+      <p>Start again from <a href="${href}">${label}</a>.</p>`,
+    400,
+  );
+}
+
 function loginPage(config: ExampleConfig, uid: string, clientName: string, error?: string, username = ''): Html {
   return html`<h1>Sign in</h1>
     <p><strong>${clientName}</strong> asks you to sign in.</p>
@@ -37,20 +65,7 @@ function loginPage(config: ExampleConfig, uid: string, clientName: string, error
       <button type="submit">Sign in</button>
     </form>
     <form method="post" action="/interaction/${encodeURIComponent(uid)}/abort"><button type="submit">Cancel</button></form>
-    <h2>Demo credentials</h2>
-    <table>
-      <tr>
-        <th>username</th>
-        <th>password</th>
-      </tr>
-      ${config.users.map(
-        (user) =>
-          html`<tr>
-            <td><code>${user.username}</code></td>
-            <td><code>${user.password}</code></td>
-          </tr>`,
-      )}
-    </table>`;
+    ${demoCredentials(config.users)}`;
 }
 
 function consentPage(uid: string, clientName: string, user: string, details: ConsentDetails, policyAudiences: readonly string[]): Html {
@@ -98,13 +113,7 @@ export function interactionRoutes(provider: Provider, config: ExampleConfig, sto
   router.get('/:uid', async (req: Request, res: Response) => {
     const { uid, prompt, params, session } = await provider.interactionDetails(req, res);
     if (uid !== req.params.uid) {
-      sendPage(
-        res,
-        'Error',
-        html`<h1>Wrong sign-in step</h1>
-          <p>Start again from <a href="/">the home page</a>.</p>`,
-        400,
-      );
+      wrongStep(res, '/', 'the home page');
       return;
     }
     const name = await clientName(params.client_id);
@@ -123,13 +132,7 @@ export function interactionRoutes(provider: Provider, config: ExampleConfig, sto
   router.post('/:uid/login', form, async (req: Request, res: Response) => {
     const { uid, prompt, params } = await provider.interactionDetails(req, res);
     if (uid !== req.params.uid || prompt.name !== 'login') {
-      sendPage(
-        res,
-        'Error',
-        html`<h1>Wrong sign-in step</h1>
-          <p>Start again from <a href="/">the home page</a>.</p>`,
-        400,
-      );
+      wrongStep(res, '/', 'the home page');
       return;
     }
     const body = (req.body ?? {}) as Record<string, unknown>;
@@ -157,13 +160,7 @@ export function interactionRoutes(provider: Provider, config: ExampleConfig, sto
   router.post('/:uid/confirm', async (req: Request, res: Response) => {
     const { uid, prompt, params, session, grantId } = await provider.interactionDetails(req, res);
     if (uid !== req.params.uid || prompt.name !== 'consent' || !session) {
-      sendPage(
-        res,
-        'Error',
-        html`<h1>Wrong sign-in step</h1>
-          <p>Start again from <a href="/">the home page</a>.</p>`,
-        400,
-      );
+      wrongStep(res, '/', 'the home page');
       return;
     }
     const existing = grantId ? await provider.Grant.find(grantId) : undefined;

@@ -1,9 +1,19 @@
 import express, { type Request, type RequestHandler, type Response, type Router } from 'express';
 import * as jose from 'jose';
+import type { ResourceServer } from 'oidc-provider';
 
 import type { DemoApi, ExampleConfig } from './config.js';
 
 /** The verified access token of a request, in `res.locals.accessToken`. */
+/** What the provider issues for a demo API (its `getResourceServerInfo` answer): RS256 JWTs. */
+export const resourceServerOf = (api: DemoApi): ResourceServer => ({
+  scope: api.scopes.join(' '),
+  audience: api.audience,
+  accessTokenFormat: 'jwt',
+  accessTokenTTL: api.accessTokenTTL,
+  jwt: { sign: { alg: 'RS256' } },
+});
+
 export interface VerifiedToken extends jose.JWTPayload {
   readonly scope?: string;
   readonly client_id?: string;

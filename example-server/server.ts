@@ -25,7 +25,7 @@ import { config as defaultConfig, type DemoClient, type ExampleConfig } from './
 import { html, sendPage, renderError } from './html.js';
 import { interactionRoutes } from './interactions.js';
 import { createLogger, requestLogger, type LogLevel, type LogSink, type Logger } from './log.js';
-import { demoApis } from './resource-api.js';
+import { demoApis, resourceServerOf } from './resource-api.js';
 import { createSpaTenant } from './spa.js';
 
 /** Options of {@link createExampleApp}. */
@@ -134,13 +134,7 @@ export async function createExampleApp(options: ExampleOptions): Promise<Example
     const api = apis.get(resource);
     // an API may restrict which clients get tokens for it at all (the admin API: only admin-cli)
     if (!api || (api.clients && !api.clients.includes(clientId))) throw new errors.InvalidTarget();
-    return {
-      scope: api.scopes.join(' '),
-      audience: api.audience,
-      accessTokenFormat: 'jwt',
-      accessTokenTTL: api.accessTokenTTL,
-      jwt: { sign: { alg: 'RS256' } },
-    };
+    return resourceServerOf(api);
   };
   const clientMetadata = (client: DemoClient) => {
     const { redirect_paths: paths, ...metadata } = client;

@@ -32,10 +32,10 @@ import {
   type PolicyStore,
 } from '../lib/index.js';
 import { spaApp, type ExampleConfig } from './config.js';
-import { html, sendPage, type Html, renderError } from './html.js';
-import { authenticate } from './interactions.js';
+import { html, pageHeaders, sendPage, type Html, renderError } from './html.js';
+import { authenticate, demoCredentials, wrongStep } from './interactions.js';
 import type { Logger } from './log.js';
-import { demoApis } from './resource-api.js';
+import { demoApis, resourceServerOf } from './resource-api.js';
 import { SPA_CSP, SPA_SCRIPT, spaPage } from './spa-page.js';
 
 const require = createRequire(import.meta.url);
@@ -77,20 +77,7 @@ function loginPage(config: ExampleConfig, uid: string, error?: string, username 
       <label>Password <input name="password" type="password" autocomplete="current-password" required /></label>
       <button type="submit">Sign in</button>
     </form>
-    <h2>Demo credentials</h2>
-    <table>
-      <tr>
-        <th>username</th>
-        <th>password</th>
-      </tr>
-      ${config.users.map(
-        (user) =>
-          html`<tr>
-            <td><code>${user.username}</code></td>
-            <td><code>${user.password}</code></td>
-          </tr>`,
-      )}
-    </table>`;
+    ${demoCredentials(config.users)}`;
 }
 
 export async function createSpaTenant(options: SpaTenantOptions): Promise<SpaTenant> {
@@ -162,13 +149,7 @@ export async function createSpaTenant(options: SpaTenantOptions): Promise<SpaTen
         getResourceServerInfo: (_ctx, resource): ResourceServer => {
           const api = apis.get(resource);
           if (!api) throw new errors.InvalidTarget();
-          return {
-            scope: api.scopes.join(' '),
-            audience: api.audience,
-            accessTokenFormat: 'jwt',
-            accessTokenTTL: api.accessTokenTTL,
-            jwt: { sign: { alg: 'RS256' } },
-          };
+          return resourceServerOf(api);
         },
       },
     },
@@ -199,81 +180,65 @@ export async function createSpaTenant(options: SpaTenantOptions): Promise<SpaTen
 
   const router = express.Router();
   const form = express.urlencoded({ extended: false, limit: '8kb', parameterLimit: 10 });
-  const wrongStep = (res: Response): void => {
-    sendPage(
-      res,
-      'Error',
-      html`<h1>Wrong sign-in step</h1>
-        <p>Start again from <a href="${spaApp.path}">the SPA</a>.</p>`,
-      400,
-    );
-  };
 
   router.get(spaApp.path, (_req: Request, res: Response) => {
-    res
-      .status(200)
-      .set('Content-Type', 'text/html; charset=utf-8')
-      .set('Content-Security-Policy', SPA_CSP)
-      .set('Cache-Control', 'no-store')
-      .set('X-Content-Type-Options', 'nosniff')
-      .set('Referrer-Policy', 'no-referrer')
-      .send(
-        html`<!doctype html>
-          <html lang="en">
-            <head>
-              <meta charset="utf-8" />
-              <meta name="viewport" content="width=device-width,initial-scale=1" />
-              <title>MRRT SPA (auth0-spa-js)</title>
-              <style>
-                body {
-                  font-family: system-ui, sans-serif;
-                  max-width: 60rem;
-                  margin: 2rem auto;
-                  padding: 0 1rem;
-                  color: #1d1d1f;
-                  line-height: 1.45;
-                }
-                pre {
-                  background: #f4f4f6;
-                  padding: 0.75rem;
-                  overflow-x: auto;
-                  font-size: 0.85rem;
-                  border-radius: 4px;
-                }
-                button {
-                  font-size: 1rem;
-                  padding: 0.4rem 0.9rem;
-                  margin: 0.2rem 0;
-                }
-                .step {
-                  border-left: 4px solid #0a66c2;
-                  padding: 0.2rem 1rem;
-                  margin: 1rem 0;
-                }
-                .muted {
-                  color: #666;
-                }
-                .error {
-                  background: #fdecea;
-                  padding: 0.5rem 1rem;
-                  border-radius: 4px;
-                }
-              </style>
-            </head>
-            <body>
-              ${spaPage({
-                domain: baseUrl,
-                clientId: spaApp.clientId,
-                path: spaApp.path,
-                loginAudience: spaApp.loginAudience,
-                loginScope: spaApp.loginScope,
-                mrrtAudience: spaApp.mrrtAudience,
-                mrrtScope: spaApp.mrrtScope,
-                sdkVersion: SDK_VERSION,
-              })}
-            </body>
-          </html>`.value,
-      );
+    pageHeaders(res, 200, SPA_CSP).send(
+      html`<!doctype html>
+        <html lang="en">
+          <head>
+            <meta charset="utf-8" />
+            <meta name="viewport" content="width=device-width,initial-scale=1" />
+            <title>MRRT SPA (auth0-spa-js)</title>
+            <style>
+              body {
+                font-family: system-ui, sans-serif;
+                max-width: 60rem;
+                margin: 2rem auto;
+                padding: 0 1rem;
+                color: #1d1d1f;
+                line-height: 1.45;
+              }
+              pre {
+                background: #f4f4f6;
+                padding: 0.75rem;
+                overflow-x: auto;
+                font-size: 0.85rem;
+                border-radius: 4px;
+              }
+              button {
+                font-size: 1rem;
+                padding: 0.4rem 0.9rem;
+                margin: 0.2rem 0;
+              }
+              .step {
+                border-left: 4px solid #0a66c2;
+                padding: 0.2rem 1rem;
+                margin: 1rem 0;
+              }
+              .muted {
+                color: #666;
+              }
+              .error {
+                background: #fdecea;
+                padding: 0.5rem 1rem;
+                border-radius: 4px;
+              }
+            </style>
+          </head>
+          <body>
+            ${spaPage({
+              domain: baseUrl,
+              clientId: spaApp.clientId,
+              path: spaApp.path,
+              loginAudience: spaApp.loginAudience,
+              loginScope: spaApp.loginScope,
+              mrrtAudience: spaApp.mrrtAudience,
+              mrrtScope: spaApp.mrrtScope,
+              sdkVersion: SDK_VERSION,
+            })}
+          </body>
+        </html>`.value,
+    );
   });
   router.get(`${spaApp.path}/app.js`, (_req, res) => {
     res.type('text/javascript').set('Cache-Control', 'no-store').send(SPA_SCRIPT);
@@ -289,7 +254,7 @@ export async function createSpaTenant(options: SpaTenantOptions): Promise<SpaTen
 
   router.get('/u/:uid', async (req: Request, res: Response) => {
     const { uid, prompt } = await provider.interactionDetails(req, res);
-    if (uid !== req.params.uid) return wrongStep(res);
+    if (uid !== req.params.uid) return wrongStep(res, spaApp.path, 'the SPA');
     // first-party and only APIs that allow skipping consent: auth0Configuration never asks for consent here
     if (prompt.name !== 'login')
       return sendPage(
@@ -303,7 +268,7 @@ export async function createSpaTenant(options: SpaTenantOptions): Promise<SpaTen
   });
   router.post('/u/:uid', form, async (req: Request, res: Response) => {
     const { uid, prompt, params } = await provider.interactionDetails(req, res);
-    if (uid !== req.params.uid || prompt.name !== 'login') return wrongStep(res);
+    if (uid !== req.params.uid || prompt.name !== 'login') return wrongStep(res, spaApp.path, 'the SPA');
     const body = (req.body ?? {}) as Record<string, unknown>;
     const user = authenticate(config.users, body.username, body.password);
     if (!user) {

@@ -7,21 +7,12 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { type Browser, type BrowserContext, type Page } from 'playwright-core';
 
 import { BILLING_API, MESSAGES_API, config, spaApp } from '../example-server/config.js';
 import { startExampleServer, type RunningExample } from '../example-server/server.js';
+import { CHROMIUM, launchChromium } from './support/chromium.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const FLAGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 const require = createRequire(import.meta.url);
 const LOCKED_SDK = (JSON.parse(readFileSync('package-lock.json', 'utf8')) as { packages: Record<string, { version: string }> }).packages[
   'node_modules/@auth0/auth0-spa-js'
@@ -56,7 +47,7 @@ describe('auth0-spa-js (useMrrt) on the example SPA page in headless Chromium', 
         log.push(entry);
       },
     });
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS, timeout: 30_000 });
+    browser = await launchChromium();
   }, 60_000);
 
   afterAll(async () => {

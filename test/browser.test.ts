@@ -8,23 +8,12 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { chromium, type Browser, type Locator, type Page } from 'playwright-core';
+import { type Browser, type Locator, type Page } from 'playwright-core';
 
 import { BILLING_API, MESSAGES_API, config } from '../example-server/config.js';
 import { startExampleServer, type RunningExample } from '../example-server/server.js';
+import { CHROMIUM, launchChromium } from './support/chromium.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-// Playwright adds --headless (headless: true) and a fresh temporary --user-data-dir per launch itself.
-// Without the background-networking flags Chromium keeps trying to reach Google's hosts.
-const FLAGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 const JWT = /eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+/;
 
 describe('example home page in headless Chromium', () => {
@@ -38,7 +27,7 @@ describe('example home page in headless Chromium', () => {
       throw new Error(`${CHROMIUM} is missing: run the tests through jest's global setup (npm test), which finds or installs Chromium (scripts/test-deps.mjs)`);
     }
     server = await startExampleServer({ port: 0, host: '127.0.0.1', logLevel: 'silent' });
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS, timeout: 30_000 });
+    browser = await launchChromium();
     screenshots = process.env.MRRT_SCREENSHOT_DIR ?? (await mkdtemp(path.join(os.tmpdir(), 'mrrt-browser-')));
   }, 60_000);
 
