@@ -65,6 +65,13 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
   requireMembers(Token, 'RefreshToken', ['find', 'adapter'], ['scopes', 'resourceIndicators', 'consume', 'emit']);
   requireMembers(GrantBase, 'Grant', ['find', 'adapter'], ['getResourceScopeFiltered', 'emit']);
 
+  // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored
+  const asStored = (emit: () => void): void => {
+    const exchange = exchangeOf();
+    if (exchange) exchange.withoutOverlay(emit);
+    else emit();
+  };
+
   const RefreshToken = class RefreshToken extends Token {
     static override get adapter(): unknown {
       return Token.adapter;
@@ -95,11 +102,8 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
       return super.consume();
     }
 
-    // the deployment's listeners (`refresh_token.saved`, `.consumed`) see the token as stored
     override emit(eventName: string): void {
-      const exchange = exchangeOf();
-      if (exchange) exchange.withoutOverlay(() => super.emit(eventName));
-      else super.emit(eventName);
+      asStored(() => super.emit(eventName));
     }
   };
 
@@ -118,9 +122,7 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
     }
 
     override emit(eventName: string): void {
-      const exchange = exchangeOf();
-      if (exchange) exchange.withoutOverlay(() => super.emit(eventName));
-      else super.emit(eventName);
+      asStored(() => super.emit(eventName));
     }
   };
 
