@@ -20,6 +20,7 @@ import {
   type TargetRefusal,
 } from './rules.js';
 import type { PolicyRecord } from './store.js';
+import type { PolicyEntry } from './policy.js';
 
 /**
  * Emitted on the provider as `mrrt.exchange` `(ctx, event)` for every refresh request that used or
@@ -263,12 +264,14 @@ export class Exchange {
   /** A refresh token's `scopes`, as this request presents them. */
   presentScopes(token: RefreshTokenLike, scopes: Set<string>): Set<string> {
     if (!this.#presents(token)) return scopes;
-    return new Set(union(scopes, (this.plan as Plan & { kind: 'policy' }).policyScopes));
+    const presented = new Set(scopes);
+    for (const scope of (this.plan as Plan & { kind: 'policy' }).policyScopes) presented.add(scope);
+    return presented;
   }
 
   /** A refresh token's `resourceIndicators`, as this request presents them. */
   presentResources(token: RefreshTokenLike, resources: Set<string>): Set<string> {
-    return this.#presents(token) ? new Set(union(resources, [this.target])) : resources;
+    return this.#presents(token) ? new Set(resources).add(this.target) : resources;
   }
 
   /** The Grant's scope for `resource` filtered by `filter`, as this request presents it: the policy scopes the user never rejected join the target's. */
@@ -423,6 +426,16 @@ export function createExchangeHandler(
     if (!isThenable(answer)) return answer;
     return withTimeout(Promise.resolve(answer), config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
   };
+  // a policy entry's plan, once per entry: cached records (and their entries) are immutable and shared
+  const plans = new WeakMap<PolicyEntry, Plan>();
+  const planOf = (entry: PolicyEntry): Plan => {
+    let plan = plans.get(entry);
+    if (plan === undefined) {
+      plan = { kind: 'policy', policyScopes: policyScopes(entry.scope, setup.oidcScopes) };
+      plans.set(entry, plan);
+    }
+    return plan;
+  };
   const checkFailed = (ctx: KoaContextWithOIDC, err: unknown): Plan => {
     ctx.oidc.provider.emit('mrrt.check_error', ctx, err);
     return refusalPlan('check_unavailable');
@@ -458,7 +471,7 @@ export function createExchangeHandler(
       return checkFailed(ctx, err);
     }
     if (refused) return refusalPlan(refused);
-    return { kind: 'policy', policyScopes: policyScopes(entry.scope, setup.oidcScopes) };
+    return planOf(entry);
   }
 
   return (builtin) =>

@@ -1,4 +1,3 @@
-import type Provider from 'oidc-provider';
 import type { Configuration, KoaContextWithOIDC } from 'oidc-provider';
 
 import type { Exchange } from './exchange.js';
@@ -8,10 +7,11 @@ import { MrrtTypeError } from './errors.js';
  * Where the extension watches oidc-provider from inside. Each observer forwards what it sees to the
  * request's {@link Exchange} — one call each — and holds no rule.
  *
- * During an exchange, and only then, the provider hands oidc-provider subclasses of its own
- * `RefreshToken` and `Grant` models (see `provider.ts`): the refresh token oidc-provider finds, the
- * one it rotates to and the Grant it loads are instances of these, and report how oidc-provider
- * reads their scopes and resources and when it consumes the refresh token. Nothing of
+ * A `withMrrt` provider's `RefreshToken` and `Grant` are subclasses of oidc-provider's own models
+ * (see `provider.ts`), the same classes whether an exchange is in flight or not: during an exchange
+ * the refresh token oidc-provider finds, the one it rotates to and the Grant it loads report how
+ * oidc-provider reads their scopes and resources and when it consumes the refresh token; outside
+ * one they behave exactly as the models they extend. Nothing of
  * oidc-provider is changed: no model class, prototype or object of another request; the watched
  * models store exactly what the models they extend store, through the same adapters. The
  * configured `getResourceServerInfo` is the only other touch point.
@@ -19,10 +19,11 @@ import { MrrtTypeError } from './errors.js';
 
 type ExchangeOf = () => Exchange | undefined;
 
-/** The models an exchange's request is given in place of the provider's own. */
+/** The provider's `RefreshToken` and `Grant`, watched, and the models they extend. */
 export interface WatchedModels {
   readonly RefreshToken: object;
   readonly Grant: object;
+  readonly bases: { readonly RefreshToken: object; readonly Grant: object };
 }
 
 // the parts of oidc-provider's models the watched models extend (types only)
@@ -60,18 +61,13 @@ function requireMembers(model: object, owner: string, statics: readonly string[]
  * keeps its model's name (stored payloads carry it as `kind`) and uses its model's adapter, so
  * what is found, saved and consumed is exactly what the provider's own models find, save and consume.
  */
-export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): WatchedModels {
-  const { RefreshToken: Token, Grant: GrantBase } = provider as unknown as { RefreshToken: RefreshTokenModel; Grant: GrantModel };
+export function watchedModels(models: { readonly RefreshToken: unknown; readonly Grant: unknown }, exchangeOf: ExchangeOf): WatchedModels {
+  const { RefreshToken: Token, Grant: GrantBase } = models as { RefreshToken: RefreshTokenModel; Grant: GrantModel };
   requireMembers(Token, 'RefreshToken', ['find', 'adapter'], ['scopes', 'resourceIndicators', 'consume', 'emit']);
   requireMembers(GrantBase, 'Grant', ['find', 'adapter'], ['getResourceScopeFiltered', 'emit']);
 
-  // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored
-  const asStored = (emit: () => void): void => {
-    const exchange = exchangeOf();
-    if (exchange) exchange.withoutOverlay(emit);
-    else emit();
-  };
-
+  // Outside an exchange each override is one check of an empty map and a direct call: no promise,
+  // closure or allocation of its own (every refresh token and Grant of the provider is one of these).
   const RefreshToken = class RefreshToken extends Token {
     static override get adapter(): unknown {
       return Token.adapter;
@@ -81,29 +77,39 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
       return Token.adapter;
     }
 
-    static override async find(value: string, ...rest: unknown[]): Promise<object | undefined> {
-      const token = await super.find(value, ...rest);
-      if (token) exchangeOf()?.sawRefreshToken(value, token);
-      return token;
+    static override find(value: string, ...rest: unknown[]): Promise<object | undefined> {
+      const exchange = exchangeOf();
+      const found = super.find(value, ...rest);
+      if (exchange === undefined) return found;
+      return found.then((token) => {
+        if (token) exchange.sawRefreshToken(value, token);
+        return token;
+      });
     }
 
     override get scopes(): Set<string> {
       const own = super.scopes;
-      return exchangeOf()?.presentScopes(this, own) ?? own;
+      const exchange = exchangeOf();
+      return exchange === undefined ? own : exchange.presentScopes(this, own);
     }
 
     override get resourceIndicators(): Set<string> {
       const own = super.resourceIndicators;
-      return exchangeOf()?.presentResources(this, own) ?? own;
+      const exchange = exchangeOf();
+      return exchange === undefined ? own : exchange.presentResources(this, own);
     }
 
-    override async consume(): Promise<void> {
-      await exchangeOf()?.beforeRotation(this);
-      return super.consume();
+    override consume(): Promise<void> {
+      const exchange = exchangeOf();
+      if (exchange === undefined) return super.consume();
+      return exchange.beforeRotation(this).then(() => super.consume());
     }
 
     override emit(eventName: string): void {
-      asStored(() => super.emit(eventName));
+      const exchange = exchangeOf();
+      if (exchange === undefined) super.emit(eventName);
+      // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored
+      else exchange.withoutOverlay(() => super.emit(eventName));
     }
   };
 
@@ -118,15 +124,19 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
 
     override getResourceScopeFiltered(resource: string, filter: Iterable<string>): string {
       const own = super.getResourceScopeFiltered(resource, filter);
-      return exchangeOf()?.presentGrantScope(this, resource, filter, own) ?? own;
+      const exchange = exchangeOf();
+      return exchange === undefined ? own : exchange.presentGrantScope(this, resource, filter, own);
     }
 
     override emit(eventName: string): void {
-      asStored(() => super.emit(eventName));
+      const exchange = exchangeOf();
+      if (exchange === undefined) super.emit(eventName);
+      // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored
+      else exchange.withoutOverlay(() => super.emit(eventName));
     }
   };
 
-  return { RefreshToken, Grant };
+  return { RefreshToken, Grant, bases: { RefreshToken: Token, Grant: GrantBase } };
 }
 
 type ResourceIndicators = NonNullable<NonNullable<Configuration['features']>['resourceIndicators']>;

@@ -127,4 +127,29 @@ describe("withMrrt over a Provider subclass keeps the subclass's model getters",
     expect(res.status).toBe(200);
     expect(res.body.scope).toBe('b:read');
   });
+
+  // oidc-provider's constructor may keep a model it reads (9.11's introspection and revocation token finders do)
+  test('a model read while the constructor runs is the one the provider hands out afterwards, and an exchange works through it', async () => {
+    class Keeping extends Provider {
+      readonly kept: { RefreshToken: unknown; Grant: unknown };
+      constructor(issuer: string, configuration: ConstructorParameters<typeof Provider>[1]) {
+        super(issuer, configuration);
+        this.kept = { RefreshToken: this.RefreshToken, Grant: this.Grant };
+      }
+    }
+    const server = await startServer({
+      mrrt: { store: new MemoryPolicyStore() },
+      providerClass: withMrrt(Keeping, { store: await policyStore('app'), allowSkippingConsent: SKIP_CONSENT }),
+    });
+    servers.push(server);
+    const { kept } = server.provider as unknown as Keeping;
+    expect(kept.RefreshToken).toBe(server.provider.RefreshToken);
+    expect(kept.Grant).toBe(server.provider.Grant);
+    const tokens = await login(server);
+    const found = await (kept.RefreshToken as typeof server.provider.RefreshToken).find(tokens.refresh_token);
+    expect(found).toBeInstanceOf(server.provider.RefreshToken);
+    const res = await refresh(server, tokens.refresh_token, { resource: API.B });
+    expect(res.status).toBe(200);
+    expect(res.body.scope).toBe('b:read');
+  });
 });
