@@ -58,7 +58,7 @@ export function markdown(report) {
   );
   const s = report.settings;
   lines.push(
-    `Settings: revision ${s.revision}; ${s.mode}; throughput: ${s.rounds} rounds of every scenario side by side for ${s.duration_s} s (one server process each, ${s.connections} connections each, after a ${s.warmup_s} s warm-up); server CPU: ${s.cpu_rounds} interleaved rounds of ${s.cpu_tokens} tokens per scenario, one request at a time; ${s.alg} signatures (access token JWT + ID token per request).`,
+    `Settings: revision ${s.revision}; ${s.mode}; throughput: ${s.rounds} rounds of every scenario side by side for ${s.duration_s} s (${s.replicas ?? 1} server process${(s.replicas ?? 1) === 1 ? '' : 'es'} per scenario, taken in turn by the rounds, ${s.connections} connections each, after a ${s.warmup_s} s warm-up of each process); server CPU: ${s.cpu_rounds} interleaved rounds of ${s.cpu_tokens} tokens per scenario, one request at a time; ${s.alg} signatures (access token JWT + ID token per request).`,
   );
   lines.push('');
   lines.push('| scenario | adapter | rotation | req/s | p50 ms | p99 ms | server CPU µs/req |');
@@ -70,8 +70,9 @@ export function markdown(report) {
   }
   lines.push('');
   const ratioColumns = (fields) => {
-    const present = ['b', 'c', 'd'].filter((x) => Object.values(report.ratios).some((r) => r[`${x}_a_rps`]));
-    return fields.flatMap(([suffix, title]) => present.map((x) => [`${x}_a_${suffix}`, `${x.toUpperCase()}/A ${title}`]));
+    // F is A′, plain oidc-provider again in processes of its own: what the method reads where there is no difference
+    const present = ['b', 'c', 'd', 'f'].filter((x) => Object.values(report.ratios).some((r) => r[`${x}_a_rps`]));
+    return fields.flatMap(([suffix, title]) => present.map((x) => [`${x}_a_${suffix}`, `${x === 'f' ? 'A′' : x.toUpperCase()}/A ${title}`]));
   };
   const ratioTable = (columns, format = fmtSpread) => {
     lines.push(`| adapter | rotation | ${columns.map(([, title]) => title).join(' | ')} |`);

@@ -9,8 +9,11 @@
 //
 //   node bench/run.mjs [--quick] [--json] [--alg ES256|RS256|EdDSA] [--rounds N] [--duration S]
 //                      [--warmup S] [--connections N] [--scale N] [--only memory/off,redis/on]
-//                      [--scenarios ABCDE] [--cpu-prof] [--pin]
-// --only / --scenarios run a subset (ratios need A, C against E needs both); --cpu-prof profiles the server process during
+//                      [--scenarios ABCDEF] [--replicas N] [--cpu-only] [--cpu-rounds N] [--cpu-prof] [--pin]
+// --only / --scenarios run a subset (ratios need A, C against E needs both); --replicas runs each
+// scenario's server in N processes, the rounds taking them in turn (intervals then include how much
+// one process differs from another); --cpu-only measures the interleaved server CPU only (after the
+// warm-up) and prints its rounds and ratios as JSON, a quick way to compare two builds; --cpu-prof profiles the server process during
 // each measured window (not the warm-up, minting or purging) and writes one V8 CPU profile per
 // window to bench/profiles/, with bench/profiles/windows.json giving each window's scenario and
 // request count: `node bench/profile-summary.mjs bench/profiles` compares scenarios in CPU µs per
@@ -30,7 +33,7 @@ import { fmt, fmtInt, machine, markdown, revision } from './report.mjs';
 import { scaleRun } from './scale.mjs';
 import { ServerProcess } from './server-process.mjs';
 import { SCENARIOS, deleteByPrefix, parseInfo } from './shared.mjs';
-import { median, round, summarise } from './stats.mjs';
+import { median, round, spread, summarise } from './stats.mjs';
 import { log } from './util.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -49,12 +52,15 @@ const { values: args } = parseArgs({
     scenarios: { type: 'string' },
     'cpu-prof': { type: 'boolean', default: false },
     pin: { type: 'boolean', default: false },
+    replicas: { type: 'string' },
+    'cpu-only': { type: 'boolean', default: false },
+    'cpu-rounds': { type: 'string' },
   },
 });
 
 const PRESET = args.quick
-  ? { rounds: 3, duration: 1, warmup: 0.3, scale: 10_000, sample: 2_000, count: 30, cpuRounds: 4, cpuTokens: 40 }
-  : { rounds: 12, duration: 3, warmup: 2, scale: 100_000, sample: 10_000, count: 500, cpuRounds: 40, cpuTokens: 100 };
+  ? { rounds: 3, duration: 1, warmup: 0.3, scale: 10_000, sample: 2_000, count: 30, cpuRounds: 4, cpuTokens: 40, replicas: 1 }
+  : { rounds: 12, duration: 3, warmup: 2, scale: 100_000, sample: 10_000, count: 500, cpuRounds: 40, cpuTokens: 100, replicas: 4 };
 const positive = (value, fallback, name) => {
   if (value === undefined) return fallback;
   const n = Number(value);
@@ -71,12 +77,13 @@ const settings = {
   scale_clients: Math.round(positive(args.scale, PRESET.scale, 'scale')),
   scale_sample: PRESET.sample,
   count_requests: PRESET.count,
-  cpu_rounds: PRESET.cpuRounds,
+  cpu_rounds: Math.round(positive(args['cpu-rounds'], PRESET.cpuRounds, 'cpu-rounds')),
   cpu_tokens: PRESET.cpuTokens,
+  replicas: Math.round(positive(args.replicas, PRESET.replicas, 'replicas')),
 };
 if (!['ES256', 'RS256', 'EdDSA'].includes(settings.alg)) throw new Error('--alg must be ES256, RS256 or EdDSA');
-if (settings.rounds > 50 || settings.duration_s > 120 || settings.scale_clients > 1_000_000)
-  throw new Error('rounds ≤ 50, duration ≤ 120 s, scale ≤ 1 000 000');
+if (settings.rounds > 50 || settings.duration_s > 120 || settings.scale_clients > 1_000_000 || settings.replicas > 8)
+  throw new Error('rounds ≤ 50, duration ≤ 120 s, scale ≤ 1 000 000, replicas ≤ 8');
 
 const ALL_VARIANTS = ['memory/off', 'memory/on', 'redis/off', 'redis/on'];
 const variants = args.only ? args.only.split(',').map((v) => v.trim()) : ALL_VARIANTS;
@@ -106,7 +113,11 @@ async function main() {
   }
   // one server process per scenario, running that scenario only: no process runs both plain
   // oidc-provider's and the extension's code paths, as no deployment does
-  const servers = SCENARIO_NAMES.map(() => new ServerProcess({ pin: args.pin }));
+  // and each in `replicas` processes: what one process's JIT and heap layout make of the same code
+  // moves its CPU per request by a few per cent, so rounds take the processes in turn
+  const { replicas } = settings;
+  const placements = SCENARIO_NAMES.flatMap((scenario) => Array.from({ length: replicas }, (_, replica) => ({ scenario, replica })));
+  const servers = placements.map(() => new ServerProcess({ pin: args.pin }));
   const [server] = servers;
   let cleaning;
   const cleanup = () => {
@@ -149,42 +160,51 @@ async function main() {
     // each server hosts its scenario's kind of provider for every variant, under a Redis prefix of its own
     const targetsOf = await Promise.all(
       servers.map(async (each, i) => {
-        const kinds = [SCENARIOS[SCENARIO_NAMES[i]].provider];
+        const kinds = [SCENARIOS[placements[i].scenario].provider];
         const created = await each.call('init', { redisUrl: REDIS_URL, prefix: `${RUN_PREFIX}p${i}:`, alg: settings.alg, sessions, kinds });
         return new Map(created.map((t) => [t.name, t]));
       }),
     );
-    const placeOf = (scenario) => {
-      const i = SCENARIO_NAMES.indexOf(scenario);
+    // round r of any measurement runs on each scenario's process r mod replicas
+    const placeOf = (scenario, replica = 0) => {
+      const i = SCENARIO_NAMES.indexOf(scenario) * replicas + (replica % replicas);
       return { server: servers[i], targets: targetsOf[i] };
     };
     log(
-      `${servers.length} servers up (one per scenario, ${targetsOf[0].size} providers each, one real login each, ${sessions} more sessions per plain provider); sanity checks`,
+      `${servers.length} servers up (${replicas} per scenario, ${targetsOf[0].size} providers each, one real login each, ${sessions} more sessions per plain provider); sanity checks`,
     );
-    for (const [i, each] of servers.entries()) await sanityCheck(each, targetsOf[i], { variants, scenarioNames: [SCENARIO_NAMES[i]] });
+    for (const [i, each] of servers.entries()) await sanityCheck(each, targetsOf[i], { variants, scenarioNames: [placements[i].scenario] });
 
     const { connections } = settings;
     const GUESS_RPS = 3000; // pool size for the warm-up of rotating scenarios (an exhausted pool only shortens it)
     // the highest rate seen so far per scenario: rotating scenarios get twice that many tokens per second
     const peakRps = new Map();
-    const jobsOf = (variant, profileOf = () => undefined) =>
+    const jobsOf = (variant, replica, profileOf = () => undefined) =>
       SCENARIO_NAMES.map((scenario) => {
         const key = `${variant}/${scenario}`;
-        return { ...placeOf(scenario), variant, scenario, poolRps: 2 * Math.max(peakRps.get(key) ?? GUESS_RPS / 2, 500), profileFile: profileOf(scenario) };
+        return {
+          ...placeOf(scenario, replica),
+          variant,
+          scenario,
+          poolRps: 2 * Math.max(peakRps.get(key) ?? GUESS_RPS / 2, 500),
+          profileFile: profileOf(scenario),
+        };
       });
     for (const variant of variants) {
-      const warm = await measureTogether(jobsOf(variant), { seconds: settings.warmup_s, connections });
+      let warm;
+      for (let replica = 0; replica < replicas; replica += 1)
+        warm = await measureTogether(jobsOf(variant, replica), { seconds: settings.warmup_s, connections });
       for (const [i, scenario] of SCENARIO_NAMES.entries()) peakRps.set(`${variant}/${scenario}`, warm[i].rps);
       log(`warm-up ${variant}: ${SCENARIO_NAMES.map((s) => `${s} ${fmtInt(peakRps.get(`${variant}/${s}`))}`).join(', ')} req/s`);
     }
 
     const results = new Map(); // "<variant>/<scenario>" -> per-round results
     const profileWindows = [];
-    for (let round_ = 0; round_ < settings.rounds; round_ += 1) {
+    for (let round_ = 0; round_ < (args['cpu-only'] ? 0 : settings.rounds); round_ += 1) {
       for (const variant of variants) {
         const profileOf = (scenario) =>
           args['cpu-prof'] ? path.join(PROFILE_DIR, `${variant.replace('/', '-')}-${scenario}-round${round_ + 1}.cpuprofile`) : undefined;
-        const jobs = jobsOf(variant, profileOf);
+        const jobs = jobsOf(variant, round_, profileOf);
         const measured_ = await measureTogether(jobs, { seconds: settings.duration_s, connections });
         for (const [i, r] of measured_.entries()) {
           const { scenario, profileFile } = jobs[i];
@@ -204,7 +224,11 @@ async function main() {
     const cpuResults = new Map(); // "<variant>/<scenario>" -> µs per token, per round
     for (const variant of variants) {
       for (let round_ = 0; round_ < settings.cpu_rounds; round_ += 1) {
-        const cpu = await measureInterleaved(placeOf, { variant, scenarioNames: SCENARIO_NAMES, perScenario: settings.cpu_tokens });
+        const cpu = await measureInterleaved((scenario) => placeOf(scenario, round_), {
+          variant,
+          scenarioNames: SCENARIO_NAMES,
+          perScenario: settings.cpu_tokens,
+        });
         for (const scenario of SCENARIO_NAMES) {
           const key = `${variant}/${scenario}`;
           if (!cpuResults.has(key)) cpuResults.set(key, []);
@@ -223,7 +247,27 @@ async function main() {
       );
     }
 
-    const { scenarios, ratios, c_vs_e: cVsE, targets: targetsMet } = summarise(results, cpuResults, variants, SCENARIO_NAMES);
+    if (args['cpu-only']) {
+      // per round, and A's CPU ÷ each scenario's with its interval: enough to compare two builds quickly
+      const ratios = {};
+      for (const variant of variants) {
+        const cpuOfA = cpuResults.get(`${variant}/A`);
+        if (!cpuOfA) continue;
+        ratios[variant] = Object.fromEntries(
+          SCENARIO_NAMES.filter((s) => s !== 'A').map((s) => [
+            `${s.toLowerCase()}_a_cpu`,
+            spread(
+              cpuResults.get(`${variant}/${s}`).map((cpu, i) => cpuOfA[i] / cpu),
+              replicas,
+            ),
+          ]),
+        );
+      }
+      const report = { revision: measured, settings, cpu_us_per_token: Object.fromEntries(cpuResults), ratios };
+      process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+      return;
+    }
+    const { scenarios, ratios, c_vs_e: cVsE, targets: targetsMet } = summarise(results, cpuResults, variants, SCENARIO_NAMES, replicas);
 
     log('counting Redis commands per token');
     const redisCommands = await countCommands(placeOf, redis, {

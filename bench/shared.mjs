@@ -52,6 +52,7 @@ export const SCENARIOS = {
   C: { provider: 'mrrt', resource: API.C, label: 'withMrrt, policy-only API (MRRT exchange)' },
   D: { provider: 'mrrt-nocache', resource: API.C, label: 'as C with `cache: false` (store read per exchange)' },
   E: { provider: 'plain', resource: API.C, silent: true, label: 'plain oidc-provider, new API without MRRT (silent authorization + code exchange)' },
+  F: { provider: 'plain', resource: API.A, label: "as A in processes of its own (A′: the method's resolution)" },
 };
 
 /** Scenario E's PKCE pair: one verifier for every request (the server hashes it each time all the same). */

@@ -19,9 +19,12 @@ export function round(value, digits) {
 
 /**
  * A 95 % interval for the median of per-round values (percentile bootstrap, 4 000 resamples, fixed
- * seed: the same rounds always give the same interval).
+ * seed: the same rounds always give the same interval). With `replicas` > 1, round i ran on each
+ * scenario's process i mod replicas, and each resample first draws processes, then rounds within each
+ * drawn process: the interval then also holds what one process differs from another, not only what
+ * one round differs from the next.
  */
-export function medianInterval(values) {
+export function medianInterval(values, replicas = 1) {
   let seed = 0x9e3779b9;
   const random = () => {
     seed = (seed + 0x6d2b79f5) | 0;
@@ -29,17 +32,22 @@ export function medianInterval(values) {
     t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+  const pick = (list) => list[Math.floor(random() * list.length)];
+  const groups = Array.from({ length: Math.min(replicas, values.length) }, (_, g) => values.filter((_, i) => i % replicas === g));
   const medians = [];
-  for (let i = 0; i < 4000; i += 1) medians.push(median(values.map(() => values[Math.floor(random() * values.length)])));
+  for (let i = 0; i < 4000; i += 1) {
+    const sample = groups.length > 1 ? groups.flatMap(() => pick(groups).map((_, __, group) => pick(group))) : values.map(() => pick(values));
+    medians.push(median(sample));
+  }
   medians.sort((a, b) => a - b);
   return [round(percentile(medians, 0.025), 3), round(percentile(medians, 0.975), 3)];
 }
 
-export const spread = (values) => ({
+export const spread = (values, replicas = 1) => ({
   median: round(median(values), 3),
   min: round(Math.min(...values), 3),
   max: round(Math.max(...values), 3),
-  ci95: medianInterval(values),
+  ci95: medianInterval(values, replicas),
 });
 
 /** A target on a median ratio: met or missed only when the whole 95 % interval says so. */
@@ -54,10 +62,12 @@ export function verdict(ratio, bound, atLeast) {
  * Medians over rounds per scenario, ratios per round against A (A and the other scenario measured
  * within the same round), C against E per token, and the Redis adapter's targets. `results` maps
  * "<variant>/<scenario>" to the scenario's per-round throughput measurements (side by side),
- * `cpuResults` to its server CPU µs per token, per interleaved round. E (two requests per token) is
+ * `cpuResults` to its server CPU µs per token, per interleaved round; round i of either ran on
+ * process i mod `replicas` of each scenario. E (two requests per token) is
  * compared with C, the MRRT exchange it is the alternative to, not with A.
  */
-export function summarise(results, cpuResults, variants, scenarioNames) {
+export function summarise(results, cpuResults, variants, scenarioNames, replicas = 1) {
+  const spread_ = (values) => spread(values, replicas);
   const scenarios = [];
   const ratios = {};
   const cVsE = {};
@@ -81,12 +91,12 @@ export function summarise(results, cpuResults, variants, scenarioNames) {
     }
     if (byScenario.C && byScenario.E) {
       const perRound = (f) => byScenario.E.map((e, i) => f(byScenario.C[i], e));
-      const ratio = spread(cpuOf.E.map((e, i) => e / cpuOf.C[i]));
+      const ratio = spread_(cpuOf.E.map((e, i) => e / cpuOf.C[i]));
       cVsE[variant] = {
         e_c_cpu: ratio,
-        e_c_p50: spread(perRound((c, e) => e.p50_ms / c.p50_ms)),
-        e_c_p99: spread(perRound((c, e) => e.p99_ms / c.p99_ms)),
-        c_e_rps: spread(perRound((c, e) => c.rps / e.rps)),
+        e_c_p50: spread_(perRound((c, e) => e.p50_ms / c.p50_ms)),
+        e_c_p99: spread_(perRound((c, e) => e.p99_ms / c.p99_ms)),
+        c_e_rps: spread_(perRound((c, e) => c.rps / e.rps)),
         verdict: verdict(ratio, 3, true),
       };
     }
@@ -98,11 +108,11 @@ export function summarise(results, cpuResults, variants, scenarioNames) {
     const r = {};
     for (const n of others) {
       const x = n.toLowerCase();
-      r[`${x}_a_rps`] = spread(per(n, 'rps'));
-      r[`${x}_a_p99`] = spread(per(n, 'p99_ms'));
-      r[`${x}_a_cpu`] = spread(perCpu(n));
+      r[`${x}_a_rps`] = spread_(per(n, 'rps'));
+      r[`${x}_a_p99`] = spread_(per(n, 'p99_ms'));
+      r[`${x}_a_cpu`] = spread_(perCpu(n));
       // the same in µs per token: the overhead itself, whatever the baseline's size
-      r[`${x}_a_cpu_us`] = spread(cpuOf[n].map((cpu, i) => cpu - cpuOf.A[i]));
+      r[`${x}_a_cpu_us`] = spread_(cpuOf[n].map((cpu, i) => cpu - cpuOf.A[i]));
     }
     ratios[variant] = r;
     if (adapter === 'redis') {
