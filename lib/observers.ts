@@ -7,11 +7,10 @@ import { MrrtTypeError } from './errors.js';
  * Where the extension watches oidc-provider from inside. Each observer forwards what it sees to the
  * request's {@link Exchange} — one call each — and holds no rule.
  *
- * A `withMrrt` provider's `RefreshToken` and `Grant` are subclasses of oidc-provider's own models
- * (see `provider.ts`), the same classes whether an exchange is in flight or not: during an exchange
- * the refresh token oidc-provider finds, the one it rotates to and the Grant it loads report how
- * oidc-provider reads their scopes and resources and when it consumes the refresh token; outside
- * one they behave exactly as the models they extend. Nothing of
+ * During an exchange, and only then, the provider hands oidc-provider subclasses of its own
+ * `RefreshToken` and `Grant` models (see `provider.ts`): the refresh token oidc-provider finds, the
+ * one it rotates to and the Grant it loads are instances of these, and report how oidc-provider
+ * reads their scopes and resources and when it consumes the refresh token. Nothing of
  * oidc-provider is changed: no model class, prototype or object of another request; the watched
  * models store exactly what the models they extend store, through the same adapters. The
  * configured `getResourceServerInfo` is the only other touch point.
@@ -19,15 +18,15 @@ import { MrrtTypeError } from './errors.js';
 
 type ExchangeOf = () => Exchange | undefined;
 
-/** The provider's `RefreshToken` and `Grant`, watched, and the models they extend. */
+/** The models an exchange's request is given in place of the provider's own. */
 export interface WatchedModels {
   readonly RefreshToken: object;
   readonly Grant: object;
-  readonly bases: { readonly RefreshToken: object; readonly Grant: object };
 }
 
 // the parts of oidc-provider's models the watched models extend (types only)
 interface RefreshTokenInstance {
+  get adapter(): unknown;
   readonly grantId?: string;
   readonly resource?: string | string[];
   readonly scope?: string;
@@ -37,6 +36,7 @@ interface RefreshTokenInstance {
   emit(eventName: string): void;
 }
 interface GrantInstance {
+  get adapter(): unknown;
   readonly jti?: string;
   getResourceScopeFiltered(resource: string, filter: Iterable<string>): string;
   emit(eventName: string): void;
@@ -66,15 +66,16 @@ export function watchedModels(models: { readonly RefreshToken: unknown; readonly
   requireMembers(Token, 'RefreshToken', ['find', 'adapter'], ['scopes', 'resourceIndicators', 'consume', 'emit']);
   requireMembers(GrantBase, 'Grant', ['find', 'adapter'], ['getResourceScopeFiltered', 'emit']);
 
-  // Outside an exchange each override is one check of an empty map and a direct call: no promise,
-  // closure or allocation of its own (every refresh token and Grant of the provider is one of these).
+  // Once the exchange has stepped aside (or ended) each override is one check of an empty map and a
+  // direct call: no promise, closure or allocation of its own.
   const RefreshToken = class RefreshToken extends Token {
+    // the model's own adapter; a deployment's subclass of this one gets its own, as of the model itself
     static override get adapter(): unknown {
-      return Token.adapter;
+      return this === RefreshToken ? Token.adapter : super.adapter;
     }
 
-    get adapter(): unknown {
-      return Token.adapter;
+    override get adapter(): unknown {
+      return this.constructor === RefreshToken ? Token.adapter : super.adapter;
     }
 
     static override find(value: string, ...rest: unknown[]): Promise<object | undefined> {
@@ -114,12 +115,13 @@ export function watchedModels(models: { readonly RefreshToken: unknown; readonly
   };
 
   const Grant = class Grant extends GrantBase {
+    // the model's own adapter; a deployment's subclass of this one gets its own, as of the model itself
     static override get adapter(): unknown {
-      return GrantBase.adapter;
+      return this === Grant ? GrantBase.adapter : super.adapter;
     }
 
-    get adapter(): unknown {
-      return GrantBase.adapter;
+    override get adapter(): unknown {
+      return this.constructor === Grant ? GrantBase.adapter : super.adapter;
     }
 
     override getResourceScopeFiltered(resource: string, filter: Iterable<string>): string {
@@ -136,7 +138,7 @@ export function watchedModels(models: { readonly RefreshToken: unknown; readonly
     }
   };
 
-  return { RefreshToken, Grant, bases: { RefreshToken: Token, Grant: GrantBase } };
+  return { RefreshToken, Grant };
 }
 
 type ResourceIndicators = NonNullable<NonNullable<Configuration['features']>['resourceIndicators']>;

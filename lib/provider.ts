@@ -17,7 +17,7 @@ export interface MrrtInstallation extends ExchangeSetup {
 }
 
 const installations = new WeakMap<object, MrrtInstallation>();
-/** The watched models of each `withMrrt` provider with resource indicators enabled. */
+/** The watched models of each active `withMrrt` provider. */
 const watched = new WeakMap<object, WatchedModels>();
 
 /** The MRRT installation of a provider built with {@link withMrrt}, or `undefined` for any other object. */
@@ -167,8 +167,13 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       if (!active) inactive = INACTIVE.resourceIndicators;
       else if (!state!.hooked) inactive = INACTIVE.refreshToken;
       if (inactive) warnOnce(inactive);
-      // built at the first read of a model, or now: oidc-provider's constructor may already have read one
-      if (active) watchedOf(this);
+      else {
+        const { RefreshToken, Grant } = this as unknown as WatchedModels;
+        watched.set(
+          this,
+          watchedModels({ RefreshToken, Grant }, () => exchangeOn(this)),
+        );
+      }
       installations.set(this, { ...setup, inactive });
       Object.defineProperty(this, mrrtConfiguration, { value: config, enumerable: false });
     }
@@ -188,38 +193,26 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       super.registerGrantType(name, handler, params, dupes);
     }
   };
-  // The provider's RefreshToken and Grant are the watched models (see observers.ts), one class each
-  // for every request, so that oidc-provider's code sees one kind of refresh token and of Grant, as on
-  // plain oidc-provider. oidc-provider keeps some models it reads while its constructor runs (the
-  // token finders of introspection and revocation): from the first read on, that is the watched one.
-  const ownGetter = (name: 'RefreshToken' | 'Grant'): (() => unknown) => {
+  // During an exchange, and only then, oidc-provider is handed the watched models (see observers.ts).
+  // Outside one, the deployment's code and oidc-provider's share the provider's own models: a method
+  // a deployment replaces on them (instrumentation, a test stub) is still reached through the
+  // watched models' overrides, which call the models they extend, and never replaces an override.
+  const modelGetter = (name: 'RefreshToken' | 'Grant'): PropertyDescriptor => {
     // the given class's own getter when it overrides oidc-provider's
-    for (let at: object | null = Base.prototype; at !== null; at = Object.getPrototypeOf(at) as object | null) {
-      const own = Object.getOwnPropertyDescriptor(at, name)?.get;
-      if (own) return own;
+    let own: (() => unknown) | undefined;
+    for (let at: object | null = Base.prototype; at !== null && !own; at = Object.getPrototypeOf(at) as object | null) {
+      own = Object.getOwnPropertyDescriptor(at, name)?.get;
     }
-    throw new MrrtTypeError(`withMrrt: this oidc-provider version is not supported (Provider.prototype.${name} is not a getter)`);
+    if (!own) throw new MrrtTypeError(`withMrrt: this oidc-provider version is not supported (Provider.prototype.${name} is not a getter)`);
+    const model = own;
+    return {
+      configurable: true,
+      get(this: object) {
+        const base: unknown = model.call(this);
+        return exchangeOn(this) === undefined ? base : (watched.get(this)?.[name] ?? base);
+      },
+    };
   };
-  const own = { RefreshToken: ownGetter('RefreshToken'), Grant: ownGetter('Grant') };
-  const watchedOf = (provider: object): WatchedModels => {
-    let models = watched.get(provider);
-    if (models === undefined) {
-      models = watchedModels({ RefreshToken: own.RefreshToken.call(provider), Grant: own.Grant.call(provider) }, () => exchangeOn(provider));
-      watched.set(provider, models);
-    }
-    return models;
-  };
-  const modelGetter = (name: 'RefreshToken' | 'Grant'): PropertyDescriptor => ({
-    configurable: true,
-    get(this: object) {
-      const base: unknown = own[name].call(this);
-      // a provider without MRRT (resource indicators disabled) keeps oidc-provider's models
-      if (constructing === undefined && !watched.has(this)) return base;
-      const models = watchedOf(this);
-      // a model the given class's getter hands out other than the one the watched model extends is its own
-      return models.bases[name] === base ? models[name] : base;
-    },
-  });
   Object.defineProperties(Mrrt.prototype, { RefreshToken: modelGetter('RefreshToken'), Grant: modelGetter('Grant') });
   return Mrrt as unknown as MrrtProviderClass<P>;
 }

@@ -6,7 +6,7 @@ import { afterAll, describe, expect, test } from '@jest/globals';
 import Provider from 'oidc-provider';
 
 import { MemoryAdapter, MemoryPolicyStore, MemoryStorage, withMrrt } from '../lib/index.js';
-import { API, SKIP_CONSENT, login, refresh, startServer, type TestServer } from './support/fixture.js';
+import { API, SKIP_CONSENT, login, refresh, snapshot, startServer, type TestServer } from './support/fixture.js';
 
 const servers: TestServer[] = [];
 afterAll(async () => {
@@ -42,6 +42,70 @@ describe("the deployment's event listeners see refresh tokens as stored", () => 
     expect(res.body.scope).toBe('b:read');
     const expected = rotate ? ['consumed', 'saved'].map((event) => ({ event, ...STORED })) : [];
     expect(seen).toEqual(expected);
+  });
+});
+
+describe("the deployment's changes to the provider's models", () => {
+  // what instrumentation or a test stub does: the same body as oidc-provider's consume, put in its place
+  test('a consume the deployment puts on provider.RefreshToken.prototype still runs after the check before rotation', async () => {
+    const store = new MemoryPolicyStore();
+    await store.set('app', [{ audience: API.GONE, scope: ['g:read'] }]);
+    const server = await startServer({ mrrt: { store, allowSkippingConsent: [...SKIP_CONSENT, API.GONE] }, rotate: true });
+    servers.push(server);
+    const proto = server.provider.RefreshToken.prototype as unknown as {
+      consume(): Promise<void>;
+      adapter: { consume(id: string): Promise<void> };
+      jti: string;
+    };
+    const consumed: string[] = [];
+    proto.consume = async function consume(this: typeof proto) {
+      consumed.push(this.jti);
+      await this.adapter.consume(this.jti);
+      (this as unknown as { emit(name: string): void }).emit('consumed');
+    };
+    const tokens = await login(server);
+    const before = snapshot(server, tokens.refresh_token);
+
+    // API.GONE is in the policy but not a known API: refused before the refresh token is consumed
+    const refused = await refresh(server, tokens.refresh_token, { resource: API.GONE });
+    expect(refused.status).toBe(400);
+    expect(refused.body.error).toBe('invalid_target');
+    expect(server.events.at(-1)?.reason).toBe('unknown_resource');
+    expect(consumed).toEqual([]);
+    expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+    // the deployment's consume runs for the refresh that rotates, and the token was never burnt
+    const res = await refresh(server, tokens.refresh_token);
+    expect(res.status).toBe(200);
+    expect(consumed).toHaveLength(1);
+  });
+
+  test('a subclass of provider.RefreshToken made during an exchange gets its own adapter, as on plain oidc-provider', async () => {
+    const constructed: string[] = [];
+    const subclassed: { adapterOfSubclass: unknown; adapterOfModel: unknown }[] = [];
+    const server = await startServer({
+      mrrt: { store: await policyStore('app'), allowSkippingConsent: SKIP_CONSENT },
+      configure: (configuration) => {
+        const storage = new MemoryStorage();
+        configuration.adapter = (name: string) => {
+          constructed.push(name);
+          return new MemoryAdapter(name, storage);
+        };
+        configuration.extraTokenClaims = (ctx) => {
+          if (ctx.oidc.params?.grant_type !== 'refresh_token') return undefined;
+          const { RefreshToken } = ctx.oidc.provider;
+          class ArchivedToken extends RefreshToken {}
+          subclassed.push({ adapterOfSubclass: ArchivedToken.adapter, adapterOfModel: RefreshToken.adapter });
+          return undefined;
+        };
+      },
+    });
+    servers.push(server);
+    const res = await refresh(server, (await login(server)).refresh_token, { resource: API.B });
+    expect(res.status).toBe(200);
+    expect(subclassed).toHaveLength(1);
+    expect(subclassed[0]!.adapterOfSubclass).not.toBe(subclassed[0]!.adapterOfModel);
+    expect(constructed.filter((name) => name === 'ArchivedToken')).toHaveLength(1);
+    expect(constructed.filter((name) => name === 'RefreshToken')).toHaveLength(1);
   });
 });
 
