@@ -28,6 +28,15 @@ interface ConsentDetails {
 }
 
 /** The demo users' credentials, shown on every sign-in page. */
+/** The username and password form of a sign-in page, posting to `action`, with the last attempt's error. */
+export const signInForm = (action: string, error: string | undefined, username: string): Html =>
+  html`${error ? html`<p class="error" role="alert">${error}</p>` : ''}
+    <form method="post" action="${action}">
+      <label>Username <input name="username" autocomplete="username" required autofocus value="${username}" /></label>
+      <label>Password <input name="password" type="password" autocomplete="current-password" required /></label>
+      <button type="submit">Sign in</button>
+    </form>`;
+
 export const demoCredentials = (users: readonly DemoUser[]): Html =>
   html`<h2>Demo credentials</h2>
     <table>
@@ -58,12 +67,7 @@ export function wrongStep(res: Response, href: string, label: string): void {
 function loginPage(config: ExampleConfig, uid: string, clientName: string, error?: string, username = ''): Html {
   return html`<h1>Sign in</h1>
     <p><strong>${clientName}</strong> asks you to sign in.</p>
-    ${error ? html`<p class="error" role="alert">${error}</p>` : ''}
-    <form method="post" action="/interaction/${encodeURIComponent(uid)}/login">
-      <label>Username <input name="username" autocomplete="username" required autofocus value="${username}" /></label>
-      <label>Password <input name="password" type="password" autocomplete="current-password" required /></label>
-      <button type="submit">Sign in</button>
-    </form>
+    ${signInForm(`/interaction/${encodeURIComponent(uid)}/login`, error, username)}
     <form method="post" action="/interaction/${encodeURIComponent(uid)}/abort"><button type="submit">Cancel</button></form>
     ${demoCredentials(config.users)}`;
 }

@@ -33,7 +33,7 @@ import {
 } from '../lib/index.js';
 import { spaApp, type ExampleConfig } from './config.js';
 import { html, pageHeaders, sendPage, type Html, renderError } from './html.js';
-import { authenticate, demoCredentials, wrongStep } from './interactions.js';
+import { authenticate, demoCredentials, signInForm, wrongStep } from './interactions.js';
 import type { Logger } from './log.js';
 import { demoApis, resourceServerOf } from './resource-api.js';
 import { SPA_CSP, SPA_SCRIPT, spaPage } from './spa-page.js';
@@ -71,13 +71,7 @@ export interface SpaTenant {
 function loginPage(config: ExampleConfig, uid: string, error?: string, username = ''): Html {
   return html`<h1>Sign in</h1>
     <p><strong>${spaApp.clientName}</strong> asks you to sign in (the tenant's login page, where Auth0 has its Universal Login).</p>
-    ${error ? html`<p class="error" role="alert">${error}</p>` : ''}
-    <form method="post" action="/u/${encodeURIComponent(uid)}">
-      <label>Username <input name="username" autocomplete="username" required autofocus value="${username}" /></label>
-      <label>Password <input name="password" type="password" autocomplete="current-password" required /></label>
-      <button type="submit">Sign in</button>
-    </form>
-    ${demoCredentials(config.users)}`;
+    ${signInForm(`/u/${encodeURIComponent(uid)}`, error, username)} ${demoCredentials(config.users)}`;
 }
 
 export async function createSpaTenant(options: SpaTenantOptions): Promise<SpaTenant> {
