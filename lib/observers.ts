@@ -1,3 +1,4 @@
+import type Provider from 'oidc-provider';
 import type { Configuration, KoaContextWithOIDC } from 'oidc-provider';
 
 import type { Exchange } from './exchange.js';
@@ -61,13 +62,20 @@ function requireMembers(model: object, owner: string, statics: readonly string[]
  * keeps its model's name (stored payloads carry it as `kind`) and uses its model's adapter, so
  * what is found, saved and consumed is exactly what the provider's own models find, save and consume.
  */
-export function watchedModels(models: { readonly RefreshToken: unknown; readonly Grant: unknown }, exchangeOf: ExchangeOf): WatchedModels {
-  const { RefreshToken: Token, Grant: GrantBase } = models as { RefreshToken: RefreshTokenModel; Grant: GrantModel };
+export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): WatchedModels {
+  const { RefreshToken: Token, Grant: GrantBase } = provider as unknown as { RefreshToken: RefreshTokenModel; Grant: GrantModel };
   requireMembers(Token, 'RefreshToken', ['find', 'adapter'], ['scopes', 'resourceIndicators', 'consume', 'emit']);
   requireMembers(GrantBase, 'Grant', ['find', 'adapter'], ['getResourceScopeFiltered', 'emit']);
 
-  // Once the exchange has stepped aside (or ended) each override is one check of an empty map and a
-  // direct call: no promise, closure or allocation of its own.
+  // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored
+  const asStored = (emit: () => void): void => {
+    const exchange = exchangeOf();
+    if (exchange) exchange.withoutOverlay(emit);
+    else emit();
+  };
+
+  // once the exchange has stepped aside (or ended), find, the scope and resource getters and consume
+  // are one check of an empty map and a direct call: no promise or closure of their own
   const RefreshToken = class RefreshToken extends Token {
     // the model's own adapter; a deployment's subclass of this one gets its own, as of the model itself
     static override get adapter(): unknown {
@@ -107,10 +115,7 @@ export function watchedModels(models: { readonly RefreshToken: unknown; readonly
     }
 
     override emit(eventName: string): void {
-      const exchange = exchangeOf();
-      if (exchange === undefined) super.emit(eventName);
-      // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored
-      else exchange.withoutOverlay(() => super.emit(eventName));
+      asStored(() => super.emit(eventName));
     }
   };
 
@@ -131,10 +136,7 @@ export function watchedModels(models: { readonly RefreshToken: unknown; readonly
     }
 
     override emit(eventName: string): void {
-      const exchange = exchangeOf();
-      if (exchange === undefined) super.emit(eventName);
-      // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored
-      else exchange.withoutOverlay(() => super.emit(eventName));
+      asStored(() => super.emit(eventName));
     }
   };
 

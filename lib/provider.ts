@@ -167,13 +167,11 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       if (!active) inactive = INACTIVE.resourceIndicators;
       else if (!state!.hooked) inactive = INACTIVE.refreshToken;
       if (inactive) warnOnce(inactive);
-      else {
-        const { RefreshToken, Grant } = this as unknown as WatchedModels;
+      else
         watched.set(
           this,
-          watchedModels({ RefreshToken, Grant }, () => exchangeOn(this)),
+          watchedModels(this, () => exchangeOn(this)),
         );
-      }
       installations.set(this, { ...setup, inactive });
       Object.defineProperty(this, mrrtConfiguration, { value: config, enumerable: false });
     }
@@ -197,7 +195,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
   // Outside one, the deployment's code and oidc-provider's share the provider's own models: a method
   // a deployment replaces on them (instrumentation, a test stub) is still reached through the
   // watched models' overrides, which call the models they extend, and never replaces an override.
-  const modelGetter = (name: 'RefreshToken' | 'Grant'): PropertyDescriptor => {
+  const modelGetter = (name: keyof WatchedModels): PropertyDescriptor => {
     // the given class's own getter when it overrides oidc-provider's
     let own: (() => unknown) | undefined;
     for (let at: object | null = Base.prototype; at !== null && !own; at = Object.getPrototypeOf(at) as object | null) {
