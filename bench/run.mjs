@@ -32,7 +32,7 @@ import { countCommands } from './redis-commands.mjs';
 import { fmt, fmtInt, machine, markdown, revision } from './report.mjs';
 import { scaleRun } from './scale.mjs';
 import { ServerProcess } from './server-process.mjs';
-import { SCENARIOS, deleteByPrefix, parseInfo } from './shared.mjs';
+import { SCENARIOS, deleteByPrefix, parseInfo, parseVariants } from './shared.mjs';
 import { median, round, spread, summarise } from './stats.mjs';
 import { log } from './util.mjs';
 
@@ -85,9 +85,7 @@ if (!['ES256', 'RS256', 'EdDSA'].includes(settings.alg)) throw new Error('--alg 
 if (settings.rounds > 50 || settings.duration_s > 120 || settings.scale_clients > 1_000_000 || settings.replicas > 8)
   throw new Error('rounds ≤ 50, duration ≤ 120 s, scale ≤ 1 000 000, replicas ≤ 8');
 
-const ALL_VARIANTS = ['memory/off', 'memory/on', 'redis/off', 'redis/on'];
-const variants = args.only ? args.only.split(',').map((v) => v.trim()) : ALL_VARIANTS;
-for (const v of variants) if (!ALL_VARIANTS.includes(v)) throw new Error(`--only: unknown variant "${v}" (one of ${ALL_VARIANTS.join(', ')})`);
+const variants = parseVariants(args.only);
 const SCENARIO_NAMES = args.scenarios
   ? args.scenarios
       .toUpperCase()

@@ -100,6 +100,17 @@ export const STORAGE_APIS = [API.A, API.C, API.D, API.E, ...Array.from({ length:
 export const apiScope = (api) => RESOURCE_SERVERS[api]?.scope ?? `${new URL(api).hostname.split('.')[0]}:read`;
 
 /** The bench server's name for the provider a scenario runs on in a variant ("memory/off", …). */
+/** The adapter/rotation combinations a run measures. */
+export const VARIANTS = ['memory/off', 'memory/on', 'redis/off', 'redis/on'];
+
+/** The variants an `--only` list names (all of them without one). */
+export function parseVariants(only) {
+  if (only === undefined) return VARIANTS;
+  const named = [...new Set(only.split(',').map((v) => v.trim()))];
+  for (const v of named) if (!VARIANTS.includes(v)) throw new Error(`--only: unknown variant "${v}" (one of ${VARIANTS.join(', ')})`);
+  return named;
+}
+
 export const targetName = (variant, scenario) => `${variant}/${SCENARIOS[scenario].provider}`;
 
 /** Whether the variant rotates refresh tokens (a fresh token per request). */

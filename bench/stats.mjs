@@ -12,6 +12,26 @@ export const median = (values) =>
     0.5,
   );
 
+/** A deterministic pseudo-random source in [0, 1) (mulberry32): the same seed, the same sequence. */
+export function seededRandom(seed) {
+  let state = seed;
+  return () => {
+    state = (state + 0x6d2b79f5) | 0;
+    let t = Math.imul(state ^ (state >>> 15), 1 | state);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export const mean = (values) => values.reduce((sum, value) => sum + value, 0) / values.length;
+
+/** The mean without the lowest and highest `share` of the values (a garbage collection on one request does not move it). */
+export function trimmedMean(values, share) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const cut = Math.floor(sorted.length * share);
+  return mean(sorted.slice(cut, sorted.length - cut));
+}
+
 export function round(value, digits) {
   const f = 10 ** digits;
   return Math.round(value * f) / f;
@@ -25,13 +45,7 @@ export function round(value, digits) {
  * one round differs from the next.
  */
 export function medianInterval(values, replicas = 1) {
-  let seed = 0x9e3779b9;
-  const random = () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const random = seededRandom(0x9e3779b9);
   const pick = (list) => list[Math.floor(random() * list.length)];
   const groups = Array.from({ length: Math.min(replicas, values.length) }, (_, g) => values.filter((_, i) => i % replicas === g));
   const medians = [];

@@ -1,21 +1,27 @@
-// `npm run bench:warm`: the extension's own CPU cost per request, with warm caches and no
-// process-to-process variation. One process hosts a plain oidc-provider and a withMrrt provider
-// with the same configuration (per adapter and rotation mode) and sends them requests one at a
-// time, A, B, C and F in turn (the scenarios of bench/run.mjs), timing each with process.cpuUsage():
-// the client's work is in every number and the same for all, so differences are the servers'. F
-// (A′) is A again, on its own refresh token: what this method reads for two identical requests.
+// `npm run bench:warm`: the extension's own server CPU per request, with warm caches. Each child
+// process hosts a plain oidc-provider and a withMrrt provider with the same configuration (one
+// adapter and rotation mode) and sends them refresh requests one at a time: A, B and C (the
+// scenarios of bench/run.mjs) and F (A′: A again, on a refresh token of its own, the calibration),
+// each cycle in a fresh random order. Each request's server CPU is counted from its arrival to its
+// response's end (process.cpuUsage()); the client's work falls outside.
 //
-// What it measures and what it leaves out, next to `npm run bench` (docs/benchmark.md):
-// - both providers share one JIT and one heap: the work the extension adds per request, not what a
-//   process running only plain oidc-provider would save by never loading it;
-// - each request follows another one in the same process: warm CPU caches, whereas the main
-//   bench's interleaved rounds send each request to a process that sat idle meanwhile;
-// - per block of 100 requests per scenario the ratio A ÷ X is taken on trimmed means (10 % off each
-//   end, so that a garbage collection falling on one request does not decide the block) and on
-//   plain means (garbage collections included); the 95 % interval is the bench's bootstrap over blocks.
+// Why it is built this way (docs/benchmark.md, "Warm CPU in one process"):
+// - a request costs less right after one that ran the same code, so every measured request follows
+//   the same unmeasured request to a bare HTTP server, which runs none of the code under test:
+//   every scenario has the same predecessor, and the random order only spreads slow drifts;
+// - what one process's JIT and heap make of the code moves its figures by about a per cent, so each
+//   variant runs in `--replicas` processes (one after another, never two at once), and the bootstrap
+//   interval resamples processes, then blocks within them (bench/stats.mjs `medianInterval`);
+// - per block of 100 requests per scenario, A ÷ X is taken on trimmed means (10 % off each end, so
+//   that a garbage collection landing on one request does not decide the block) and on plain means
+//   (collections included).
+// It cannot show what a process running only plain oidc-provider saves by never loading the
+// extension: both providers share the child's JIT.
 //
-//   node bench/warm.mjs [--requests N] [--only memory/off,redis/on] [--json]
+//   node bench/warm.mjs [--requests N] [--replicas N] [--only memory/off,redis/on] [--json]
+import { fork } from 'node:child_process';
 import http from 'node:http';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 import { Redis } from 'ioredis';
@@ -23,100 +29,171 @@ import Provider from 'oidc-provider';
 
 import { MemoryAdapter, MemoryPolicyStore, MemoryStorage, RedisAdapter, RedisPolicyStore, withMrrt } from '../dist/index.js';
 import { configuration, handler, login, signingKey } from './provider-setup.mjs';
-import { API, CLIENT, DENY_LIST, POLICY, SKIP_CONSENT, deleteByPrefix, refreshBody } from './shared.mjs';
 import { fmt, fmtInt, revision } from './report.mjs';
-import { median, spread, verdict } from './stats.mjs';
+import { CLIENT, DENY_LIST, POLICY, SCENARIOS, SKIP_CONSENT, deleteByPrefix, parseVariants, refreshBody } from './shared.mjs';
+import { mean, medianInterval, median, round, seededRandom, trimmedMean, verdict } from './stats.mjs';
 import { log } from './util.mjs';
 
-const { values: args } = parseArgs({
-  options: {
-    requests: { type: 'string', default: '3000' },
-    only: { type: 'string' },
-    json: { type: 'boolean', default: false },
-  },
-});
-const REQUESTS = Number(args.requests);
-if (!Number.isInteger(REQUESTS) || REQUESTS < 200 || REQUESTS > 100_000) throw new Error('--requests must be an integer from 200 to 100 000');
-const ALL_VARIANTS = ['memory/off', 'memory/on', 'redis/off', 'redis/on'];
-const variants = args.only ? args.only.split(',').map((v) => v.trim()) : ALL_VARIANTS;
-for (const v of variants) if (!ALL_VARIANTS.includes(v)) throw new Error(`--only: unknown variant "${v}" (one of ${ALL_VARIANTS.join(', ')})`);
+const NAMES = ['A', 'B', 'C', 'F'];
 const BLOCK = 100; // requests per scenario in one block
 const WARM_UP = 300; // requests per scenario before anything counts
 const TRIM = 0.1;
+const MIN_BLOCKS = 10;
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
-const PREFIX = `mrrt-bench-warm:${process.pid}:`;
 
+const { values: args } = parseArgs({
+  options: {
+    requests: { type: 'string', default: '2000' },
+    replicas: { type: 'string', default: '3' },
+    only: { type: 'string' },
+    json: { type: 'boolean', default: false },
+    child: { type: 'string' }, // internal: "<variant>:<replica>"
+  },
+});
+
+// ---- the child: one variant, one process ----
+
+/** A provider on 127.0.0.1 whose every request's server CPU goes to `onCpu(µs)`. */
+async function startProvider({ kind, adapterKind, rotate, redis, prefix, jwk, servers, onCpu }) {
+  let adapter;
+  let store;
+  if (adapterKind === 'redis') {
+    adapter = RedisAdapter.factory(redis, { prefix });
+    if (kind === 'mrrt') store = new RedisPolicyStore(redis, { prefix: `${prefix}{policies}:` });
+  } else {
+    const storage = new MemoryStorage();
+    adapter = (model) => new MemoryAdapter(model, storage);
+    if (kind === 'mrrt') store = new MemoryPolicyStore();
+  }
+  if (store) await store.set(CLIENT.client_id, POLICY);
+  const ProviderClass = kind === 'mrrt' ? withMrrt(Provider, { store, allowSkippingConsent: SKIP_CONSENT, denyList: DENY_LIST }) : Provider;
+  const server = http.createServer();
+  servers.push(server);
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = `http://127.0.0.1:${server.address().port}`;
+  const handle = handler(new ProviderClass(url, configuration({ adapter, rotate, jwk })));
+  server.keepAliveTimeout = 60_000;
+  server.on('request', (req, res) => {
+    const before = process.cpuUsage();
+    res.once('finish', () => {
+      const { user, system } = process.cpuUsage(before);
+      onCpu(user + system);
+    });
+    return handle(req, res);
+  });
+  return url;
+}
+
+// node:http with one keep-alive socket: the fewest client-side moving parts between two requests
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
 
-/** POSTs a refresh request; resolves with the response body (JSON), rejects on anything but 200. */
-function refresh(url, refreshToken, resource) {
-  const body = refreshBody(refreshToken, resource);
+function send(url, { method = 'GET', body } = {}) {
   return new Promise((resolve, reject) => {
-    const req = http.request(
-      `${url}/token`,
-      { method: 'POST', agent, headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': Buffer.byteLength(body) } },
-      (res) => {
-        const chunks = [];
-        res.on('data', (chunk) => chunks.push(chunk));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString();
-          if (res.statusCode === 200) resolve(JSON.parse(text));
-          else reject(new Error(`refresh for ${resource}: ${res.statusCode} ${text}`));
-        });
-      },
-    );
-    req.setTimeout(10_000, () => req.destroy(new Error('refresh: no answer within 10 s')));
+    const headers = body === undefined ? {} : { 'content-type': 'application/x-www-form-urlencoded', 'content-length': Buffer.byteLength(body) };
+    const req = http.request(url, { method, agent, headers }, (res) => {
+      const chunks = [];
+      res.on('data', (chunk) => chunks.push(chunk));
+      res.on('end', () => resolve({ status: res.statusCode, text: Buffer.concat(chunks).toString() }));
+    });
+    req.setTimeout(10_000, () => req.destroy(new Error(`${method} ${url}: no answer within 10 s`)));
     req.on('error', reject);
     req.end(body);
   });
 }
 
-/** One provider on 127.0.0.1: plain oidc-provider, or withMrrt with the bench's policy. */
-async function startProvider({ mrrt, adapterKind, rotate, redis, jwk, servers }) {
-  const prefix = `${PREFIX}${adapterKind}-${rotate ? 'on' : 'off'}-${mrrt ? 'mrrt' : 'plain'}:`;
-  let adapter;
-  let store;
-  if (adapterKind === 'redis') {
-    adapter = RedisAdapter.factory(redis, { prefix });
-    if (mrrt) store = new RedisPolicyStore(redis, { prefix: `${prefix}{policies}:` });
-  } else {
-    const storage = new MemoryStorage();
-    adapter = (model) => new MemoryAdapter(model, storage);
-    if (mrrt) store = new MemoryPolicyStore();
-  }
-  if (store) await store.set(CLIENT.client_id, POLICY);
-  const ProviderClass = mrrt ? withMrrt(Provider, { store, allowSkippingConsent: SKIP_CONSENT, denyList: DENY_LIST }) : Provider;
-  const server = http.createServer();
-  servers.push(server);
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const url = `http://127.0.0.1:${server.address().port}`;
-  server.on('request', handler(new ProviderClass(url, configuration({ adapter, rotate, jwk }))));
-  server.keepAliveTimeout = 60_000;
-  return url;
-}
-
-/** A scenario's request source: with rotation, each request uses the refresh token the previous one returned. */
-async function chain(url, resource) {
+/** A scenario's requests: each refreshes for the scenario's API, with the refresh token the previous one returned when rotating. */
+async function scenarioRequests(name, url, rotate) {
+  const { resource } = SCENARIOS[name];
   let { refreshToken } = await login(url);
+  let checked = false;
   return async () => {
-    const body = await refresh(url, refreshToken, resource);
+    const { status, text } = await send(`${url}/token`, { method: 'POST', body: refreshBody(refreshToken, resource) });
+    if (status !== 200) throw new Error(`scenario ${name}: ${status} ${text}`);
+    const body = JSON.parse(text);
+    if (!checked) {
+      // the first answer, as the scenario says: the API's token, MRRT's `resource` only on C, rotation as configured
+      const aud = JSON.parse(Buffer.from(body.access_token.split('.')[1], 'base64url')).aud;
+      const problems = [];
+      if (aud !== resource) problems.push(`access token audience ${aud}`);
+      if ((name === 'C') !== (body.resource === resource)) problems.push(`resource ${body.resource}`);
+      if (rotate === (body.refresh_token === refreshToken)) problems.push('refresh token rotation is not as configured');
+      if (problems.length) throw new Error(`scenario ${name}: ${problems.join('; ')}`);
+      checked = true;
+    }
     if (body.refresh_token) refreshToken = body.refresh_token;
   };
 }
 
-/** A deterministic pseudo-random source in [0, 1) (mulberry32). */
-function seeded(seed) {
-  let state = seed;
-  return () => {
-    state = (state + 0x6d2b79f5) | 0;
-    let t = Math.imul(state ^ (state >>> 15), 1 | state);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+async function child(variant, replica, requests) {
+  const [adapterKind, rotation] = variant.split('/');
+  const rotate = rotation === 'on';
+  const prefix = `mrrt-bench-warm:${process.pid}:`;
+  const redis = adapterKind === 'redis' ? new Redis(REDIS_URL, { maxRetriesPerRequest: 1, lazyConnect: true, retryStrategy: () => null }) : undefined;
+  const servers = [];
+  let cleaning;
+  const cleanup = () => {
+    cleaning ??= (async () => {
+      agent.destroy();
+      for (const server of servers) server.close();
+      if (redis) {
+        await deleteByPrefix(redis, prefix).catch((err) => log(`removing ${prefix}* failed: ${err.message}`));
+        redis.disconnect();
+      }
+    })();
+    return cleaning;
   };
+  for (const signal of ['SIGINT', 'SIGTERM']) process.once(signal, () => cleanup().finally(() => process.exit(130)));
+  try {
+    if (redis) {
+      try {
+        await redis.connect();
+      } catch (err) {
+        throw new Error(`no Redis at ${REDIS_URL} (set REDIS_URL, or --only memory/off,memory/on): ${err.message}`);
+      }
+    }
+    let cpu;
+    const onCpu = (us) => {
+      cpu = us;
+    };
+    const jwk = signingKey('ES256');
+    const urls = {};
+    for (const kind of ['plain', 'mrrt'])
+      urls[kind] = await startProvider({ kind, adapterKind, rotate, redis, prefix: `${prefix}${kind}:`, jwk, servers, onCpu });
+    const neutral = http.createServer((req, res) => res.end('ok'));
+    servers.push(neutral);
+    await new Promise((resolve) => neutral.listen(0, '127.0.0.1', resolve));
+    const neutralUrl = `http://127.0.0.1:${neutral.address().port}/`;
+
+    const scenarios = {};
+    for (const name of NAMES) scenarios[name] = await scenarioRequests(name, urls[SCENARIOS[name].provider], rotate);
+    const samples = Object.fromEntries(NAMES.map((name) => [name, []]));
+    const random = seededRandom(0x5eed + replica);
+    for (let i = 0; i < WARM_UP + requests; i += 1) {
+      for (const name of shuffle(NAMES, random)) {
+        await send(neutralUrl);
+        cpu = undefined;
+        await scenarios[name]();
+        if (cpu === undefined) throw new Error(`scenario ${name}: the server's CPU was not counted`);
+        if (i >= WARM_UP) samples[name].push(cpu);
+      }
+    }
+    const blocks = Math.floor(requests / BLOCK);
+    const perBlock = (statistic) =>
+      Object.fromEntries(NAMES.map((name) => [name, Array.from({ length: blocks }, (_, b) => statistic(samples[name].slice(b * BLOCK, (b + 1) * BLOCK)))]));
+    return {
+      us: Object.fromEntries(
+        NAMES.map((name) => [name, { trimmed: trimmedMean(samples[name], TRIM), mean: mean(samples[name]), median: median(samples[name]) }]),
+      ),
+      trimmed: perBlock((values) => trimmedMean(values, TRIM)),
+      all: perBlock(mean),
+    };
+  } finally {
+    await cleanup();
+  }
 }
 
 /** `list` in a random order (Fisher–Yates). */
-function shuffled(list, random) {
+function shuffle(list, random) {
   const copy = [...list];
   for (let i = copy.length - 1; i > 0; i -= 1) {
     const j = Math.floor(random() * (i + 1));
@@ -125,103 +202,92 @@ function shuffled(list, random) {
   return copy;
 }
 
-const trimmedMean = (values) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const cut = Math.floor(sorted.length * TRIM);
-  const kept = sorted.slice(cut, sorted.length - cut);
-  return kept.reduce((sum, v) => sum + v, 0) / kept.length;
-};
-const mean = (values) => values.reduce((sum, v) => sum + v, 0) / values.length;
+// ---- the parent: one child at a time, then the statistics ----
 
-async function measureVariant(variant, { redis, jwk, servers }) {
-  const [adapterKind, rotation] = variant.split('/');
-  const rotate = rotation === 'on';
-  const plainUrl = await startProvider({ mrrt: false, adapterKind, rotate, redis, jwk, servers });
-  const mrrtUrl = await startProvider({ mrrt: true, adapterKind, rotate, redis, jwk, servers });
-  const scenarios = {
-    A: await chain(plainUrl, API.A),
-    B: await chain(mrrtUrl, API.A),
-    C: await chain(mrrtUrl, API.C),
-    F: await chain(plainUrl, API.A),
-  };
-  const names = Object.keys(scenarios);
-  for (let i = 0; i < WARM_UP; i += 1) for (const name of names) await scenarios[name]();
-
-  const samples = Object.fromEntries(names.map((name) => [name, []]));
-  // a request costs less after one that ran the same code: each cycle takes the scenarios in a
-  // fresh random order (fixed seed), so that every scenario follows every other equally often
-  const random = seeded(0x5eed);
-  for (let i = 0; i < REQUESTS; i += 1) {
-    for (const name of shuffled(names, random)) {
-      const before = process.cpuUsage();
-      await scenarios[name]();
-      const { user, system } = process.cpuUsage(before);
-      samples[name].push(user + system);
-    }
-  }
-  const blocks = Math.floor(REQUESTS / BLOCK);
-  const blockOf = (name, b) => samples[name].slice(b * BLOCK, (b + 1) * BLOCK);
-  const ratios = (statistic, name) => Array.from({ length: blocks }, (_, b) => statistic(blockOf('A', b)) / statistic(blockOf(name, b)));
-  const result = { variant, requests: REQUESTS, us: {}, trimmed: {}, all: {} };
-  for (const name of names)
-    result.us[name] = { trimmed: Math.round(trimmedMean(samples[name])), mean: Math.round(mean(samples[name])), median: median(samples[name]) };
-  for (const name of ['B', 'C', 'F']) {
-    result.trimmed[name] = spread(ratios(trimmedMean, name));
-    result.all[name] = spread(ratios(mean, name));
-  }
-  return result;
+function runChild(variant, replica, requests) {
+  return new Promise((resolve, reject) => {
+    const proc = fork(fileURLToPath(import.meta.url), ['--child', `${variant}:${replica}`, '--requests', String(requests)], { stdio: ['ignore', 2, 2, 'ipc'] });
+    let result;
+    proc.once('message', (message) => {
+      result = message;
+    });
+    proc.once('error', reject);
+    proc.once('exit', (code) => {
+      if (code === 0 && result?.ok) resolve(result.value);
+      else reject(new Error(`${variant} process ${replica + 1}: ${result?.error ?? `exited (${code})`}`));
+    });
+  });
 }
 
-async function main() {
-  const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1, lazyConnect: true, retryStrategy: () => null });
-  const servers = [];
-  const usesRedis = variants.some((v) => v.startsWith('redis/'));
-  if (usesRedis) {
-    try {
-      await redis.connect();
-    } catch (err) {
-      throw new Error(`no Redis at ${REDIS_URL} (set REDIS_URL, or --only memory/off,memory/on): ${err.message}`);
-    }
-  }
-  const jwk = await signingKey('ES256');
-  const results = [];
-  try {
+/** A ÷ X per block, the blocks of process r at the positions r mod replicas (what `medianInterval` resamples by). */
+function ratios(runs, statistic, name) {
+  const values = [];
+  const blocks = runs[0][statistic].A.length;
+  for (let b = 0; b < blocks; b += 1) for (const run of runs) values.push(run[statistic].A[b] / run[statistic][name][b]);
+  return values;
+}
+
+function summary(values, replicas) {
+  return { median: round(median(values), 3), min: round(Math.min(...values), 3), max: round(Math.max(...values), 3), ci95: medianInterval(values, replicas) };
+}
+
+async function parent() {
+  const requests = Number(args.requests);
+  const replicas = Number(args.replicas);
+  if (!Number.isInteger(requests) || requests < MIN_BLOCKS * BLOCK || requests > 100_000)
+    throw new Error(`--requests must be an integer from ${MIN_BLOCKS * BLOCK} to 100 000`);
+  if (!Number.isInteger(replicas) || replicas < 1 || replicas > 8) throw new Error('--replicas must be an integer from 1 to 8');
+  const variants = parseVariants(args.only);
+  const runs = new Map(variants.map((variant) => [variant, []]));
+  // replica by replica across the variants: a drift of the machine meets every variant alike
+  for (let replica = 0; replica < replicas; replica += 1) {
     for (const variant of variants) {
-      log(`${variant}: ${REQUESTS} requests per scenario`);
-      results.push(await measureVariant(variant, { redis, jwk, servers }));
-    }
-  } finally {
-    agent.destroy();
-    for (const server of servers) server.close();
-    if (usesRedis) {
-      const removed = await deleteByPrefix(redis, PREFIX);
-      log(`removed ${removed} Redis keys under ${PREFIX}`);
-      redis.disconnect();
+      log(`${variant}: process ${replica + 1}/${replicas}, ${requests} requests per scenario`);
+      runs.get(variant).push(await runChild(variant, replica, requests));
     }
   }
-  const report = { revision: revision(), node: process.version, block: BLOCK, trim: TRIM, results };
+  const results = variants.map((variant) => {
+    const each = runs.get(variant);
+    const us = Object.fromEntries(
+      NAMES.map((name) => [name, Object.fromEntries(['trimmed', 'mean', 'median'].map((k) => [k, round(mean(each.map((run) => run.us[name][k])), 1)]))]),
+    );
+    const ratiosOf = (statistic) => Object.fromEntries(['F', 'B', 'C'].map((name) => [name, summary(ratios(each, statistic, name), replicas)]));
+    return { variant, us, trimmed: ratiosOf('trimmed'), all: ratiosOf('all') };
+  });
+  const report = { revision: revision(), node: process.version, requests, replicas, block: BLOCK, trim: TRIM, results };
   if (args.json) {
     process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
     return;
   }
   const ratio = (r) => `${fmt(r.median, 3)} (${fmt(r.ci95[0], 3)}–${fmt(r.ci95[1], 3)})`;
+  // a verdict needs the variation between processes in its interval
+  const judged = (r, bound) => (replicas > 1 ? verdict(r, bound, true) : 'n/a (one process)');
   const lines = [
-    `Warm CPU per request in one process (${report.revision}, Node ${process.version}, ${REQUESTS} requests per scenario, client included)`,
+    `Server CPU per request, warm (${report.revision}, Node ${process.version}, ${replicas} process${replicas === 1 ? '' : 'es'} per variant, ${requests} requests per scenario each).`,
+    'µs: trimmed means over every process; ratios: A\'s CPU ÷ the scenario\'s, median of the blocks (95 % interval), on trimmed means and, as "all", on plain means.',
     '',
-    '| variant | A µs | B − A µs | C − A µs | A′/A trimmed | B/A trimmed | verdict (≥ 0.98) | C/A trimmed | verdict (≥ 0.95) | A′/A all | B/A all | C/A all |',
+    '| variant | A µs | B − A µs | C − A µs | A′/A | B/A | verdict (≥ 0.98) | C/A | verdict (≥ 0.95) | A′/A all | B/A all | C/A all |',
     '| --- | ---: | ---: | ---: | --- | --- | --- | --- | --- | --- | --- | --- |',
     ...results.map(
       (r) =>
-        `| ${r.variant} | ${fmtInt(r.us.A.trimmed)} | ${fmtInt(r.us.B.trimmed - r.us.A.trimmed)} | ${fmtInt(r.us.C.trimmed - r.us.A.trimmed)} | ${ratio(r.trimmed.F)} | ${ratio(r.trimmed.B)} | ${verdict(r.trimmed.B, 0.98, true)} | ${ratio(r.trimmed.C)} | ${verdict(r.trimmed.C, 0.95, true)} | ${ratio(r.all.F)} | ${ratio(r.all.B)} | ${ratio(r.all.C)} |`,
+        `| ${r.variant} | ${fmtInt(r.us.A.trimmed)} | ${fmtInt(r.us.B.trimmed - r.us.A.trimmed)} | ${fmtInt(r.us.C.trimmed - r.us.A.trimmed)} | ${ratio(r.trimmed.F)} | ${ratio(r.trimmed.B)} | ${judged(r.trimmed.B, 0.98)} | ${ratio(r.trimmed.C)} | ${judged(r.trimmed.C, 0.95)} | ${ratio(r.all.F)} | ${ratio(r.all.B)} | ${ratio(r.all.C)} |`,
     ),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    log(`failed: ${err?.stack ?? err}`);
-    process.exit(1);
-  },
-);
+if (args.child) {
+  const [variant, replica] = args.child.split(':');
+  child(variant, Number(replica), Number(args.requests)).then(
+    (value) => process.send({ ok: true, value }, () => process.exit(0)),
+    (err) => process.send({ ok: false, error: err?.stack ?? String(err) }, () => process.exit(1)),
+  );
+} else {
+  parent().then(
+    () => process.exit(0),
+    (err) => {
+      log(`failed: ${err?.message ?? err}`);
+      process.exit(1);
+    },
+  );
+}
