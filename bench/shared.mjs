@@ -99,7 +99,6 @@ export const STORAGE_APIS = [API.A, API.C, API.D, API.E, ...Array.from({ length:
 /** The scopes of an API the bench knows (RESOURCE_SERVERS, or a storage-table API). */
 export const apiScope = (api) => RESOURCE_SERVERS[api]?.scope ?? `${new URL(api).hostname.split('.')[0]}:read`;
 
-/** The bench server's name for the provider a scenario runs on in a variant ("memory/off", …). */
 /** The adapter/rotation combinations a run measures. */
 export const VARIANTS = ['memory/off', 'memory/on', 'redis/off', 'redis/on'];
 
@@ -111,6 +110,7 @@ export function parseVariants(only) {
   return named;
 }
 
+/** The bench server's name for the provider a scenario runs on in a variant ("memory/off", …). */
 export const targetName = (variant, scenario) => `${variant}/${SCENARIOS[scenario].provider}`;
 
 /** Whether the variant rotates refresh tokens (a fresh token per request). */

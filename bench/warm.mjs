@@ -2,13 +2,14 @@
 // process hosts a plain oidc-provider and a withMrrt provider with the same configuration (one
 // adapter and rotation mode) and sends them refresh requests one at a time: A, B and C (the
 // scenarios of bench/run.mjs) and F (A′: A again, on a refresh token of its own, the calibration),
-// each cycle in a fresh random order. Each request's server CPU is counted from its arrival to its
-// response's end (process.cpuUsage()); the client's work falls outside.
+// the two providers taking turns. Each request's server CPU is counted from its arrival to its
+// response's end (process.cpuUsage()): the client's own work falls outside (a garbage collection
+// its allocations cause may still land in a server's window, for every scenario alike).
 //
 // Why it is built this way (docs/benchmark.md, "Warm CPU in one process"):
-// - a request costs less right after one that ran the same code, so every measured request follows
-//   the same unmeasured request to a bare HTTP server, which runs none of the code under test:
-//   every scenario has the same predecessor, and the random order only spreads slow drifts;
+// - a request costs several per cent less right after one that ran the same code (measured: A after
+//   A or A′, B after B, C after C), so the providers take turns: every request follows one on the
+//   other provider, A and A′ alike (after B or C, drawn at random), B and C alike (after A or A′);
 // - what one process's JIT and heap make of the code moves its figures by about a per cent, so each
 //   variant runs in `--replicas` processes (one after another, never two at once), and the bootstrap
 //   interval resamples processes, then blocks within them (bench/stats.mjs `medianInterval`);
@@ -31,7 +32,7 @@ import { MemoryAdapter, MemoryPolicyStore, MemoryStorage, RedisAdapter, RedisPol
 import { configuration, handler, login, signingKey } from './provider-setup.mjs';
 import { fmt, fmtInt, revision } from './report.mjs';
 import { CLIENT, DENY_LIST, POLICY, SCENARIOS, SKIP_CONSENT, deleteByPrefix, parseVariants, refreshBody } from './shared.mjs';
-import { mean, medianInterval, median, round, seededRandom, trimmedMean, verdict } from './stats.mjs';
+import { mean, median, round, seededRandom, spread, trimmedMean, verdict } from './stats.mjs';
 import { log } from './util.mjs';
 
 const NAMES = ['A', 'B', 'C', 'F'];
@@ -142,7 +143,12 @@ async function child(variant, replica, requests) {
     })();
     return cleaning;
   };
-  for (const signal of ['SIGINT', 'SIGTERM']) process.once(signal, () => cleanup().finally(() => process.exit(130)));
+  for (const [signal, code] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ])
+    // on, not once: a Ctrl-C reaches this process both from the terminal and from the parent
+    process.on(signal, () => cleanup().finally(() => process.exit(code)));
   try {
     if (redis) {
       try {
@@ -159,18 +165,16 @@ async function child(variant, replica, requests) {
     const urls = {};
     for (const kind of ['plain', 'mrrt'])
       urls[kind] = await startProvider({ kind, adapterKind, rotate, redis, prefix: `${prefix}${kind}:`, jwk, servers, onCpu });
-    const neutral = http.createServer((req, res) => res.end('ok'));
-    servers.push(neutral);
-    await new Promise((resolve) => neutral.listen(0, '127.0.0.1', resolve));
-    const neutralUrl = `http://127.0.0.1:${neutral.address().port}/`;
-
     const scenarios = {};
     for (const name of NAMES) scenarios[name] = await scenarioRequests(name, urls[SCENARIOS[name].provider], rotate);
     const samples = Object.fromEntries(NAMES.map((name) => [name, []]));
     const random = seededRandom(0x5eed + replica);
     for (let i = 0; i < WARM_UP + requests; i += 1) {
-      for (const name of shuffle(NAMES, random)) {
-        await send(neutralUrl);
+      // the providers take turns, each scenario's place within its provider's turns drawn anew:
+      // A and A′ both follow B or C, B and C both follow A or A′
+      const [plain1, plain2] = shuffle(['A', 'F'], random);
+      const [mrrt1, mrrt2] = shuffle(['B', 'C'], random);
+      for (const name of [plain1, mrrt1, plain2, mrrt2]) {
         cpu = undefined;
         await scenarios[name]();
         if (cpu === undefined) throw new Error(`scenario ${name}: the server's CPU was not counted`);
@@ -204,6 +208,9 @@ function shuffle(list, random) {
 
 // ---- the parent: one child at a time, then the statistics ----
 
+/** The child measuring now: a signal to this process reaches it, so that it removes its keys before the end. */
+let running;
+
 function runChild(variant, replica, requests) {
   return new Promise((resolve, reject) => {
     const proc = fork(fileURLToPath(import.meta.url), ['--child', `${variant}:${replica}`, '--requests', String(requests)], { stdio: ['ignore', 2, 2, 'ipc'] });
@@ -212,10 +219,13 @@ function runChild(variant, replica, requests) {
       result = message;
     });
     proc.once('error', reject);
-    proc.once('exit', (code) => {
+    // 'close', not 'exit': by then the child's last message has been read
+    proc.once('close', (code) => {
+      running = undefined;
       if (code === 0 && result?.ok) resolve(result.value);
       else reject(new Error(`${variant} process ${replica + 1}: ${result?.error ?? `exited (${code})`}`));
     });
+    running = proc;
   });
 }
 
@@ -225,10 +235,6 @@ function ratios(runs, statistic, name) {
   const blocks = runs[0][statistic].A.length;
   for (let b = 0; b < blocks; b += 1) for (const run of runs) values.push(run[statistic].A[b] / run[statistic][name][b]);
   return values;
-}
-
-function summary(values, replicas) {
-  return { median: round(median(values), 3), min: round(Math.min(...values), 3), max: round(Math.max(...values), 3), ci95: medianInterval(values, replicas) };
 }
 
 async function parent() {
@@ -251,7 +257,7 @@ async function parent() {
     const us = Object.fromEntries(
       NAMES.map((name) => [name, Object.fromEntries(['trimmed', 'mean', 'median'].map((k) => [k, round(mean(each.map((run) => run.us[name][k])), 1)]))]),
     );
-    const ratiosOf = (statistic) => Object.fromEntries(['F', 'B', 'C'].map((name) => [name, summary(ratios(each, statistic, name), replicas)]));
+    const ratiosOf = (statistic) => Object.fromEntries(['F', 'B', 'C'].map((name) => [name, spread(ratios(each, statistic, name), replicas)]));
     return { variant, us, trimmed: ratiosOf('trimmed'), all: ratiosOf('all') };
   });
   const report = { revision: revision(), node: process.version, requests, replicas, block: BLOCK, trim: TRIM, results };
@@ -283,6 +289,14 @@ if (args.child) {
     (err) => process.send({ ok: false, error: err?.stack ?? String(err) }, () => process.exit(1)),
   );
 } else {
+  for (const [signal, code] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ])
+    process.once(signal, () => {
+      if (running) running.once('close', () => process.exit(code)).kill(signal);
+      else process.exit(code);
+    });
   parent().then(
     () => process.exit(0),
     (err) => {
