@@ -2,8 +2,37 @@
 // client and key), its node:http handler with the fixture's interaction routes, and one real login.
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 
+import Provider from 'oidc-provider';
+
+import { MemoryAdapter, MemoryPolicyStore, MemoryStorage, RedisAdapter, RedisPolicyStore, withMrrt } from '../dist/index.js';
 import { TTL, interactionHandler, providerConfiguration } from '../test/support/provider-fixture.mjs';
-import { CLIENT, LOGIN_RESOURCE, LOGIN_SCOPE, RESOURCE_SERVERS, SKIP_CONSENT } from './shared.mjs';
+import { CLIENT, DENY_LIST, LOGIN_RESOURCE, LOGIN_SCOPE, POLICY, RESOURCE_SERVERS, SKIP_CONSENT } from './shared.mjs';
+
+/**
+ * What a bench provider of `kind` is built from: 'plain' (oidc-provider), 'mrrt' (withMrrt, default
+ * options) or 'mrrt-nocache' (withMrrt, `cache: false`). Its adapter keeps everything in Redis under
+ * `prefix` (`redis` given) or in a MemoryStorage of its own (`storage`); a withMrrt provider's policy
+ * store already holds the bench client's policy.
+ */
+export async function providerParts({ kind, redis, prefix }) {
+  const mrrt = kind !== 'plain';
+  let adapter;
+  let store;
+  let storage;
+  if (redis) {
+    adapter = RedisAdapter.factory(redis, { prefix });
+    if (mrrt) store = new RedisPolicyStore(redis, { prefix: `${prefix}{policies}:` });
+  } else {
+    storage = new MemoryStorage();
+    adapter = (model) => new MemoryAdapter(model, storage);
+    if (mrrt) store = new MemoryPolicyStore();
+  }
+  if (store) await store.set(CLIENT.client_id, POLICY);
+  const ProviderClass = mrrt
+    ? withMrrt(Provider, { store, allowSkippingConsent: SKIP_CONSENT, denyList: DENY_LIST, ...(kind === 'mrrt-nocache' ? { cache: false } : {}) })
+    : Provider;
+  return { adapter, store, storage, ProviderClass };
+}
 
 export function signingKey(alg) {
   const pair =

@@ -12,11 +12,9 @@ import path from 'node:path';
 import http from 'node:http';
 
 import { Redis } from 'ioredis';
-import Provider from 'oidc-provider';
 
-import { MemoryAdapter, MemoryPolicyStore, MemoryStorage, RedisAdapter, RedisPolicyStore, withMrrt } from '../dist/index.js';
-import { configuration, handler, login, signingKey } from './provider-setup.mjs';
-import { CLIENT, POLICY, SKIP_CONSENT, DENY_LIST, scanKeys, unlinkAll } from './shared.mjs';
+import { configuration, handler, login, providerParts, signingKey } from './provider-setup.mjs';
+import { CLIENT, scanKeys, unlinkAll } from './shared.mjs';
 import { measureStorage } from './storage.mjs';
 
 const MINT_BATCH = 500;
@@ -57,9 +55,6 @@ function accounted(handle) {
 async function createTarget({ adapterKind, rotate, kind, redisUrl, prefix, sessionCount }) {
   const mrrt = kind !== 'plain';
   const name = `${adapterKind}/${rotate ? 'on' : 'off'}/${kind}`;
-  let adapter;
-  let store;
-  let storage;
   let redis;
   let keyPrefix;
   if (adapterKind === 'redis') {
@@ -67,25 +62,14 @@ async function createTarget({ adapterKind, rotate, kind, redisUrl, prefix, sessi
     await redis.connect();
     redisClients.push(redis);
     keyPrefix = `${prefix}${adapterKind}-${rotate ? 'on' : 'off'}-${kind}:`;
-    adapter = RedisAdapter.factory(redis, { prefix: keyPrefix });
-    if (mrrt) store = new RedisPolicyStore(redis, { prefix: `${keyPrefix}{policies}:` });
-  } else {
-    storage = new MemoryStorage();
-    adapter = (model) => new MemoryAdapter(model, storage);
-    if (mrrt) store = new MemoryPolicyStore();
   }
-  if (store) {
-    await store.set(CLIENT.client_id, POLICY);
-    stores.push(store);
-  }
+  const { adapter, store, storage, ProviderClass } = await providerParts({ kind, redis, prefix: keyPrefix });
+  if (store) stores.push(store);
 
   const server = http.createServer();
   servers.push(server);
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   const url = `http://127.0.0.1:${server.address().port}`;
-  const ProviderClass = mrrt
-    ? withMrrt(Provider, { store, allowSkippingConsent: SKIP_CONSENT, denyList: DENY_LIST, ...(kind === 'mrrt-nocache' ? { cache: false } : {}) })
-    : Provider;
   const provider = new ProviderClass(url, configuration({ adapter, rotate, jwk: signing }));
   server.on('request', accounted(handler(provider)));
   server.keepAliveTimeout = 60_000;

@@ -26,12 +26,10 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 import { Redis } from 'ioredis';
-import Provider from 'oidc-provider';
 
-import { MemoryAdapter, MemoryPolicyStore, MemoryStorage, RedisAdapter, RedisPolicyStore, withMrrt } from '../dist/index.js';
-import { configuration, handler, login, signingKey } from './provider-setup.mjs';
+import { configuration, handler, login, providerParts, signingKey } from './provider-setup.mjs';
 import { fmt, fmtInt, revision } from './report.mjs';
-import { CLIENT, DENY_LIST, POLICY, SCENARIOS, SKIP_CONSENT, deleteByPrefix, parseVariants, refreshBody } from './shared.mjs';
+import { SCENARIOS, deleteByPrefix, parseVariants, refreshBody } from './shared.mjs';
 import { mean, median, round, seededRandom, spread, trimmedMean, verdict } from './stats.mjs';
 import { log } from './util.mjs';
 
@@ -55,19 +53,8 @@ const { values: args } = parseArgs({
 // ---- the child: one variant, one process ----
 
 /** A provider on 127.0.0.1 whose every request's server CPU goes to `onCpu(µs)`. */
-async function startProvider({ kind, adapterKind, rotate, redis, prefix, jwk, servers, onCpu }) {
-  let adapter;
-  let store;
-  if (adapterKind === 'redis') {
-    adapter = RedisAdapter.factory(redis, { prefix });
-    if (kind === 'mrrt') store = new RedisPolicyStore(redis, { prefix: `${prefix}{policies}:` });
-  } else {
-    const storage = new MemoryStorage();
-    adapter = (model) => new MemoryAdapter(model, storage);
-    if (kind === 'mrrt') store = new MemoryPolicyStore();
-  }
-  if (store) await store.set(CLIENT.client_id, POLICY);
-  const ProviderClass = kind === 'mrrt' ? withMrrt(Provider, { store, allowSkippingConsent: SKIP_CONSENT, denyList: DENY_LIST }) : Provider;
+async function startProvider({ kind, rotate, redis, prefix, jwk, servers, onCpu }) {
+  const { adapter, ProviderClass } = await providerParts({ kind, redis, prefix });
   const server = http.createServer();
   servers.push(server);
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -163,8 +150,7 @@ async function child(variant, replica, requests) {
     };
     const jwk = signingKey('ES256');
     const urls = {};
-    for (const kind of ['plain', 'mrrt'])
-      urls[kind] = await startProvider({ kind, adapterKind, rotate, redis, prefix: `${prefix}${kind}:`, jwk, servers, onCpu });
+    for (const kind of ['plain', 'mrrt']) urls[kind] = await startProvider({ kind, rotate, redis, prefix: `${prefix}${kind}:`, jwk, servers, onCpu });
     const scenarios = {};
     for (const name of NAMES) scenarios[name] = await scenarioRequests(name, urls[SCENARIOS[name].provider], rotate);
     const samples = Object.fromEntries(NAMES.map((name) => [name, []]));
