@@ -12,16 +12,20 @@ import { CLIENT, DENY_LIST, LOGIN_RESOURCE, LOGIN_SCOPE, POLICY, RESOURCE_SERVER
  * What a bench provider of `kind` is built from: 'plain' (oidc-provider), 'mrrt' (withMrrt, default
  * options) or 'mrrt-nocache' (withMrrt, `cache: false`). Its adapter keeps everything in Redis under
  * `prefix` (`redis` given) or in a MemoryStorage of its own (`storage`); a withMrrt provider's policy
- * store already holds the bench client's policy.
+ * store already holds the bench client's policy, in Redis under `policyPrefix`.
  */
 export async function providerParts({ kind, redis, prefix }) {
   const mrrt = kind !== 'plain';
   let adapter;
   let store;
   let storage;
+  let policyPrefix;
   if (redis) {
     adapter = RedisAdapter.factory(redis, { prefix });
-    if (mrrt) store = new RedisPolicyStore(redis, { prefix: `${prefix}{policies}:` });
+    if (mrrt) {
+      policyPrefix = `${prefix}{policies}:`;
+      store = new RedisPolicyStore(redis, { prefix: policyPrefix });
+    }
   } else {
     storage = new MemoryStorage();
     adapter = (model) => new MemoryAdapter(model, storage);
@@ -31,7 +35,7 @@ export async function providerParts({ kind, redis, prefix }) {
   const ProviderClass = mrrt
     ? withMrrt(Provider, { store, allowSkippingConsent: SKIP_CONSENT, denyList: DENY_LIST, ...(kind === 'mrrt-nocache' ? { cache: false } : {}) })
     : Provider;
-  return { adapter, store, storage, ProviderClass };
+  return { adapter, store, storage, policyPrefix, ProviderClass };
 }
 
 export function signingKey(alg) {

@@ -53,7 +53,6 @@ function accounted(handle) {
 
 /** `kind`: 'plain' (oidc-provider), 'mrrt' (withMrrt, default options) or 'mrrt-nocache' (withMrrt, `cache: false`). */
 async function createTarget({ adapterKind, rotate, kind, redisUrl, prefix, sessionCount }) {
-  const mrrt = kind !== 'plain';
   const name = `${adapterKind}/${rotate ? 'on' : 'off'}/${kind}`;
   let redis;
   let keyPrefix;
@@ -63,7 +62,7 @@ async function createTarget({ adapterKind, rotate, kind, redisUrl, prefix, sessi
     redisClients.push(redis);
     keyPrefix = `${prefix}${adapterKind}-${rotate ? 'on' : 'off'}-${kind}:`;
   }
-  const { adapter, store, storage, ProviderClass } = await providerParts({ kind, redis, prefix: keyPrefix });
+  const { adapter, store, storage, policyPrefix, ProviderClass } = await providerParts({ kind, redis, prefix: keyPrefix });
   if (store) stores.push(store);
 
   const server = http.createServer();
@@ -101,7 +100,7 @@ async function createTarget({ adapterKind, rotate, kind, redisUrl, prefix, sessi
   const target = { name, url, provider, storage, redis, keyPrefix, refreshToken, template };
   target.baseline = await snapshotKeys(target);
   targets.set(name, target);
-  return { name, url, refreshToken, sessions, redisPrefix: keyPrefix, policyPrefix: mrrt && keyPrefix ? `${keyPrefix}{policies}:` : undefined };
+  return { name, url, refreshToken, sessions, redisPrefix: keyPrefix, policyPrefix };
 }
 
 async function snapshotKeys(target) {
