@@ -185,6 +185,15 @@ export class Exchange {
     return this.#withdrawn;
   }
 
+  /**
+   * Whether oidc-provider is handed the watched models during this exchange: a policy's overlay
+   * needs them; a refusal needs them only to learn of the refresh token before oidc-provider checks
+   * the `scope` parameter (the refusal answers first), otherwise it is checked at `rotateRefreshToken`.
+   */
+  get watchesModels(): boolean {
+    return this.plan.kind === 'policy' || Boolean(this.requestedScope);
+  }
+
   /** Whether this request presents its overlay in an object holding `grantId` (its refresh token, the rotation, the Grant). */
   #presents(token: { readonly grantId?: string }): boolean {
     const grantId = this.#held?.grantId;
@@ -202,22 +211,27 @@ export class Exchange {
   // --- transitions, one for each observation ---
 
   /**
-   * oidc-provider found a refresh token (and has not checked the `scope` parameter yet).
+   * oidc-provider found a refresh token (and has not checked the `scope` parameter yet). Only an
+   * exchange that {@link watchesModels} sees this.
    */
   sawRefreshToken(value: string, token: RefreshTokenLike): void {
     // another client's refresh token is oidc-provider's to refuse (client mismatch); the exchange never holds it
     if (value !== this.refreshTokenValue || this.#held || token.clientId !== this.ctx.oidc.client?.clientId) return;
+    const held = this.#hold(token);
+    // a refusal that only applies outside the grant, for a target the refresh token holds: nothing left to do
+    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#stepAside(this.ctx);
+    else if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(this.plan.policyScopes);
+  }
+
+  #hold(token: RefreshTokenLike): Held {
     const { resource } = token;
-    const held: Held = {
+    this.#held = {
       grantId: token.grantId,
       subject: token.accountId,
       scope: token.scope,
       granted: Array.isArray(resource) ? resource.includes(this.target) : resource === this.target,
     };
-    this.#held = held;
-    // a refusal that only applies outside the grant, for a target the refresh token holds: nothing left to do
-    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#stepAside(this.ctx);
-    else if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(this.plan.policyScopes);
+    return this.#held;
   }
 
   /** Runs `read` with the overlay off: what the deployment's event listeners read is what is stored. */
@@ -286,6 +300,23 @@ export class Exchange {
   /** oidc-provider is about to consume (rotate) this request's refresh token: the last moment to refuse without loss. */
   async beforeRotation(token: RefreshTokenLike): Promise<void> {
     if (token.grantId !== undefined && token.grantId === this.#held?.grantId) await this.#settle(true);
+  }
+
+  /**
+   * oidc-provider has checked the refresh token (client, expiry, sender constraint, Grant, account,
+   * reuse) and is about to decide whether to rotate it: a refusal is raised here, before anything is
+   * written (SPEC E6), unless it applies outside the grant only and the refresh token holds the
+   * target, which is then refreshed as without MRRT.
+   */
+  beforeRefusableRotation(): void {
+    const held = this.holdFound();
+    if (this.plan.kind === 'refusal' && !(this.plan.unlessGranted && held?.granted)) this.#raise(this.plan.reason);
+  }
+
+  /** The refresh token oidc-provider found and checked, for a refusal's exchange (which watches no model). */
+  holdFound(): Held | undefined {
+    const token = this.ctx.oidc.entities.RefreshToken as RefreshTokenLike | undefined;
+    return this.#held ?? (token && this.#hold(token));
   }
 
   /**
@@ -530,6 +561,8 @@ export function createExchangeHandler(
 
 /** The error a failed exchange answers with, reported as an `mrrt.exchange` event when MRRT decided it. */
 function report(ctx: KoaContextWithOIDC, exchange: Exchange, err: unknown): unknown {
+  // a refusal's exchange learns of the refresh token from oidc-provider's entities, once its checks passed
+  if (exchange.plan.kind === 'refusal') exchange.holdFound();
   // a withdrawn overlay is served as without MRRT: oidc-provider's own error, no MRRT event
   if (exchange.withdrawn) return err;
   const { raised } = exchange;

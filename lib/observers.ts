@@ -1,5 +1,6 @@
 import type Provider from 'oidc-provider';
 import type { Configuration, KoaContextWithOIDC } from 'oidc-provider';
+import { defaults as providerDefaults } from 'oidc-provider/lib/helpers/defaults.js';
 
 import type { Exchange } from './exchange.js';
 import { MrrtTypeError } from './errors.js';
@@ -8,16 +9,22 @@ import { MrrtTypeError } from './errors.js';
  * Where the extension watches oidc-provider from inside. Each observer forwards what it sees to the
  * request's {@link Exchange} — one call each — and holds no rule.
  *
- * During an exchange, and only then, the provider hands oidc-provider subclasses of its own
- * `RefreshToken` and `Grant` models (see `provider.ts`): the refresh token oidc-provider finds, the
- * one it rotates to and the Grant it loads are instances of these, and report how oidc-provider
- * reads their scopes and resources and when it consumes the refresh token. Nothing of
- * oidc-provider is changed: no model class, prototype or object of another request; the watched
- * models store exactly what the models they extend store, through the same adapters. The
- * configured `getResourceServerInfo` is the only other touch point.
+ * During an exchange that presents a policy's overlay, and only then, the provider hands
+ * oidc-provider subclasses of its own `RefreshToken` and `Grant` models (see `provider.ts`): the
+ * refresh token oidc-provider finds, the one it rotates to and the Grant it loads are instances of
+ * these, and report how oidc-provider reads their scopes and resources and when it consumes the
+ * refresh token. Nothing of oidc-provider is changed: no model class, prototype or object of another
+ * request; the watched models store exactly what the models they extend store, through the same
+ * adapters. The configured `getResourceServerInfo` and `rotateRefreshToken` are the only other touch
+ * points. An exchange whose plan is a refusal (a target outside the policy, served only when the
+ * refresh token holds it) watches no model unless its request sends a `scope`: oidc-provider asks
+ * `rotateRefreshToken` once every check of the refresh token has passed and before it consumes it,
+ * and that is where it is refused.
  */
 
 type ExchangeOf = () => Exchange | undefined;
+/** The exchange of a request whose plan is a refusal unless the refresh token holds the target. */
+type RefusalOf = (ctx: KoaContextWithOIDC) => Exchange | undefined;
 
 /** The models an exchange's request is given in place of the provider's own. */
 export interface WatchedModels {
@@ -74,8 +81,8 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
     else emit();
   };
 
-  // once the exchange has stepped aside (or ended), find, the scope and resource getters and consume
-  // are one check of an empty map and a direct call: no promise or closure of their own
+  // once the exchange has ended, find, the scope and resource getters and consume are one check of
+  // an empty map and a direct call: no promise or closure of their own
   const RefreshToken = class RefreshToken extends Token {
     // the model's own adapter; a deployment's subclass of this one gets its own, as of the model itself
     static override get adapter(): unknown {
@@ -145,13 +152,54 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
 
 type ResourceIndicators = NonNullable<NonNullable<Configuration['features']>['resourceIndicators']>;
 type GetResourceServerInfo = NonNullable<ResourceIndicators['getResourceServerInfo']>;
+type RotateRefreshToken = (ctx: KoaContextWithOIDC) => unknown;
+
+/** oidc-provider's own `rotateRefreshToken`, asked when the deployment configures none. */
+const defaultRotateRefreshToken: unknown = providerDefaults.rotateRefreshToken;
 
 /**
- * The deployment's configuration with its `getResourceServerInfo` observed: during an exchange
- * oidc-provider's question goes to the exchange, which answers with the answer its rules were
- * checked against. Outside an exchange the deployment's function is called as configured.
+ * The deployment's configuration with the two hooks an exchange answers observed. Outside an
+ * exchange, and for another provider's or another request's question, each calls the deployment's
+ * own function (or oidc-provider's default) exactly as configured.
  */
-export function observeResourceServerInfo(configuration: Configuration, exchangeOf: ExchangeOf): Configuration {
+export function observedConfiguration(configuration: Configuration, exchangeOf: ExchangeOf, refusalOf: RefusalOf): Configuration {
+  return observeResourceServerInfo(observeRotation(configuration, refusalOf), exchangeOf);
+}
+
+/**
+ * `rotateRefreshToken`: oidc-provider asks it after every check of the refresh token (client,
+ * expiry, sender constraint, Grant, account, reuse) and before it consumes the token. A refusal's
+ * exchange is told first and refuses there, before anything is written (SPEC E6); whether to rotate
+ * is the deployment's answer, or oidc-provider's default, as configured.
+ */
+function observeRotation(configuration: Configuration, refusalOf: RefusalOf): Configuration {
+  const configured: unknown = configuration.rotateRefreshToken;
+  // never rotating, oidc-provider writes nothing before its own target check refuses
+  if (configured !== undefined && configured !== true && typeof configured !== 'function') return configuration;
+  // what oidc-provider does with each kind of value: a function is asked, `true` rotates, anything else does not
+  const rotate: RotateRefreshToken =
+    typeof configured === 'function' ? (configured as RotateRefreshToken) : configured === undefined ? providerDefault() : () => configured === true;
+  return {
+    ...configuration,
+    rotateRefreshToken(ctx: KoaContextWithOIDC) {
+      refusalOf(ctx)?.beforeRefusableRotation();
+      return rotate(ctx);
+    },
+  } as Configuration;
+}
+
+function providerDefault(): RotateRefreshToken {
+  if (typeof defaultRotateRefreshToken !== 'function') {
+    throw new MrrtTypeError('oidc-provider-mrrt: oidc-provider has no default rotateRefreshToken; this oidc-provider version is not supported');
+  }
+  return defaultRotateRefreshToken as RotateRefreshToken;
+}
+
+/**
+ * `getResourceServerInfo`: during an exchange oidc-provider's question goes to the exchange, which
+ * answers with the answer its rules were checked against.
+ */
+function observeResourceServerInfo(configuration: Configuration, exchangeOf: ExchangeOf): Configuration {
   const resourceIndicators = configuration.features?.resourceIndicators;
   const getResourceServerInfo = resourceIndicators?.getResourceServerInfo;
   // without one, oidc-provider's own default (which knows no API) stays in place and an exchange finds no API

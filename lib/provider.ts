@@ -1,7 +1,7 @@
 import Provider, { type Configuration, type KoaContextWithOIDC, type TokenEndpointGrantContext } from 'oidc-provider';
 
 import { createExchangeHandler, type Exchange, type ExchangeSetup, type MrrtExchangeEvent, type ResourceServerInfo } from './exchange.js';
-import { observeResourceServerInfo, watchedModels, type WatchedModels } from './observers.js';
+import { observedConfiguration, watchedModels, type WatchedModels } from './observers.js';
 import { resolveOptions, type MrrtConfiguration, type MrrtOptions } from './options.js';
 import { oidcScopesOf, staticFirstParty } from './rules.js';
 import type { PolicyAuditEvent } from './store.js';
@@ -91,8 +91,8 @@ function toSet(value: ParamList | undefined): Set<string> {
 /**
  * Returns a `Provider` subclass with Multi-Resource Refresh Tokens installed. Construct it exactly
  * like `Provider`, with your own issuer and configuration: the extension wraps the built-in
- * `refresh_token` grant, observes this provider's `RefreshToken` and `Grant` models and its
- * `getResourceServerInfo` during an exchange, and changes nothing else. A configuration without a
+ * `refresh_token` grant, observes this provider's `RefreshToken` and `Grant` models, its
+ * `getResourceServerInfo` and its `rotateRefreshToken` during an exchange, and changes nothing else. A configuration without a
  * refresh_token grant or with resource indicators disabled constructs as plain oidc-provider, with
  * MRRT inactive (said once at start).
  *
@@ -133,9 +133,16 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
     const exchange = exchangeOf();
     return exchange !== undefined && exchange.ctx.oidc.provider === provider ? exchange : undefined;
   };
+  // the exchanges that watch no model (a refusal, see Exchange.watchesModels): the models and
+  // getResourceServerInfo never see them, only the rotation hook asks for them, by the request's context
+  const refusals = new Map<KoaContextWithOIDC, Exchange>();
+  const refusalOf = (ctx: KoaContextWithOIDC): Exchange | undefined => (refusals.size === 0 ? undefined : refusals.get(ctx));
   const install = (ctx: KoaContextWithOIDC, exchange: Exchange | undefined): void => {
-    if (exchange) exchanges.set(ctx, exchange);
-    else exchanges.delete(ctx);
+    if (exchange === undefined) {
+      exchanges.delete(ctx);
+      refusals.delete(ctx);
+    } else if (exchange.watchesModels) exchanges.set(ctx, exchange);
+    else refusals.set(ctx, exchange);
   };
   // set while a constructor runs: oidc-provider registers its grants synchronously from the constructor
   let constructing: { readonly setup: ExchangeSetup; hooked: boolean } | undefined;
@@ -158,7 +165,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       const state = active ? { setup, hooked: false } : undefined;
       constructing = state;
       try {
-        super(issuer, active ? observeResourceServerInfo(configuration, exchangeOf) : configuration);
+        super(issuer, active ? observedConfiguration(configuration, exchangeOf, refusalOf) : configuration);
       } finally {
         constructing = undefined;
       }
@@ -191,7 +198,8 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       super.registerGrantType(name, handler, params, dupes);
     }
   };
-  // During an exchange, and only then, oidc-provider is handed the watched models (see observers.ts).
+  // During an exchange that presents a policy's overlay, and only then, oidc-provider is handed the
+  // watched models (see observers.ts).
   // Outside one, the deployment's code and oidc-provider's share the provider's own models: a method
   // a deployment replaces on them (instrumentation, a test stub) is still reached through the
   // watched models' overrides, which call the models they extend, and never replaces an override.

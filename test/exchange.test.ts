@@ -840,3 +840,59 @@ test("the request's MRRT state is not an enumerable part of the Koa context that
     await server.close();
   }
 });
+
+describe("the deployment's rotateRefreshToken", () => {
+  let server: TestServer;
+  const asked: string[] = [];
+  beforeAll(async () => {
+    const store = new MemoryPolicyStore();
+    await store.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    server = await startServer({
+      mrrt: { store, allowSkippingConsent: SKIP_CONSENT },
+      configure: (configuration) => {
+        // rotates only when the request names API.A: the answer must reach oidc-provider unchanged
+        configuration.rotateRefreshToken = (ctx) => {
+          asked.push(String(ctx.oidc.params?.resource));
+          return ctx.oidc.params?.resource === API.A;
+        };
+      },
+    });
+  });
+  afterAll(() => server.close());
+
+  test('is asked once and decides rotation for a target the refresh token holds', async () => {
+    asked.length = 0;
+    const tokens = await login(server);
+    const res = await refresh(server, tokens.refresh_token, { resource: API.A });
+    expect(res.status).toBe(200);
+    expect(claims(res.body.access_token).aud).toBe(API.A);
+    expect(res.body.refresh_token).not.toBe(tokens.refresh_token);
+    expect(asked).toEqual([API.A]);
+  });
+
+  test('is never asked for a target outside the grant and the policy: refused first, nothing consumed, the token still works', async () => {
+    const tokens = await login(server);
+    const before = snapshot(server, tokens.refresh_token);
+    asked.length = 0;
+    const res = await refresh(server, tokens.refresh_token, { resource: API.C });
+    expect(res.status).toBe(400);
+    expect(res.body.error).toBe('invalid_target');
+    expect(asked).toEqual([]);
+    expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+    const again = await refresh(server, tokens.refresh_token, { resource: API.A });
+    expect(again.status).toBe(200);
+    expect(asked).toEqual([API.A]);
+  });
+
+  test('a refused target whose request asks for a scope the refresh token lacks: the refusal answers, not the scope check', async () => {
+    const tokens = await login(server);
+    const before = snapshot(server, tokens.refresh_token);
+    asked.length = 0;
+    const res = await refresh(server, tokens.refresh_token, { resource: API.C, scope: 'c:write' });
+    expect(res.status).toBe(400);
+    expect(res.body.error).toBe('invalid_target');
+    expect(asked).toEqual([]);
+    expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+    expect((await refresh(server, tokens.refresh_token, { resource: API.A })).status).toBe(200);
+  });
+});

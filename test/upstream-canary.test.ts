@@ -1,5 +1,7 @@
 // Fails loudly when an oidc-provider release changes what the MRRT hook relies on.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { defaults } from 'oidc-provider/lib/helpers/defaults.js';
+import type { KoaContextWithOIDC } from 'oidc-provider';
 import { MemoryPolicyStore } from '../lib/index.js';
 import { API, claims, login, refresh, snapshot, startServer, type TestServer } from './support/fixture.js';
 
@@ -20,6 +22,31 @@ describe('oidc-provider behaviour the extension depends on', () => {
     const retry = await refresh(plain, tokens.refresh_token, { resource: API.A });
     expect(retry.status).toBe(400);
     expect(retry.body.error).toBe('invalid_grant');
+  });
+
+  test('oidc-provider asks rotateRefreshToken once its refresh token checks passed and before it consumes the token, and ships a default', async () => {
+    // a refusal for a target outside the policy is raised from this question; with no rotateRefreshToken
+    // configured the extension asks oidc-provider's own default, which it reads from this module
+    expect(typeof defaults.rotateRefreshToken).toBe('function');
+    const seen: Array<{ consumed: boolean; entity: boolean }> = [];
+    const server = await startServer({
+      mrrt: false,
+      configure: (configuration) => {
+        configuration.rotateRefreshToken = (ctx: KoaContextWithOIDC) => {
+          seen.push({ consumed: server.providerEvents.includes('refresh_token.consumed'), entity: ctx.oidc.entities.RefreshToken !== undefined });
+          return true;
+        };
+      },
+    });
+    try {
+      const tokens = await login(server);
+      const res = await refresh(server, tokens.refresh_token, { resource: API.A });
+      expect(res.status).toBe(200);
+      expect(seen).toEqual([{ consumed: false, entity: true }]);
+      expect(server.providerEvents).toContain('refresh_token.consumed');
+    } finally {
+      await server.close();
+    }
   });
 
   test('the refresh handler loads the refresh token and Grant through the adapter and saves the rotation through it', async () => {
