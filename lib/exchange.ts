@@ -186,9 +186,10 @@ export class Exchange {
   }
 
   /**
-   * Whether oidc-provider is handed the watched models during this exchange: a policy's overlay
-   * needs them; a refusal needs them only to learn of the refresh token before oidc-provider checks
-   * the `scope` parameter (the refusal answers first), otherwise it is checked at `rotateRefreshToken`.
+   * Whether this exchange needs the watched models: a policy's overlay does; a refusal only to learn
+   * of the refresh token before oidc-provider checks the `scope` parameter (the refusal answers
+   * first), otherwise it is checked at `rotateRefreshToken` (the provider may still hand them out,
+   * see `provider.ts`).
    */
   get watchesModels(): boolean {
     return this.plan.kind === 'policy' || Boolean(this.requestedScope);
@@ -304,19 +305,35 @@ export class Exchange {
 
   /**
    * oidc-provider has checked the refresh token (client, expiry, sender constraint, Grant, account,
-   * reuse) and is about to decide whether to rotate it: a refusal is raised here, before anything is
-   * written (SPEC E6), unless it applies outside the grant only and the refresh token holds the
-   * target, which is then refreshed as without MRRT.
+   * reuse) and asks `rotateRefreshToken`, before it consumes the token: a refusal is raised here,
+   * before anything is written (SPEC E6), unless it applies outside the grant only and the refresh
+   * token holds the target. A policy's rules run at `consume`, once the deployment said to rotate.
    */
-  beforeRefusableRotation(): void {
-    const held = this.holdFound();
-    if (this.plan.kind === 'refusal' && !(this.plan.unlessGranted && held?.granted)) this.#raise(this.plan.reason);
+  rotationAsked(): void {
+    const { plan } = this;
+    if (plan.kind !== 'refusal') return;
+    const held = this.#held ?? this.#heldEntity();
+    if (!(plan.unlessGranted && held?.granted)) this.#raise(plan.reason);
   }
 
-  /** The refresh token oidc-provider found and checked, for a refusal's exchange (which watches no model). */
-  holdFound(): Held | undefined {
+  /**
+   * What the refresh token holds, for a refusal's exchange that watched no model and failed: from
+   * oidc-provider's entities once its checks passed, else read again through the provider's own
+   * model (an error's path only), so that the refusal or `provider_check` is reported as ever.
+   */
+  async learnHeld(): Promise<void> {
+    if (this.#held ?? this.#heldEntity()) return;
+    try {
+      const token = (await this.ctx.oidc.provider.RefreshToken.find(this.refreshTokenValue, { ignoreExpiration: true })) as RefreshTokenLike | undefined;
+      if (token) this.sawRefreshToken(this.refreshTokenValue, token);
+    } catch {
+      // nothing learnt: the request's own error is answered as it is
+    }
+  }
+
+  #heldEntity(): Held | undefined {
     const token = this.ctx.oidc.entities.RefreshToken as RefreshTokenLike | undefined;
-    return this.#held ?? (token && this.#hold(token));
+    return token && this.#hold(token);
   }
 
   /**
@@ -539,6 +556,7 @@ export function createExchangeHandler(
       try {
         await builtin(ctx);
       } catch (err) {
+        if (plan.kind === 'refusal') await exchange.learnHeld();
         throw report(ctx, exchange, err);
       } finally {
         install(ctx, undefined);
@@ -561,8 +579,6 @@ export function createExchangeHandler(
 
 /** The error a failed exchange answers with, reported as an `mrrt.exchange` event when MRRT decided it. */
 function report(ctx: KoaContextWithOIDC, exchange: Exchange, err: unknown): unknown {
-  // a refusal's exchange learns of the refresh token from oidc-provider's entities, once its checks passed
-  if (exchange.plan.kind === 'refusal') exchange.holdFound();
   // a withdrawn overlay is served as without MRRT: oidc-provider's own error, no MRRT event
   if (exchange.withdrawn) return err;
   const { raised } = exchange;

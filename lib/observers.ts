@@ -9,7 +9,7 @@ import { MrrtTypeError } from './errors.js';
  * Where the extension watches oidc-provider from inside. Each observer forwards what it sees to the
  * request's {@link Exchange} — one call each — and holds no rule.
  *
- * During an exchange that presents a policy's overlay, and only then, the provider hands
+ * During an exchange that watches the models (`Exchange.watchesModels`), and only then, the provider hands
  * oidc-provider subclasses of its own `RefreshToken` and `Grant` models (see `provider.ts`): the
  * refresh token oidc-provider finds, the one it rotates to and the Grant it loads are instances of
  * these, and report how oidc-provider reads their scopes and resources and when it consumes the
@@ -17,14 +17,14 @@ import { MrrtTypeError } from './errors.js';
  * request; the watched models store exactly what the models they extend store, through the same
  * adapters. The configured `getResourceServerInfo` and `rotateRefreshToken` are the only other touch
  * points. An exchange whose plan is a refusal (a target outside the policy, served only when the
- * refresh token holds it) watches no model unless its request sends a `scope`: oidc-provider asks
- * `rotateRefreshToken` once every check of the refresh token has passed and before it consumes it,
- * and that is where it is refused.
+ * refresh token holds it) watches no model unless its request sends a `scope` or the provider class
+ * is a subclass: oidc-provider asks `rotateRefreshToken` once every check of the refresh token has
+ * passed and before it consumes it, and that is where a refusal is raised.
  */
 
 type ExchangeOf = () => Exchange | undefined;
-/** The exchange of a request whose plan is a refusal unless the refresh token holds the target. */
-type RefusalOf = (ctx: KoaContextWithOIDC) => Exchange | undefined;
+/** The exchange in flight on a request of this provider, by its context. */
+type ExchangeFor = (ctx: KoaContextWithOIDC) => Exchange | undefined;
 
 /** The models an exchange's request is given in place of the provider's own. */
 export interface WatchedModels {
@@ -81,8 +81,8 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
     else emit();
   };
 
-  // once the exchange has ended, find, the scope and resource getters and consume are one check of
-  // an empty map and a direct call: no promise or closure of their own
+  // once the exchange has stepped aside (or ended), find, the scope and resource getters and consume
+  // are one check of an empty map and a direct call: no promise or closure of their own
   const RefreshToken = class RefreshToken extends Token {
     // the model's own adapter; a deployment's subclass of this one gets its own, as of the model itself
     static override get adapter(): unknown {
@@ -162,8 +162,8 @@ const defaultRotateRefreshToken: unknown = providerDefaults.rotateRefreshToken;
  * exchange, and for another provider's or another request's question, each calls the deployment's
  * own function (or oidc-provider's default) exactly as configured.
  */
-export function observedConfiguration(configuration: Configuration, exchangeOf: ExchangeOf, refusalOf: RefusalOf): Configuration {
-  return observeResourceServerInfo(observeRotation(configuration, refusalOf), exchangeOf);
+export function observedConfiguration(configuration: Configuration, exchangeOf: ExchangeOf, exchangeFor: ExchangeFor): Configuration {
+  return observeResourceServerInfo(observeRotation(configuration, exchangeFor), exchangeOf);
 }
 
 /**
@@ -172,7 +172,7 @@ export function observedConfiguration(configuration: Configuration, exchangeOf: 
  * exchange is told first and refuses there, before anything is written (SPEC E6); whether to rotate
  * is the deployment's answer, or oidc-provider's default, as configured.
  */
-function observeRotation(configuration: Configuration, refusalOf: RefusalOf): Configuration {
+function observeRotation(configuration: Configuration, exchangeFor: ExchangeFor): Configuration {
   const configured: unknown = configuration.rotateRefreshToken;
   // never rotating, oidc-provider writes nothing before its own target check refuses
   if (configured !== undefined && configured !== true && typeof configured !== 'function') return configuration;
@@ -182,7 +182,7 @@ function observeRotation(configuration: Configuration, refusalOf: RefusalOf): Co
   return {
     ...configuration,
     rotateRefreshToken(ctx: KoaContextWithOIDC) {
-      refusalOf(ctx)?.beforeRefusableRotation();
+      exchangeFor(ctx)?.rotationAsked();
       return rotate(ctx);
     },
   } as Configuration;

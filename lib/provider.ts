@@ -134,14 +134,19 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
     return exchange !== undefined && exchange.ctx.oidc.provider === provider ? exchange : undefined;
   };
   // the exchanges that watch no model (a refusal, see Exchange.watchesModels): the models and
-  // getResourceServerInfo never see them, only the rotation hook asks for them, by the request's context
+  // getResourceServerInfo never see them; the rotation hook finds them by the request's context
   const refusals = new Map<KoaContextWithOIDC, Exchange>();
-  const refusalOf = (ctx: KoaContextWithOIDC): Exchange | undefined => (refusals.size === 0 ? undefined : refusals.get(ctx));
+  const exchangeFor = (ctx: KoaContextWithOIDC): Exchange | undefined =>
+    (refusals.size === 0 ? undefined : refusals.get(ctx)) ?? (exchanges.size === 0 ? undefined : exchanges.get(ctx));
+  // a refusal may rely on the observed rotateRefreshToken only when oidc-provider surely gets it: a
+  // Provider subclass's constructor may replace it, so under one every exchange watches the models
+  // (the refresh token's consume is then the last moment to refuse)
+  const rotationObserved = Base === Provider;
   const install = (ctx: KoaContextWithOIDC, exchange: Exchange | undefined): void => {
     if (exchange === undefined) {
       exchanges.delete(ctx);
       refusals.delete(ctx);
-    } else if (exchange.watchesModels) exchanges.set(ctx, exchange);
+    } else if (exchange.watchesModels || !rotationObserved) exchanges.set(ctx, exchange);
     else refusals.set(ctx, exchange);
   };
   // set while a constructor runs: oidc-provider registers its grants synchronously from the constructor
@@ -165,7 +170,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       const state = active ? { setup, hooked: false } : undefined;
       constructing = state;
       try {
-        super(issuer, active ? observedConfiguration(configuration, exchangeOf, refusalOf) : configuration);
+        super(issuer, active ? observedConfiguration(configuration, exchangeOf, exchangeFor) : configuration);
       } finally {
         constructing = undefined;
       }
@@ -198,8 +203,8 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       super.registerGrantType(name, handler, params, dupes);
     }
   };
-  // During an exchange that presents a policy's overlay, and only then, oidc-provider is handed the
-  // watched models (see observers.ts).
+  // During an exchange that watches the models (see Exchange.watchesModels), and only then,
+  // oidc-provider is handed the watched models (see observers.ts).
   // Outside one, the deployment's code and oidc-provider's share the provider's own models: a method
   // a deployment replaces on them (instrumentation, a test stub) is still reached through the
   // watched models' overrides, which call the models they extend, and never replaces an override.

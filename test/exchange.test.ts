@@ -5,7 +5,9 @@ import * as jose from 'jose';
 import { Redis } from 'ioredis';
 import request from 'supertest';
 
-import { MemoryPolicyStore, RedisPolicyStore, type MrrtReason, type Policy } from '../lib/index.js';
+import Provider, { type Configuration } from 'oidc-provider';
+
+import { MemoryPolicyStore, RedisPolicyStore, withMrrt, type MrrtReason, type Policy } from '../lib/index.js';
 import { API, CLIENTS, SKIP_CONSENT, claims, dpopKey, login, refresh, snapshot, startServer, type TestServer, type TokenSet } from './support/fixture.js';
 import { deleteKeys } from './support/redis-keys.js';
 
@@ -894,5 +896,60 @@ describe("the deployment's rotateRefreshToken", () => {
     expect(asked).toEqual([]);
     expect(snapshot(server, tokens.refresh_token)).toEqual(before);
     expect((await refresh(server, tokens.refresh_token, { resource: API.A })).status).toBe(200);
+  });
+
+  test('a refused target whose request sends a scope the refresh token holds: refused before the function is asked', async () => {
+    const tokens = await login(server);
+    const before = snapshot(server, tokens.refresh_token);
+    asked.length = 0;
+    const res = await refresh(server, tokens.refresh_token, { resource: API.C, scope: 'openid' });
+    expect(res.status).toBe(400);
+    expect(res.body.error).toBe('invalid_target');
+    expect(asked).toEqual([]);
+    expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+    expect((await refresh(server, tokens.refresh_token, { resource: API.A })).status).toBe(200);
+  });
+
+  test("a refused target whose refresh token fails oidc-provider's own checks is reported as provider_check", async () => {
+    const tokens = await login(server);
+    const stored = server.storage.entries.get(`RefreshToken:${tokens.refresh_token}`)!;
+    stored.payload.exp = Math.floor(Date.now() / 1000) - 60;
+    const before = snapshot(server, tokens.refresh_token);
+    const seen = server.events.length;
+    const res = await refresh(server, tokens.refresh_token, { resource: API.C });
+    expect(res.status).toBe(400);
+    expect(res.body.error).toBe('invalid_grant');
+    expect(server.events.slice(seen)).toEqual([expect.objectContaining({ outcome: 'refused', reason: 'provider_check', error: 'invalid_grant' })]);
+    expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+  });
+});
+
+describe('a Provider subclass that sets its own rotateRefreshToken', () => {
+  // its constructor replaces the configured function, so the extension cannot rely on being asked
+  class AlwaysRotates extends Provider {
+    constructor(issuer: string, configuration: Configuration) {
+      super(issuer, { ...configuration, rotateRefreshToken: true });
+    }
+  }
+  let server: TestServer;
+  beforeAll(async () => {
+    const store = new MemoryPolicyStore();
+    await store.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    server = await startServer({ mrrt: { store }, providerClass: withMrrt(AlwaysRotates, { store, allowSkippingConsent: SKIP_CONSENT }) });
+  });
+  afterAll(() => server.close());
+
+  test('a refused target leaves the refresh token unused, and it still rotates for a granted one', async () => {
+    const tokens = await login(server);
+    const before = snapshot(server, tokens.refresh_token);
+    const res = await refresh(server, tokens.refresh_token, { resource: API.C });
+    expect(res.status).toBe(400);
+    expect(res.body.error).toBe('invalid_target');
+    expect(server.providerEvents).not.toContain('refresh_token.consumed');
+    expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+    const granted = await refresh(server, tokens.refresh_token, { resource: API.A });
+    expect(granted.status).toBe(200);
+    expect(granted.body.refresh_token).not.toBe(tokens.refresh_token);
+    expect((await refresh(server, granted.body.refresh_token as string, { resource: API.B })).status).toBe(200);
   });
 });
