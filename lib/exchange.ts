@@ -212,8 +212,8 @@ export class Exchange {
   // --- transitions, one for each observation ---
 
   /**
-   * oidc-provider found a refresh token (and has not checked the `scope` parameter yet). Only an
-   * exchange that {@link watchesModels} sees this.
+   * oidc-provider found a refresh token (and has not checked the `scope` parameter yet), seen
+   * through the watched models (see {@link watchesModels}).
    */
   sawRefreshToken(value: string, token: RefreshTokenLike): void {
     // another client's refresh token is oidc-provider's to refuse (client mismatch); the exchange never holds it
@@ -317,18 +317,12 @@ export class Exchange {
   }
 
   /**
-   * What the refresh token holds, for a refusal's exchange that watched no model and failed: from
-   * oidc-provider's entities once its checks passed, else read again through the provider's own
-   * model (an error's path only), so that the refusal or `provider_check` is reported as ever.
+   * What the refresh token holds, for a refusal's exchange that watched no model and failed: known
+   * once oidc-provider accepted the token (its entities are set); before that the request's error is
+   * oidc-provider's own, and the token is not read again to find out whether MRRT was involved.
    */
-  async learnHeld(): Promise<void> {
-    if (this.#held ?? this.#heldEntity()) return;
-    try {
-      const token = (await this.ctx.oidc.provider.RefreshToken.find(this.refreshTokenValue, { ignoreExpiration: true })) as RefreshTokenLike | undefined;
-      if (token) this.sawRefreshToken(this.refreshTokenValue, token);
-    } catch {
-      // nothing learnt: the request's own error is answered as it is
-    }
+  learnHeld(): void {
+    if (!this.#held) this.#heldEntity();
   }
 
   #heldEntity(): Held | undefined {
@@ -556,7 +550,7 @@ export function createExchangeHandler(
       try {
         await builtin(ctx);
       } catch (err) {
-        if (plan.kind === 'refusal') await exchange.learnHeld();
+        if (plan.kind === 'refusal') exchange.learnHeld();
         throw report(ctx, exchange, err);
       } finally {
         install(ctx, undefined);

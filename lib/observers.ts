@@ -17,9 +17,10 @@ import { MrrtTypeError } from './errors.js';
  * request; the watched models store exactly what the models they extend store, through the same
  * adapters. The configured `getResourceServerInfo` and `rotateRefreshToken` are the only other touch
  * points. An exchange whose plan is a refusal (a target outside the policy, served only when the
- * refresh token holds it) watches no model unless its request sends a `scope` or the provider class
- * is a subclass: oidc-provider asks `rotateRefreshToken` once every check of the refresh token has
- * passed and before it consumes it, and that is where a refusal is raised.
+ * refresh token holds it) watches no model unless its request sends a `scope` or `withMrrt` was
+ * given a subclass of `Provider` (see `provider.ts`): oidc-provider asks `rotateRefreshToken` once
+ * every check of the refresh token has passed and before it consumes it, and that is where a
+ * refusal is raised.
  */
 
 type ExchangeOf = () => Exchange | undefined;

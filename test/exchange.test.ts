@@ -910,17 +910,30 @@ describe("the deployment's rotateRefreshToken", () => {
     expect((await refresh(server, tokens.refresh_token, { resource: API.A })).status).toBe(200);
   });
 
-  test("a refused target whose refresh token fails oidc-provider's own checks is reported as provider_check", async () => {
+  test("a refused target whose refresh token fails oidc-provider's own checks: oidc-provider's answer, no MRRT event, nothing written", async () => {
     const tokens = await login(server);
     const stored = server.storage.entries.get(`RefreshToken:${tokens.refresh_token}`)!;
     stored.payload.exp = Math.floor(Date.now() / 1000) - 60;
     const before = snapshot(server, tokens.refresh_token);
     const seen = server.events.length;
+    asked.length = 0;
     const res = await refresh(server, tokens.refresh_token, { resource: API.C });
     expect(res.status).toBe(400);
-    expect(res.body.error).toBe('invalid_grant');
-    expect(server.events.slice(seen)).toEqual([expect.objectContaining({ outcome: 'refused', reason: 'provider_check', error: 'invalid_grant' })]);
+    expect(res.body).toMatchObject({ error: 'invalid_grant', error_description: 'grant request is invalid' });
+    expect(server.events.slice(seen)).toEqual([]);
+    expect(asked).toEqual([]);
     expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+  });
+
+  test('a refused target whose refresh token oidc-provider accepted and then refuses (reuse) is reported as provider_check', async () => {
+    const tokens = await login(server);
+    const rotated = await refresh(server, tokens.refresh_token, { resource: API.A });
+    expect(rotated.status).toBe(200);
+    const seen = server.events.length;
+    const reused = await refresh(server, tokens.refresh_token, { resource: API.C });
+    expect(reused.status).toBe(400);
+    expect(reused.body.error).toBe('invalid_grant');
+    expect(server.events.slice(seen)).toEqual([expect.objectContaining({ outcome: 'refused', reason: 'provider_check', error: 'invalid_grant' })]);
   });
 });
 
