@@ -9,18 +9,18 @@ import { MrrtTypeError } from './errors.js';
  * Where the extension watches oidc-provider from inside. Each observer forwards what it sees to the
  * request's {@link Exchange} — one call each — and holds no rule.
  *
- * During an exchange that watches the models (`Exchange.watchesModels`), and only then, the provider hands
- * oidc-provider subclasses of its own `RefreshToken` and `Grant` models (see `provider.ts`): the
- * refresh token oidc-provider finds, the one it rotates to and the Grant it loads are instances of
- * these, and report how oidc-provider reads their scopes and resources and when it consumes the
- * refresh token. Nothing of oidc-provider is changed: no model class, prototype or object of another
- * request; the watched models store exactly what the models they extend store, through the same
- * adapters. The configured `getResourceServerInfo` and `rotateRefreshToken` are the only other touch
- * points. An exchange whose plan is a refusal (a target outside the policy, served only when the
- * refresh token holds it) watches no model unless its request sends a `scope` or `withMrrt` was
- * given a subclass of `Provider` (see `provider.ts`): oidc-provider asks `rotateRefreshToken` once
- * every check of the refresh token has passed and before it consumes it, and that is where a
- * refusal is raised.
+ * During an exchange that watches the models (`Exchange.watchesModels`), and only then, the
+ * provider hands oidc-provider subclasses of its own `RefreshToken` and `Grant` models (see
+ * `provider.ts`): the refresh token oidc-provider finds, the one it rotates to and the Grant it
+ * loads are instances of these, and report how oidc-provider reads their scopes and resources and
+ * when it consumes the refresh token. Nothing of oidc-provider is changed: no model class,
+ * prototype or object of another request; the watched models store exactly what the models they
+ * extend store, through the same adapters. The configured `getResourceServerInfo` and
+ * `rotateRefreshToken` are the only other touch points. An exchange whose plan is a refusal (a
+ * target outside the policy, served only when the refresh token holds it) watches no model unless
+ * its request sends a `scope` or `withMrrt` was given a subclass of `Provider` (see `provider.ts`):
+ * oidc-provider asks `rotateRefreshToken` once every check of the refresh token has passed and
+ * before it consumes it, and that is where a refusal is raised.
  */
 
 type ExchangeOf = () => Exchange | undefined;
@@ -177,9 +177,9 @@ function observeRotation(configuration: Configuration, exchangeFor: ExchangeFor)
   const configured: unknown = configuration.rotateRefreshToken;
   // never rotating, oidc-provider writes nothing before its own target check refuses
   if (configured !== undefined && configured !== true && typeof configured !== 'function') return configuration;
-  // what oidc-provider does with each kind of value: a function is asked, `true` rotates, anything else does not
+  // a function is asked, none configured is oidc-provider's default, and the rest is `true`
   const rotate: RotateRefreshToken =
-    typeof configured === 'function' ? (configured as RotateRefreshToken) : configured === undefined ? providerDefault() : () => configured === true;
+    typeof configured === 'function' ? (configured as RotateRefreshToken) : configured === undefined ? providerDefault() : () => true;
   return {
     ...configuration,
     rotateRefreshToken(ctx: KoaContextWithOIDC) {

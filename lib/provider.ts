@@ -92,9 +92,9 @@ function toSet(value: ParamList | undefined): Set<string> {
  * Returns a `Provider` subclass with Multi-Resource Refresh Tokens installed. Construct it exactly
  * like `Provider`, with your own issuer and configuration: the extension wraps the built-in
  * `refresh_token` grant, observes this provider's `RefreshToken` and `Grant` models, its
- * `getResourceServerInfo` and its `rotateRefreshToken` during an exchange, and changes nothing else. A configuration without a
- * refresh_token grant or with resource indicators disabled constructs as plain oidc-provider, with
- * MRRT inactive (said once at start).
+ * `getResourceServerInfo` and its `rotateRefreshToken` during an exchange, and changes nothing
+ * else. A configuration without a refresh_token grant or with resource indicators disabled
+ * constructs as plain oidc-provider, with MRRT inactive (said once at start).
  *
  * @example
  * ```ts
