@@ -134,12 +134,16 @@ describe('PolicyCache on RedisPolicyStore', () => {
     await cache.get('c7');
     expect(cache.size).toBe(1);
     const flushed = changeOf(store, undefined);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    const list = (await clients[0]!.client('LIST')) as string;
-    const ids = list
-      .split('\n')
-      .filter((line) => line.includes(`name=${connectionName} `) && / flags=P /.test(line))
-      .map((line) => /id=(\d+)/.exec(line)![1]!);
+    // the subscriber's connection, once it has subscribed (on a busy machine that takes a while)
+    let ids: string[] = [];
+    for (let waited = 0; ids.length === 0 && waited <= 5000; waited += 20) {
+      if (waited > 0) await new Promise((resolve) => setTimeout(resolve, 20));
+      const list = (await clients[0]!.client('LIST')) as string;
+      ids = list
+        .split('\n')
+        .filter((line) => line.includes(`name=${connectionName} `) && / flags=P /.test(line))
+        .map((line) => /id=(\d+)/.exec(line)![1]!);
+    }
     expect(ids.length).toBeGreaterThan(0);
     for (const id of ids) await clients[0]!.client('KILL', 'ID', id);
     await flushed;
