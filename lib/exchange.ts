@@ -10,6 +10,7 @@ import {
   definedScopes,
   denyListRefusal,
   firstPartyRefusal,
+  isThenable,
   isWellFormedAnswer,
   policyScopes,
   resourceServerRefusal,
@@ -67,6 +68,9 @@ interface Refusal {
 }
 
 type RefusalReason = TargetRefusal | 'store_unavailable' | 'store_corrupt' | 'check_unavailable';
+
+/** The deployment's answer for the target that the rules held, or a promise of it when the deployment answers with one. */
+type Settled = ResourceServerAnswer | undefined | Promise<ResourceServerAnswer | undefined>;
 
 /** What this request's refresh token holds, as stored. */
 interface Held {
@@ -133,8 +137,8 @@ export class Exchange {
   /** The `scope` parameter as the client sent it. */
   readonly requestedScope: string | undefined;
   #held: Held | undefined;
-  /** Set once the rules have run against the answer issuance uses; then it is that answer. */
-  #settled: Promise<ResourceServerAnswer | undefined> | undefined;
+  /** Set once the rules have run against the answer issuance uses: that answer, or the rules' error. */
+  #settled: { readonly answer: Settled } | { readonly error: unknown } | undefined;
   #withdrawn = false;
   #ended = false;
   #muted = false;
@@ -298,9 +302,14 @@ export class Exchange {
     return added.length === 0 ? scope : union(splitScope(scope), added).join(' ');
   }
 
-  /** oidc-provider is about to consume (rotate) this request's refresh token: the last moment to refuse without loss. */
-  async beforeRotation(token: RefreshTokenLike): Promise<void> {
-    if (token.grantId !== undefined && token.grantId === this.#held?.grantId) await this.#settle(true);
+  /**
+   * oidc-provider is about to consume (rotate) this request's refresh token: the last moment to
+   * refuse without loss. A promise only when the deployment's `getResourceServerInfo` answers with one.
+   */
+  beforeRotation(token: RefreshTokenLike): PromiseLike<unknown> | undefined {
+    if (token.grantId === undefined || token.grantId !== this.#held?.grantId) return undefined;
+    const settled = this.#settle(true);
+    return isThenable(settled) ? settled : undefined;
   }
 
   /**
@@ -335,32 +344,47 @@ export class Exchange {
    * written before this answer on a request without rotation; with rotation the rules ran before
    * the refresh token was consumed and this is the answer they were checked against (SPEC E12).
    */
-  async resourceServerInfo(resource: string, ask: () => unknown): Promise<unknown> {
-    const answer = await this.#settle(false);
-    return resource === this.target && answer !== undefined ? answer : ask();
+  resourceServerInfo(resource: string, ask: () => unknown): unknown {
+    const settled = this.#settle(false);
+    if (isThenable(settled)) return settled.then((answer) => (resource === this.target && answer !== undefined ? answer : ask()));
+    return resource === this.target && settled !== undefined ? settled : ask();
   }
 
   // --- the rules that need the refresh token, Grant and account loaded ---
 
-  #settle(rotating: boolean): Promise<ResourceServerAnswer | undefined> {
-    this.#settled ??= this.#check(rotating);
-    return this.#settled;
+  /** The rules, run once: their answer (a promise only when the deployment's is one) or their error, each time. */
+  #settle(rotating: boolean): Settled {
+    if (this.#settled === undefined) {
+      try {
+        this.#settled = { answer: this.#check(rotating) };
+      } catch (error) {
+        this.#settled = { error };
+      }
+    }
+    if ('error' in this.#settled) throw this.#settled.error;
+    return this.#settled.answer;
   }
 
-  async #check(rotating: boolean): Promise<ResourceServerAnswer | undefined> {
-    const { ctx } = this;
+  #check(rotating: boolean): Settled {
     if (this.#raised) throw this.#raised.error;
     const refusal = this.activeRefusal();
     if (refusal) this.#raise(refusal.reason);
     const held = this.#held;
     if (this.plan.kind !== 'policy' || !held) return undefined;
 
-    const { config, getResourceServerInfo } = this.#setup;
-    const client = ctx.oidc.client!;
-    const answer = await askResourceServer(() => {
+    const { ctx } = this;
+    const { getResourceServerInfo } = this.#setup;
+    const answer = askResourceServer(() => {
       if (!getResourceServerInfo) throw new errors.InvalidTarget();
-      return getResourceServerInfo(ctx, this.target, client);
+      return getResourceServerInfo(ctx, this.target, ctx.oidc.client!);
     });
+    return isThenable(answer) ? answer.then((settled) => this.#checkAnswer(held, rotating, settled)) : this.#checkAnswer(held, rotating, answer);
+  }
+
+  /** The rules that read the deployment's answer for the target (SPEC E5, E12, P4). */
+  #checkAnswer(held: Held, rotating: boolean, answer: ResourceServerAnswer | undefined): ResourceServerAnswer | undefined {
+    const { ctx } = this;
+    const { config } = this.#setup;
     if (answer && !isWellFormedAnswer(answer)) {
       // the deployment's bug, reported as oidc-provider would, but before the refresh token is consumed
       const error = new errors.OIDCProviderError(500, 'server_error');
@@ -375,13 +399,33 @@ export class Exchange {
     const token = ctx.oidc.entities.RefreshToken!;
     if (!held.granted) {
       const defined = definedScopes(answer!);
+      if (this.#policyScopeAvailable(defined, grant)) return this.#publicClientRule(held, rotating, answer);
       const candidates = [...(ctx.oidc.params?.scope ? ctx.oidc.requestParamScopes : token.scopes)].filter((scope) => defined.has(scope));
       if (grant.getResourceScopeFiltered(this.target, candidates) === '') {
         const requested = ctx.oidc.params?.scope ? [...ctx.oidc.requestParamScopes].join(' ') : undefined;
         this.#raise('empty_scope', new errors.InvalidScope(`no requested scope is available for ${this.target}`, requested as string));
       }
     }
-    if (config.publicClients !== 'any' && unprotectedPublicRefresh(ctx, rotating)) return this.#refuseOrWithdraw(held, 'public_client_unprotected');
+    return this.#publicClientRule(held, rotating, answer);
+  }
+
+  /**
+   * SPEC E5's usual case, decided without presenting the scopes: a policy scope the API defines,
+   * requested (when `scope` is sent) and never rejected by the user, is always in the token.
+   */
+  #policyScopeAvailable(defined: ReadonlySet<string>, grant: GrantLike): boolean {
+    const { oidc } = this.ctx;
+    const requested = oidc.params?.scope ? oidc.requestParamScopes : undefined;
+    const rejected = grant.rejected === undefined ? undefined : rejectedScopes(grant);
+    return (this.plan as Plan & { kind: 'policy' }).policyScopes.some(
+      (scope) => defined.has(scope) && (requested === undefined || requested.has(scope)) && !rejected?.has(scope),
+    );
+  }
+
+  /** RFC 9700 §2.2.2 for an exchange (SPEC P4), unless the deployment allows any public client. */
+  #publicClientRule(held: Held, rotating: boolean, answer: ResourceServerAnswer | undefined): ResourceServerAnswer | undefined {
+    if (this.#setup.config.publicClients !== 'any' && unprotectedPublicRefresh(this.ctx, rotating))
+      return this.#refuseOrWithdraw(held, 'public_client_unprotected');
     return answer;
   }
 
@@ -417,10 +461,6 @@ export class Exchange {
 /** A refusal decided before any token is read, void when the refresh token holds the target. */
 function refusalPlan(reason: RefusalReason): Refusal {
   return { kind: 'refusal', reason, unlessGranted: true };
-}
-
-function isThenable(value: unknown): value is PromiseLike<unknown> {
-  return (typeof value === 'object' || typeof value === 'function') && value !== null && typeof (value as PromiseLike<unknown>).then === 'function';
 }
 
 function readValues(value: unknown): string[] {

@@ -119,7 +119,13 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
     override consume(): Promise<void> {
       const exchange = exchangeOf();
       if (exchange === undefined) return super.consume();
-      return exchange.beforeRotation(this).then(() => super.consume());
+      let checked: PromiseLike<unknown> | undefined;
+      try {
+        checked = exchange.beforeRotation(this);
+      } catch (err) {
+        return Promise.reject(err as Error);
+      }
+      return checked === undefined ? super.consume() : Promise.resolve(checked).then(() => super.consume());
     }
 
     override emit(eventName: string): void {

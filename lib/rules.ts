@@ -108,15 +108,34 @@ export function resourceServerRefusal(config: MrrtConfiguration, answer: Resourc
   return typeof answer.audience === 'string' && config.denyList.has(answer.audience) ? 'deny_listed' : undefined;
 }
 
-/** Asks the deployment's `getResourceServerInfo`; its `InvalidTarget` (or no answer) means "not a known API". */
-export async function askResourceServer(ask: () => unknown): Promise<ResourceServerAnswer | undefined> {
+/** Whether an operator's answer is a promise or any thenable, to be awaited; anything else is the answer itself. */
+export function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return (typeof value === 'object' || typeof value === 'function') && value !== null && typeof (value as PromiseLike<unknown>).then === 'function';
+}
+
+/**
+ * Asks the deployment's `getResourceServerInfo`; its `InvalidTarget` (or no answer) means "not a
+ * known API". A synchronous answer is returned as it is: an exchange then decides without a promise.
+ */
+export function askResourceServer(ask: () => unknown): ResourceServerAnswer | undefined | Promise<ResourceServerAnswer | undefined> {
+  let answer: unknown;
+  let thenable: boolean;
   try {
-    const answer = await ask();
-    return typeof answer === 'object' && answer !== null ? (answer as ResourceServerAnswer) : undefined;
+    answer = ask();
+    // a `then` that throws is the answer's error, as `await` would make it
+    thenable = isThenable(answer);
   } catch (err) {
-    if (err instanceof errors.InvalidTarget) return undefined;
-    throw err;
+    return unknownResource(err);
   }
+  return thenable ? Promise.resolve(answer).then(asAnswer, unknownResource) : asAnswer(answer);
+}
+
+const asAnswer = (answer: unknown): ResourceServerAnswer | undefined =>
+  typeof answer === 'object' && answer !== null ? (answer as ResourceServerAnswer) : undefined;
+
+function unknownResource(err: unknown): undefined {
+  if (err instanceof errors.InvalidTarget) return undefined;
+  throw err;
 }
 
 /** The scopes an API defines, from its `getResourceServerInfo` answer. */

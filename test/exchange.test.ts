@@ -824,6 +824,47 @@ describe("the provider's OpenID scopes", () => {
   });
 });
 
+describe('scopes the user rejected in the Grant', () => {
+  test.each([
+    ['rotation off', false],
+    ['rotation on', true],
+  ])('never reach a token through a policy; with every policy scope rejected the exchange is refused (%s)', async (_label, rotate) => {
+    const memory = new MemoryPolicyStore();
+    await memory.set('app', [{ audience: API.B, scope: ['b:read', 'b:write'] }]);
+    const server = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT }, rotate });
+    const reject = async (refreshToken: string, scope: string) => {
+      const { grantId } = snapshot(server, refreshToken);
+      const grant = (await server.provider.Grant.find(grantId))!;
+      grant.rejectResourceScope(API.B, scope);
+      await grant.save();
+    };
+    try {
+      const tokens = await login(server);
+      await reject(tokens.refresh_token, 'b:read');
+      const partly = await refresh(server, tokens.refresh_token, { audience: API.B });
+      expect(partly.status).toBe(200);
+      expect(claims(partly.body.access_token)).toMatchObject({ aud: API.B, scope: 'b:write' });
+      const current = (partly.body.refresh_token as string | undefined) ?? tokens.refresh_token;
+      // asked for by name, a rejected scope is not available either
+      const named = await refresh(server, current, { audience: API.B, scope: 'b:read' });
+      expect({ status: named.status, error: named.body.error }).toEqual({ status: 400, error: 'invalid_scope' });
+
+      await reject(current, 'b:write');
+      const before = snapshot(server, current);
+      server.events.length = 0;
+      const none = await refresh(server, current, { audience: API.B });
+      expect({ status: none.status, error: none.body.error }).toEqual({ status: 400, error: 'invalid_scope' });
+      expect(none.body).not.toHaveProperty('access_token');
+      expect(server.events.map((event) => event.reason)).toEqual(['empty_scope']);
+      // the refused request changed nothing, and the refresh token still works
+      expect(snapshot(server, current)).toEqual(before);
+      expect((await refresh(server, current, { resource: API.A })).status).toBe(200);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
 test("the request's MRRT state is not an enumerable part of the Koa context that listeners receive", async () => {
   const memory = new MemoryPolicyStore();
   await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
