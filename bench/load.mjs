@@ -1,4 +1,4 @@
-// Load against the bench servers: scenarios side by side for a fixed time with autocannon (closed loop), one
+// Load against the bench servers: scenarios for a fixed time with autocannon (closed loop), alone or side by side, one
 // token at a time (the Redis command count), and the sanity check that every server answers as its
 // scenario says before anything is timed. A–D get a token with one refresh request; E with two (a
 // silent authorization request and its code exchange): every figure is per token.

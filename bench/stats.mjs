@@ -75,7 +75,7 @@ export function verdict(ratio, bound, atLeast) {
 /**
  * Medians over rounds per scenario, ratios per round against A (A and the other scenario measured
  * within the same round), C against E per token, and the Redis adapter's targets. `results` maps
- * "<variant>/<scenario>" to the scenario's per-round throughput measurements (side by side),
+ * "<variant>/<scenario>" to the scenario's per-round throughput measurements (each scenario alone, in turn),
  * `cpuResults` to its server CPU µs per token, per interleaved round; round i of either ran on
  * process i mod `replicas` of each scenario. E (two requests per token) is
  * compared with C, the MRRT exchange it is the alternative to, not with A.
