@@ -9,15 +9,16 @@ import { percentile } from './stats.mjs';
 import { log, sleep } from './util.mjs';
 
 /**
- * Runs scenarios side by side for `seconds`, each job on its own server process and all at the same
- * time, so that whatever else the machine does meanwhile weighs on each alike; returns, per job,
+ * Runs one window of `seconds` for each job, each on its own server process and all at the same
+ * time (the warm-up runs a variant's scenarios together; a measured round gives each its own window
+ * in turn); returns, per job,
  * requests/s and latency percentiles computed from every response (autocannon's own histogram rounds
  * to whole milliseconds) and the server's CPU per request over the window. A job is `{ server,
  * targets, variant, scenario, poolRps, profileFile }`: rotating variants get a pool of
  * `poolRps × seconds` fresh refresh tokens, purged afterwards; `profileFile` profiles the server
  * during the window.
  */
-export async function measureTogether(jobs, { seconds, connections }) {
+export async function measureWindows(jobs, { seconds, connections }) {
   const windows = await Promise.all(jobs.map((job) => openWindow(job, { seconds, connections })));
   await Promise.all(jobs.map(({ server }) => server.call('gc')));
   await sleep(50);

@@ -27,13 +27,13 @@ import { parseArgs } from 'node:util';
 
 import { Redis } from 'ioredis';
 
-import { measureInterleaved, measureTogether, sanityCheck } from './load.mjs';
+import { measureInterleaved, measureWindows, sanityCheck } from './load.mjs';
 import { countCommands } from './redis-commands.mjs';
 import { fmt, fmtInt, machine, markdown, revision } from './report.mjs';
 import { scaleRun } from './scale.mjs';
 import { ServerProcess } from './server-process.mjs';
-import { SCENARIOS, deleteByPrefix, parseInfo, parseVariants } from './shared.mjs';
-import { median, round, spread, summarise } from './stats.mjs';
+import { SCENARIOS, deleteByPrefix, lazyFreed, parseInfo, parseVariants } from './shared.mjs';
+import { balancedOrders, median, round, spread, summarise } from './stats.mjs';
 import { log } from './util.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -60,7 +60,7 @@ const { values: args } = parseArgs({
 
 const PRESET = args.quick
   ? { rounds: 3, duration: 0.5, warmup: 0.3, scale: 10_000, sample: 2_000, count: 30, cpuRounds: 4, cpuTokens: 40, replicas: 1 }
-  : { rounds: 16, duration: 1.5, warmup: 2, scale: 100_000, sample: 10_000, count: 500, cpuRounds: 64, cpuTokens: 100, replicas: 8 };
+  : { rounds: 24, duration: 1, warmup: 2, scale: 100_000, sample: 10_000, count: 500, cpuRounds: 64, cpuTokens: 100, replicas: 8 };
 const positive = (value, fallback, name) => {
   if (value === undefined) return fallback;
   const n = Number(value);
@@ -94,6 +94,8 @@ const SCENARIO_NAMES = args.scenarios
   : Object.keys(SCENARIOS);
 for (const s of SCENARIO_NAMES) if (!SCENARIOS[s]) throw new Error(`--scenarios: unknown scenario "${s}" (letters of ${Object.keys(SCENARIOS).join('')})`);
 const STORAGE_COUNTS = [1, 3, 10];
+// the order of the scenarios in each throughput round
+const ORDERS = balancedOrders(SCENARIO_NAMES.length);
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const RUN_PREFIX = `mrrt-bench:${process.pid}-${randomBytes(4).toString('hex')}:`;
 const PROFILE_DIR = path.join(here, 'profiles');
@@ -175,7 +177,8 @@ async function main() {
 
     const { connections } = settings;
     const GUESS_RPS = 3000; // pool size for the warm-up of rotating scenarios (an exhausted pool only shortens it)
-    // the highest rate seen so far per scenario: rotating scenarios get twice that many tokens per second
+    // per scenario, the highest rate seen so far (at first, a guess from the warm-up): rotating scenarios
+    // get twice that many tokens per second
     const peakRps = new Map();
     const jobsOf = (variant, replica, profileOf = () => undefined) =>
       SCENARIO_NAMES.map((scenario) => {
@@ -191,9 +194,10 @@ async function main() {
     for (const variant of variants) {
       let warm;
       for (let replica = 0; replica < replicas; replica += 1)
-        warm = await measureTogether(jobsOf(variant, replica), { seconds: settings.warmup_s, connections });
+        warm = await measureWindows(jobsOf(variant, replica), { seconds: settings.warmup_s, connections });
       log(`warm-up ${variant}: ${SCENARIO_NAMES.map((s, i) => `${s} ${fmtInt(warm[i].rps)}`).join(', ')} req/s`);
-      // the warm-up runs every scenario at once; alone, one gets up to this many times the rate (it sizes the token pools only)
+      // the warm-up runs every scenario at once; alone, one gets up to this many times the rate (the
+      // guess only sizes the token pools: an exhausted pool shortens a window, it does not bias its rate)
       const alone = SCENARIO_NAMES.length;
       for (const [i, scenario] of SCENARIO_NAMES.entries()) peakRps.set(`${variant}/${scenario}`, warm[i].rps * alone);
     }
@@ -204,11 +208,15 @@ async function main() {
       for (const variant of variants) {
         const profileOf = (scenario) =>
           args['cpu-prof'] ? path.join(PROFILE_DIR, `${variant.replace('/', '-')}-${scenario}-round${round_ + 1}.cpuprofile`) : undefined;
-        // one scenario at a time, each with the machine to itself, in an order rotated every round
+        // one scenario at a time (no other server busy), in the round's place of a balanced design
         const all = jobsOf(variant, round_, profileOf);
-        const jobs = all.map((_, i) => all[(i + round_) % all.length]);
+        const jobs = ORDERS[round_ % ORDERS.length].map((i) => all[i]);
         const measured_ = [];
-        for (const job of jobs) measured_.push(...(await measureTogether([job], { seconds: settings.duration_s, connections })));
+        for (const job of jobs) {
+          measured_.push(...(await measureWindows([job], { seconds: settings.duration_s, connections })));
+          // the window's tokens are unlinked: Redis frees them in the background, before the next window starts
+          await lazyFreed(redis);
+        }
         for (const [i, r] of measured_.entries()) {
           const { scenario, profileFile } = jobs[i];
           const key = `${variant}/${scenario}`;

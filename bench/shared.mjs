@@ -154,6 +154,15 @@ export async function deleteByPrefix(redis, prefix) {
 }
 
 /** The fields of an `INFO` answer. */
+/** Waits until Redis has freed what UNLINK handed to its background thread (at most `ms`). */
+export async function lazyFreed(redis, ms = 5000) {
+  const until = performance.now() + ms;
+  while (performance.now() < until) {
+    if (parseInfo(await redis.info('memory')).lazyfree_pending_objects === '0') return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
 export function parseInfo(text) {
   const out = {};
   for (const line of text.split('\r\n')) {

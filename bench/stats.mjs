@@ -64,6 +64,19 @@ export const spread = (values, replicas = 1) => ({
   ci95: medianInterval(values, replicas),
 });
 
+/**
+ * The orders in which `n` scenarios take turns, one per round (a Williams design): every scenario
+ * is at every place of a round equally often, and follows every other scenario equally often, so that
+ * neither a drift within a round nor what the window before leaves behind weighs on one scenario more
+ * than another. `n` rows when `n` is even; for an odd `n`, the rows and their mirror images (2`n`).
+ */
+export function balancedOrders(n) {
+  // 0, 1, n − 1, 2, n − 2, …, then each row shifted by one
+  const first = Array.from({ length: n }, (_, i) => (i % 2 === 1 ? (i + 1) / 2 : (n - i / 2) % n));
+  const rows = Array.from({ length: n }, (_, r) => first.map((s) => (s + r) % n));
+  return n % 2 === 0 ? rows : [...rows, ...rows.map((row) => [...row].reverse())];
+}
+
 /** A target on a median ratio: met or missed only when the whole 95 % interval says so. */
 export function verdict(ratio, bound, atLeast) {
   const [low, high] = ratio.ci95;
