@@ -5,7 +5,7 @@
 import autocannon from 'autocannon';
 
 import { API, SCENARIOS, codeExchangeBody, codeFromRedirect, refreshBody, rotating, silentAuthorizationQuery, targetName } from './shared.mjs';
-import { percentile } from './stats.mjs';
+import { balancedOrders, percentile } from './stats.mjs';
 import { log, sleep } from './util.mjs';
 
 /**
@@ -205,8 +205,9 @@ export function tokenRequester(target, scenario, headers = {}) {
 
 /**
  * Server CPU per token of each scenario, interleaved: `perScenario` tokens each, one request at a
- * time, the scenarios taking turns (A, B, C, A, B, C, … in an order rotated every turn), so that
- * whatever else the machine does weighs on every scenario alike. Each scenario has its server
+ * time, the scenarios taking turns in the orders of a balanced design (each at every place of a turn
+ * and after every other equally often), so that whatever else the machine does, and whatever the
+ * request before leaves in the caches, weighs on every scenario alike. Each scenario has its server
  * (`placeOf(scenario)` gives `{ server, targets }`), which counts the CPU time of each request from
  * its arrival to its response (bench/server.mjs) by the scenario the request names. Returns µs per
  * token by scenario (E: its two requests).
@@ -225,9 +226,10 @@ export async function measureInterleaved(placeOf, { variant, scenarioNames, perS
     await server.call('gc');
     await server.call('requestCpu'); // counts from here
   }
+  const orders = balancedOrders(steps.length);
   for (let i = 0; i < perScenario; i += 1) {
-    for (let j = 0; j < steps.length; j += 1) {
-      const { scenario, target, request } = steps[(i + j) % steps.length];
+    for (const j of orders[i % orders.length]) {
+      const { scenario, target, request } = steps[j];
       await request(pools.get(scenario)?.[i] ?? target.refreshToken, i);
     }
   }
