@@ -58,7 +58,7 @@ export function markdown(report) {
   );
   const s = report.settings;
   lines.push(
-    `Settings: revision ${s.revision}; ${s.mode}; throughput: ${s.rounds} rounds of every scenario alone for ${s.duration_s} s each, in an order rotated every round (${s.replicas ?? 1} server process${(s.replicas ?? 1) === 1 ? '' : 'es'} per scenario, taken in turn by the rounds, ${s.connections} connections each, after a ${s.warmup_s} s warm-up of each process with every scenario at once); server CPU: ${s.cpu_rounds} interleaved rounds of ${s.cpu_tokens} tokens per scenario, one request at a time; ${s.alg} signatures (access token JWT + ID token per request).`,
+    `Settings: revision ${s.revision}; ${s.mode}; throughput: ${s.rounds} rounds of every scenario alone for ${s.duration_s} s each, in the orders of a balanced design (${s.replicas ?? 1} server process${(s.replicas ?? 1) === 1 ? '' : 'es'} per scenario, taken in turn by the rounds, ${s.connections} connections each, after a ${s.warmup_s} s warm-up of each process with every scenario at once); server CPU: ${s.cpu_rounds} interleaved rounds of ${s.cpu_tokens} tokens per scenario, one request at a time; ${s.alg} signatures (access token JWT + ID token per request).`,
   );
   lines.push('');
   lines.push('| scenario | adapter | rotation | req/s | p50 ms | p99 ms | server CPU µs/req |');
