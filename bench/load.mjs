@@ -206,8 +206,8 @@ export function tokenRequester(target, scenario, headers = {}) {
 /**
  * Server CPU per token of each scenario, interleaved: `perScenario` tokens each, one request at a
  * time, the scenarios taking turns in the orders of a balanced design (each at every place of a turn
- * and after every other equally often), so that whatever else the machine does, and whatever the
- * request before leaves in the caches, weighs on every scenario alike. Each scenario has its server
+ * and, within turns, after every other equally often), so that whatever else the machine does, and
+ * whatever the request before leaves in the caches, weighs on every scenario alike. Each has its server
  * (`placeOf(scenario)` gives `{ server, targets }`), which counts the CPU time of each request from
  * its arrival to its response (bench/server.mjs) by the scenario the request names. Returns µs per
  * token by scenario (E: its two requests).
