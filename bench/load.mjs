@@ -1,6 +1,6 @@
-// Load against the bench servers: scenarios for a fixed time with autocannon (closed loop), alone or side by side, one
-// token at a time (the Redis command count), and the sanity check that every server answers as its
-// scenario says before anything is timed. A–D get a token with one refresh request; E with two (a
+// Load against the bench servers: scenarios for a fixed time with autocannon (closed loop), alone or
+// side by side, one token at a time (the Redis command count), and the sanity check that every
+// server answers as its scenario says before anything is timed. A–D get a token with one refresh request; E with two (a
 // silent authorization request and its code exchange): every figure is per token.
 import autocannon from 'autocannon';
 
@@ -11,9 +11,9 @@ import { log, sleep } from './util.mjs';
 /**
  * Runs one window of `seconds` for each job, each on its own server process and all at the same
  * time (the warm-up runs a variant's scenarios together; a measured round gives each its own window
- * in turn); returns, per job,
- * requests/s and latency percentiles computed from every response (autocannon's own histogram rounds
- * to whole milliseconds) and the server's CPU per request over the window. A job is `{ server,
+ * in turn); returns, per job, requests/s and latency percentiles computed from every response
+ * (autocannon's own histogram rounds to whole milliseconds) and the server's CPU per request over
+ * the window. A job is `{ server,
  * targets, variant, scenario, poolRps, profileFile }`: rotating variants get a pool of
  * `poolRps × seconds` fresh refresh tokens, purged afterwards; `profileFile` profiles the server
  * during the window.

@@ -153,7 +153,6 @@ export async function deleteByPrefix(redis, prefix) {
   return keys.length;
 }
 
-/** The fields of an `INFO` answer. */
 /** Waits until Redis has freed what UNLINK handed to its background thread (at most `ms`). */
 export async function lazyFreed(redis, ms = 5000) {
   const until = performance.now() + ms;
@@ -163,6 +162,7 @@ export async function lazyFreed(redis, ms = 5000) {
   }
 }
 
+/** The fields of an `INFO` answer. */
 export function parseInfo(text) {
   const out = {};
   for (const line of text.split('\r\n')) {
