@@ -115,6 +115,30 @@ function rejectedScopes(grant: GrantLike): Set<string> {
   return rejected;
 }
 
+/** Whether a refresh token holds `target` among its resources, as stored. */
+function holds(token: RefreshTokenLike, target: string): boolean {
+  const { resource } = token;
+  return Array.isArray(resource) ? resource.includes(target) : resource === target;
+}
+
+/** The entry of a client's policy for `target`, if it has one. */
+function policyEntry(record: PolicyRecord | undefined, target: string): PolicyEntry | undefined {
+  return record?.policies.find((candidate) => candidate.audience === target);
+}
+
+/**
+ * oidc-provider asks `rotateRefreshToken` on a request that has no exchange installed: one without
+ * a target, or one whose target is outside the client's cached policy, which the handler hands to
+ * oidc-provider as it is (see {@link createExchangeHandler}). Such a target is served only when the
+ * refresh token holds it (SPEC E3); when it does not, the request stops here, before the token is
+ * consumed (SPEC E6), and the handler answers with the reason.
+ */
+export function rotationAskedOutsidePolicy(ctx: KoaContextWithOIDC): void {
+  const target: unknown = ctx.oidc.params?.resource;
+  const token = ctx.oidc.entities.RefreshToken as RefreshTokenLike | undefined;
+  if (typeof target === 'string' && token && !holds(token, target)) throw new errors.InvalidTarget();
+}
+
 /** RFC 9700 §2.2.2: a public client's refresh token must be rotated or sender-constrained. */
 function unprotectedPublicRefresh(ctx: KoaContextWithOIDC, rotating: boolean): boolean {
   if (rotating || ctx.oidc.client?.clientAuthMethod !== 'none') return false;
@@ -229,13 +253,7 @@ export class Exchange {
   }
 
   #hold(token: RefreshTokenLike): Held {
-    const { resource } = token;
-    this.#held = {
-      grantId: token.grantId,
-      subject: token.accountId,
-      scope: token.scope,
-      granted: Array.isArray(resource) ? resource.includes(this.target) : resource === this.target,
-    };
+    this.#held = { grantId: token.grantId, subject: token.accountId, scope: token.scope, granted: holds(token, this.target) };
     return this.#held;
   }
 
@@ -481,10 +499,17 @@ function withTimeout<T>(promise: Promise<T>, ms: number, timedOut: () => Error):
  * client and the policy; runs oidc-provider's own handler with the exchange installed on the
  * request, so that every check of oidc-provider runs and wins and a refusal is raised before
  * anything is written; reports the outcome.
+ *
+ * `rotationObserved`: oidc-provider surely asks the observed `rotateRefreshToken` (see
+ * `provider.ts`). A target outside the client's cached policy is then handed to oidc-provider with
+ * nothing installed and nothing decided, the way most refreshes of a deployment go: only when the
+ * refresh token turns out not to hold it is the refusal decided, at {@link rotationAskedOutsidePolicy}
+ * or from oidc-provider's own error.
  */
 export function createExchangeHandler(
   setup: ExchangeSetup,
   install: (ctx: KoaContextWithOIDC, exchange: Exchange | undefined) => void,
+  { rotationObserved }: { readonly rotationObserved: boolean },
 ): (builtin: Handler) => Handler {
   const { config } = setup;
   const cache = config.cache === false ? undefined : new PolicyCache(config.store, { ...config.cache, readTimeout: config.storeTimeout });
@@ -523,8 +548,11 @@ export function createExchangeHandler(
     return refusalPlan('check_unavailable');
   };
 
-  /** What the policy alone says about the target (SPEC E3), before any token is read. */
-  async function decide(ctx: KoaContextWithOIDC, target: string): Promise<Plan> {
+  /**
+   * What the policy alone says about the target (SPEC E3), before any token is read; `cached`: the
+   * client's policy as the cache answered when the request began, used instead of a lookup.
+   */
+  async function decide(ctx: KoaContextWithOIDC, target: string, cached?: { readonly record: PolicyRecord | undefined }): Promise<Plan> {
     const client = ctx.oidc.client!;
     let ineligible: TargetRefusal | undefined;
     try {
@@ -535,15 +563,17 @@ export function createExchangeHandler(
     }
     if (ineligible) return refusalPlan(ineligible);
 
-    let record: PolicyRecord | undefined;
-    try {
-      const found = lookup(client.clientId);
-      record = isThenable(found) ? await found : found;
-    } catch (err) {
-      ctx.oidc.provider.emit('mrrt.store_error', ctx, err);
-      return refusalPlan(err instanceof PolicyStoreError && err.code === 'ERR_MRRT_STORE_CORRUPT' ? 'store_corrupt' : 'store_unavailable');
+    let record = cached?.record;
+    if (!cached) {
+      try {
+        const found = lookup(client.clientId);
+        record = isThenable(found) ? await found : found;
+      } catch (err) {
+        ctx.oidc.provider.emit('mrrt.store_error', ctx, err);
+        return refusalPlan(err instanceof PolicyStoreError && err.code === 'ERR_MRRT_STORE_CORRUPT' ? 'store_corrupt' : 'store_unavailable');
+      }
     }
-    const entry = record?.policies.find((candidate) => candidate.audience === target);
+    const entry = policyEntry(record, target);
     if (!entry) return refusalPlan(record ? 'not_in_policy' : 'no_policy');
     let refused: TargetRefusal | undefined;
     try {
@@ -554,6 +584,25 @@ export function createExchangeHandler(
     }
     if (refused) return refusalPlan(refused);
     return planOf(entry);
+  }
+
+  /**
+   * The error of a request handed on outside the policy: when oidc-provider accepted a refresh token
+   * that does not hold the target, the refusal's, decided now, as an exchange installed from the
+   * start would have reported it; otherwise oidc-provider's own.
+   */
+  async function outsidePolicyError(
+    ctx: KoaContextWithOIDC,
+    request: ConstructorParameters<typeof Exchange>[2],
+    cached: { readonly record: PolicyRecord | undefined },
+    err: unknown,
+  ): Promise<unknown> {
+    const token = ctx.oidc.entities.RefreshToken as RefreshTokenLike | undefined;
+    const target = request.targets[0]!;
+    if (!token || holds(token, target)) return err;
+    const exchange = new Exchange(ctx, setup, request, await decide(ctx, target, cached), () => {});
+    exchange.learnHeld();
+    return report(ctx, exchange, err);
   }
 
   return (builtin) =>
@@ -583,7 +632,18 @@ export function createExchangeHandler(
         const refused = new Exchange(ctx, setup, request, { kind: 'refusal', reason: 'multiple_targets', unlessGranted: false }, () => {});
         throw report(ctx, refused, refusalError('multiple_targets'));
       }
-      const plan = await decide(ctx, targets[0]!);
+      const target = targets[0]!;
+      // a `scope` sent is checked by oidc-provider before it asks rotateRefreshToken: a refusal answers first (see Exchange.watchesModels)
+      const cached = rotationObserved && !request.requestedScope ? cache?.peek(ctx.oidc.client!.clientId) : undefined;
+      if (cached && !policyEntry(cached.record, target)) {
+        try {
+          await builtin(ctx);
+          return;
+        } catch (err) {
+          throw await outsidePolicyError(ctx, request, cached, err);
+        }
+      }
+      const plan = await decide(ctx, target);
       const exchange = new Exchange(ctx, setup, request, plan, (released) => install(released, undefined));
 
       install(ctx, exchange);

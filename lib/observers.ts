@@ -16,16 +16,16 @@ import { MrrtTypeError } from './errors.js';
  * when it consumes the refresh token. Nothing of oidc-provider is changed: no model class,
  * prototype or object of another request; the watched models store exactly what the models they
  * extend store, through the same adapters. The configured `getResourceServerInfo` and
- * `rotateRefreshToken` are the only other touch points. An exchange whose plan is a refusal (a
- * target outside the policy, served only when the refresh token holds it) watches no model unless
- * its request sends a `scope` or `withMrrt` was given a subclass of `Provider` (see `provider.ts`):
- * oidc-provider asks `rotateRefreshToken` once every check of the refresh token has passed and
- * before it consumes it, and that is where a refusal is raised.
+ * `rotateRefreshToken` are the only other touch points. A target outside the policy (served only
+ * when the refresh token holds it) has no exchange watching the models unless its request sends a
+ * `scope` or `withMrrt` was given a subclass of `Provider` (see `provider.ts`): oidc-provider asks
+ * `rotateRefreshToken` once every check of the refresh token has passed and before it consumes
+ * it, and that is where such a target is refused.
  */
 
 type ExchangeOf = () => Exchange | undefined;
-/** The exchange in flight on a request of this provider, by its context. */
-type ExchangeFor = (ctx: KoaContextWithOIDC) => Exchange | undefined;
+/** Tells a refresh request of this provider that oidc-provider asks `rotateRefreshToken` (see `provider.ts`); throws to refuse it. */
+type RotationAsked = (ctx: KoaContextWithOIDC) => void;
 
 /** The models an exchange's request is given in place of the provider's own. */
 export interface WatchedModels {
@@ -169,17 +169,17 @@ const defaultRotateRefreshToken: unknown = providerDefaults.rotateRefreshToken;
  * exchange, and for another provider's or another request's question, each calls the deployment's
  * own function (or oidc-provider's default) exactly as configured.
  */
-export function observedConfiguration(configuration: Configuration, exchangeOf: ExchangeOf, exchangeFor: ExchangeFor): Configuration {
-  return observeResourceServerInfo(observeRotation(configuration, exchangeFor), exchangeOf);
+export function observedConfiguration(configuration: Configuration, exchangeOf: ExchangeOf, rotationAsked: RotationAsked): Configuration {
+  return observeResourceServerInfo(observeRotation(configuration, rotationAsked), exchangeOf);
 }
 
 /**
  * `rotateRefreshToken`: oidc-provider asks it after every check of the refresh token (client,
- * expiry, sender constraint, Grant, account, reuse) and before it consumes the token. A refusal's
- * exchange is told first and refuses there, before anything is written (SPEC E6); whether to rotate
+ * expiry, sender constraint, Grant, account, reuse) and before it consumes the token. The request
+ * is told first and a refusal is raised there, before anything is written (SPEC E6); whether to rotate
  * is the deployment's answer, or oidc-provider's default, as configured.
  */
-function observeRotation(configuration: Configuration, exchangeFor: ExchangeFor): Configuration {
+function observeRotation(configuration: Configuration, rotationAsked: RotationAsked): Configuration {
   const configured: unknown = configuration.rotateRefreshToken;
   // never rotating, oidc-provider writes nothing before its own target check refuses
   if (configured !== undefined && configured !== true && typeof configured !== 'function') return configuration;
@@ -189,7 +189,7 @@ function observeRotation(configuration: Configuration, exchangeFor: ExchangeFor)
   return {
     ...configuration,
     rotateRefreshToken(ctx: KoaContextWithOIDC) {
-      exchangeFor(ctx)?.rotationAsked();
+      rotationAsked(ctx);
       return rotate(ctx);
     },
   } as Configuration;

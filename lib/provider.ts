@@ -1,6 +1,13 @@
 import Provider, { type Configuration, type KoaContextWithOIDC, type TokenEndpointGrantContext } from 'oidc-provider';
 
-import { createExchangeHandler, type Exchange, type ExchangeSetup, type MrrtExchangeEvent, type ResourceServerInfo } from './exchange.js';
+import {
+  createExchangeHandler,
+  rotationAskedOutsidePolicy,
+  type Exchange,
+  type ExchangeSetup,
+  type MrrtExchangeEvent,
+  type ResourceServerInfo,
+} from './exchange.js';
 import { observedConfiguration, watchedModels, type WatchedModels } from './observers.js';
 import { resolveOptions, type MrrtConfiguration, type MrrtOptions } from './options.js';
 import { oidcScopesOf, staticFirstParty } from './rules.js';
@@ -138,6 +145,13 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
   const refusals = new Map<KoaContextWithOIDC, Exchange>();
   const exchangeFor = (ctx: KoaContextWithOIDC): Exchange | undefined =>
     (refusals.size === 0 ? undefined : refusals.get(ctx)) ?? (exchanges.size === 0 ? undefined : exchanges.get(ctx));
+  // oidc-provider asks rotateRefreshToken of a refresh request: its exchange is told, and a request
+  // handed on with none installed (a target outside the cached policy) is checked
+  const rotationAsked = (ctx: KoaContextWithOIDC): void => {
+    const exchange = exchangeFor(ctx);
+    if (exchange) exchange.rotationAsked();
+    else rotationAskedOutsidePolicy(ctx);
+  };
   // a refusal may rely on the observed rotateRefreshToken only when oidc-provider surely gets it: a
   // Provider subclass's constructor may replace it, so under one every exchange watches the models
   // (the refresh token's consume is then the last moment to refuse)
@@ -170,7 +184,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       const state = active ? { setup, hooked: false } : undefined;
       constructing = state;
       try {
-        super(issuer, active ? observedConfiguration(configuration, exchangeOf, exchangeFor) : configuration);
+        super(issuer, active ? observedConfiguration(configuration, exchangeOf, rotationAsked) : configuration);
       } finally {
         constructing = undefined;
       }
@@ -195,7 +209,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       dupes?: ParamList,
     ): void {
       if (name === 'refresh_token' && constructing) {
-        handler = createExchangeHandler(constructing.setup, install)(handler as unknown as Handler) as never;
+        handler = createExchangeHandler(constructing.setup, install, { rotationObserved })(handler as unknown as Handler) as never;
         params = new Set([...toSet(params), 'audience']);
         dupes = new Set([...toSet(dupes), 'resource', 'audience']);
         constructing.hooked = true;

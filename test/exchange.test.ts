@@ -765,6 +765,67 @@ describe('option functions that fail or never answer', () => {
   });
 });
 
+describe('a target outside the cached policy', () => {
+  // most refreshes of a deployment name a target the refresh token holds: once the client's policy
+  // is cached, nothing of MRRT is decided or asked for them, and a refusal is decided only when the
+  // refresh token lacks the target, still before anything is written
+  test.each([true, false])('asks the deployment nothing unless the refresh token lacks it (rotation %s)', async (rotate) => {
+    const memory = new MemoryPolicyStore();
+    await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    let asked = 0;
+    let failing = false;
+    const isFirstParty = (): boolean => {
+      asked += 1;
+      if (failing) throw new Error('the client database is down');
+      return true;
+    };
+    const errorsSeen: unknown[] = [];
+    const server = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, denyList: [API.ADMIN], isFirstParty }, rotate });
+    server.provider.on('mrrt.check_error', (_ctx, err) => errorsSeen.push(err));
+    try {
+      const tokens = await login(server);
+      let current = tokens.refresh_token;
+      const served = async (resource: string): Promise<void> => {
+        const res = await refresh(server, current, { resource });
+        expect(res.status).toBe(200);
+        expect(claims(res.body.access_token).aud).toBe(resource);
+        if (rotate) current = res.body.refresh_token as string;
+      };
+      const refused = async (resource: string, status: number, error: string, reason: MrrtReason): Promise<void> => {
+        const before = snapshot(server, current);
+        const seen = server.events.length;
+        const providerEventsBefore = server.providerEvents.length;
+        const res = await refresh(server, current, { resource });
+        expect({ status: res.status, error: res.body.error }).toEqual({ status, error });
+        expect(server.events.slice(seen)).toEqual([expect.objectContaining({ outcome: 'refused', reason, subject: 'alice', grantId: before.grantId })]);
+        expect(server.providerEvents.slice(providerEventsBefore)).toEqual([]);
+        expect(snapshot(server, current)).toEqual(before);
+      };
+
+      // the client's first exchange reads its policy, and asks the checks
+      await served(API.B);
+      expect(asked).toBe(1);
+      // the granted API: no check asked, no event, not even when the checks fail
+      const seen = server.events.length;
+      await served(API.A);
+      failing = true;
+      await served(API.A);
+      expect({ asked, errors: errorsSeen.length, events: server.events.length - seen }).toEqual({ asked: 1, errors: 0, events: 0 });
+      // a target the refresh token lacks: the refusal is decided, failing checks refuse with a 503
+      await refused(API.C, 503, 'temporarily_unavailable', 'check_unavailable');
+      expect({ asked, errors: errorsSeen.length }).toEqual({ asked: 2, errors: 1 });
+      failing = false;
+      await refused(API.C, 400, 'invalid_target', 'not_in_policy');
+      await refused(API.ADMIN, 400, 'invalid_target', 'deny_listed');
+      expect(asked).toBe(4);
+      await served(API.A);
+      await served(API.B);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
 describe('a malformed getResourceServerInfo answer', () => {
   test.each([false, true])('is a server_error before anything is written (rotation %s): the refresh token still works', async (rotate) => {
     const memory = new MemoryPolicyStore();
