@@ -605,8 +605,8 @@ export function createExchangeHandler(
     return report(ctx, exchange, err);
   }
 
-  return (builtin) =>
-    async function mrrtRefreshTokenHandler(ctx) {
+  return (builtin) => {
+    const exchangeHandler: Handler = async function mrrtExchange(ctx) {
       const started = performance.now();
       const params = ctx.oidc.params!;
       const resources = readValues(params.resource);
@@ -669,6 +669,13 @@ export function createExchangeHandler(
       // the event reports what the access token grants, whatever the response's profile adds
       emit(ctx, () => event(ctx, exchange, 'issued', 'policy', { resolvedAudience: exchange.target, grantedScope: tokenScope }));
     };
+    // a request without a target (the refreshes of an app that never names one) goes to oidc-provider's
+    // handler at once, without a promise or an allocation of the extension's own
+    return function mrrtRefreshTokenHandler(ctx) {
+      const params = ctx.oidc.params;
+      return params?.resource === undefined && params?.audience === undefined ? builtin(ctx) : exchangeHandler(ctx);
+    };
+  };
 }
 
 /** The error a failed exchange answers with, reported as an `mrrt.exchange` event when MRRT decided it. */
