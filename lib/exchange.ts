@@ -588,8 +588,9 @@ export function createExchangeHandler(
 
   /**
    * The error of a request handed on outside the policy: when oidc-provider accepted a refresh token
-   * that does not hold the target, the refusal's, decided now, as an exchange installed from the
-   * start would have reported it; otherwise oidc-provider's own.
+   * that does not hold the target, the refusal's, reported as an exchange installed from the start
+   * reports it, but decided now (with the policy of the request's start, and the first-party and
+   * deny-list answers of this moment); otherwise oidc-provider's own.
    */
   async function outsidePolicyError(
     ctx: KoaContextWithOIDC,
