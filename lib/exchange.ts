@@ -612,6 +612,8 @@ export function createExchangeHandler(
       const params = ctx.oidc.params!;
       const resources = readValues(params.resource);
       const audiences = readValues(params.audience);
+      // values that name nothing (oidc-provider's parameters turn an empty one into undefined, which
+      // mrrtRefreshTokenHandler hands on before this) are no target either
       if (resources.length === 0 && audiences.length === 0) return builtin(ctx);
       if (resources.length === 1 && audiences.length === 1 && resources[0] !== audiences[0]) {
         throw new errors.InvalidRequest('"audience" and "resource" must have the same value when both are sent');
