@@ -210,13 +210,14 @@ export function tokenRequester(target, scenario, headers = {}) {
  * whatever the request before leaves in the caches, weighs on every scenario alike. Each has its server
  * (`placeOf(scenario)` gives `{ server, targets }`), which counts the CPU time of each request from
  * its arrival to its response (bench/server.mjs) by the scenario the request names. Returns µs per
- * token by scenario (E: its two requests).
+ * token by scenario (E: its two requests). `profileOf(scenario)`, when it names a file, profiles
+ * that scenario's server during the round into it.
  */
-export async function measureInterleaved(placeOf, { variant, scenarioNames, perScenario }) {
+export async function measureInterleaved(placeOf, { variant, scenarioNames, perScenario, profileOf = () => undefined }) {
   const steps = scenarioNames.map((scenario) => {
     const { server, targets } = placeOf(scenario);
     const target = targets.get(targetName(variant, scenario));
-    return { scenario, server, target, request: tokenRequester(target, scenario, { 'x-bench-scenario': scenario }) };
+    return { scenario, server, target, profileFile: profileOf(scenario), request: tokenRequester(target, scenario, { 'x-bench-scenario': scenario }) };
   });
   const pools = new Map();
   for (const { scenario, server, target } of steps) {
@@ -226,6 +227,8 @@ export async function measureInterleaved(placeOf, { variant, scenarioNames, perS
     await server.call('gc');
     await server.call('requestCpu'); // counts from here
   }
+  // a profiled round profiles each server from its first request to its last (profiling costs the same for every scenario)
+  for (const { server, profileFile } of steps) if (profileFile) await server.call('profileStart');
   const orders = balancedOrders(steps.length);
   for (let i = 0; i < perScenario; i += 1) {
     for (const j of orders[i % orders.length]) {
@@ -233,6 +236,7 @@ export async function measureInterleaved(placeOf, { variant, scenarioNames, perS
       await request(pools.get(scenario)?.[i] ?? target.refreshToken, i);
     }
   }
+  for (const { server, profileFile } of steps) if (profileFile) await server.call('profileStop', { file: profileFile });
   const perToken = {};
   for (const { scenario, server, target } of steps) {
     const counted = await server.call('requestCpu');

@@ -2,7 +2,7 @@
 // with bench/profiles/windows.json naming each window's variant, scenario and request count).
 //
 //   node bench/profile-summary.mjs bench/profiles [--top 25] [--base A]
-//     per variant: CPU µs per request by area (package) for every scenario, then the functions whose
+//     per variant and regime (throughput windows, interleaved CPU rounds): CPU µs per request by area (package) for every scenario, then the functions whose
 //     self time per request differs most from the base scenario (default A, plain oidc-provider)
 //   node bench/profile-summary.mjs file.cpuprofile... [--top 25]
 //     any profiles: self time by area and the busiest functions, in % of samples
@@ -75,8 +75,10 @@ function summariseWindows(dir) {
   const { revision, windows } = JSON.parse(readFileSync(path.join(dir, 'windows.json'), 'utf8'));
   const groups = new Map(); // variant -> scenario -> { areas, functions, requests, windows }
   for (const w of windows) {
-    if (!groups.has(w.variant)) groups.set(w.variant, new Map());
-    const byScenario = groups.get(w.variant);
+    // saturated throughput windows and one-request-at-a-time CPU rounds are summarised apart
+    const group = w.regime ? `${w.variant}, ${w.regime === 'interleaved' ? 'interleaved CPU rounds' : 'throughput windows'}` : w.variant;
+    if (!groups.has(group)) groups.set(group, new Map());
+    const byScenario = groups.get(group);
     if (!byScenario.has(w.scenario)) byScenario.set(w.scenario, { areas: new Map(), functions: new Map(), requests: 0, windows: 0 });
     const g = byScenario.get(w.scenario);
     const { areas, functions } = selfTimes(path.join(dir, w.file));

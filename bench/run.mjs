@@ -17,7 +17,7 @@
 // each measured window (not the warm-up, minting or purging) and writes one V8 CPU profile per
 // window to bench/profiles/, with bench/profiles/windows.json giving each window's scenario and
 // request count: `node bench/profile-summary.mjs bench/profiles` compares scenarios in CPU µs per
-// request.
+// request, the throughput windows apart from the interleaved CPU rounds (one request at a time).
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -220,7 +220,15 @@ async function main() {
         for (const [i, r] of measured_.entries()) {
           const { scenario, profileFile } = jobs[i];
           const key = `${variant}/${scenario}`;
-          if (profileFile) profileWindows.push({ file: path.basename(profileFile), variant, scenario, round: round_ + 1, requests: r.requests + r.failed });
+          if (profileFile)
+            profileWindows.push({
+              file: path.basename(profileFile),
+              variant,
+              regime: 'throughput',
+              scenario,
+              round: round_ + 1,
+              requests: r.requests + r.failed,
+            });
           peakRps.set(key, Math.max(peakRps.get(key), r.rps));
           if (!results.has(key)) results.set(key, []);
           results.get(key).push(r);
@@ -235,11 +243,25 @@ async function main() {
     const cpuResults = new Map(); // "<variant>/<scenario>" -> µs per token, per round
     for (const variant of variants) {
       for (let round_ = 0; round_ < settings.cpu_rounds; round_ += 1) {
+        const profileOf = (scenario) =>
+          args['cpu-prof'] ? path.join(PROFILE_DIR, `${variant.replace('/', '-')}-${scenario}-cpu-round${round_ + 1}.cpuprofile`) : undefined;
         const cpu = await measureInterleaved((scenario) => placeOf(scenario, round_), {
           variant,
           scenarioNames: SCENARIO_NAMES,
           perScenario: settings.cpu_tokens,
+          profileOf,
         });
+        if (args['cpu-prof']) {
+          for (const scenario of SCENARIO_NAMES)
+            profileWindows.push({
+              file: path.basename(profileOf(scenario)),
+              variant,
+              regime: 'interleaved',
+              scenario,
+              round: round_ + 1,
+              requests: settings.cpu_tokens,
+            });
+        }
         for (const scenario of SCENARIO_NAMES) {
           const key = `${variant}/${scenario}`;
           if (!cpuResults.has(key)) cpuResults.set(key, []);

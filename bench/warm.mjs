@@ -18,10 +18,14 @@
 //   (collections included).
 // It cannot show what a process running only plain oidc-provider saves by never loading the
 // extension: both providers share the child's JIT.
+// After the measurement, each child also counts what a request runs of the extension (entries into
+// its functions, by V8's precise coverage): a measure of the code a request touches, which is what
+// the full run's one-request-at-a-time rounds make expensive (docs/benchmark.md).
 //
 //   node bench/warm.mjs [--requests N] [--replicas N] [--only memory/off,redis/on] [--json]
 import { fork } from 'node:child_process';
 import http from 'node:http';
+import { Session } from 'node:inspector/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
@@ -39,6 +43,9 @@ const WARM_UP = 300; // requests per scenario before anything counts
 const TRIM = 0.1;
 const MIN_BLOCKS = 10;
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const CALL_SAMPLE = 50; // requests per scenario whose calls into the extension are counted, after the measurement
+const EXTENSION = new URL('../dist/', import.meta.url).href;
+const ADAPTERS = new URL('../dist/adapters/', import.meta.url).href;
 
 const { values: args } = parseArgs({
   options: {
@@ -167,6 +174,7 @@ async function child(variant, replica, requests) {
         if (i >= WARM_UP) samples[name].push(cpu);
       }
     }
+    const calls = await extensionCalls(scenarios);
     const blocks = Math.floor(requests / BLOCK);
     const perBlock = (statistic) =>
       Object.fromEntries(NAMES.map((name) => [name, Array.from({ length: blocks }, (_, b) => statistic(samples[name].slice(b * BLOCK, (b + 1) * BLOCK)))]));
@@ -176,9 +184,46 @@ async function child(variant, replica, requests) {
       ),
       trimmed: perBlock((values) => trimmedMean(values, TRIM)),
       all: perBlock(mean),
+      calls,
     };
   } finally {
     await cleanup();
+  }
+}
+
+/**
+ * What a request runs of the extension, counted rather than timed: entries per request into its
+ * functions (calls, and resumptions of async ones) and how many distinct functions it enters, by
+ * V8's precise coverage (which slows the code it counts, so it runs after the measurement). The
+ * storage adapters are left out: A's and B's requests use them as much as C's.
+ */
+async function extensionCalls(scenarios) {
+  const session = new Session();
+  session.connect();
+  try {
+    await session.post('Profiler.enable');
+    const counted = {};
+    for (const name of NAMES) {
+      await session.post('Profiler.startPreciseCoverage', { callCount: true, detailed: true });
+      for (let i = 0; i < CALL_SAMPLE; i += 1) await scenarios[name]();
+      const { result } = await session.post('Profiler.takePreciseCoverage');
+      await session.post('Profiler.stopPreciseCoverage');
+      let entries = 0;
+      let functions = 0;
+      for (const script of result) {
+        if (!script.url.startsWith(EXTENSION) || script.url.startsWith(ADAPTERS)) continue;
+        // the first range of a function counts its entries; offset 0 is the module's own top level
+        for (const { ranges } of script.functions) {
+          if (ranges[0].startOffset === 0 || ranges[0].count === 0) continue;
+          entries += ranges[0].count;
+          functions += 1;
+        }
+      }
+      counted[name] = { entries: entries / CALL_SAMPLE, functions };
+    }
+    return counted;
+  } finally {
+    session.disconnect();
   }
 }
 
@@ -244,7 +289,11 @@ async function parent() {
       NAMES.map((name) => [name, Object.fromEntries(['trimmed', 'mean', 'median'].map((k) => [k, round(mean(each.map((run) => run.us[name][k])), 1)]))]),
     );
     const ratiosOf = (statistic) => Object.fromEntries(['F', 'B', 'C'].map((name) => [name, spread(ratios(each, statistic, name), replicas)]));
-    return { variant, us, trimmed: ratiosOf('trimmed'), all: ratiosOf('all') };
+    // the counts are the same in every process but for a stray request: their mean
+    const calls = Object.fromEntries(
+      NAMES.map((name) => [name, Object.fromEntries(['entries', 'functions'].map((k) => [k, round(mean(each.map((run) => run.calls[name][k])), 1)]))]),
+    );
+    return { variant, us, trimmed: ratiosOf('trimmed'), all: ratiosOf('all'), calls };
   });
   const report = { revision: revision(), node: process.version, requests, replicas, block: BLOCK, trim: TRIM, results };
   if (args.json) {
@@ -263,6 +312,14 @@ async function parent() {
     ...results.map(
       (r) =>
         `| ${r.variant} | ${fmtInt(r.us.A.trimmed)} | ${fmtInt(r.us.B.trimmed - r.us.A.trimmed)} | ${fmtInt(r.us.C.trimmed - r.us.A.trimmed)} | ${ratio(r.trimmed.F)} | ${ratio(r.trimmed.B)} | ${judged(r.trimmed.B, 0.98)} | ${ratio(r.trimmed.C)} | ${judged(r.trimmed.C, 0.95)} | ${ratio(r.all.F)} | ${ratio(r.all.B)} | ${ratio(r.all.C)} |`,
+    ),
+    '',
+    `Entries per request into the extension's functions (its storage adapters aside) and distinct functions entered, by V8's precise coverage over ${CALL_SAMPLE} requests per scenario after the measurement:`,
+    '',
+    '| variant | A | B | C |',
+    '| --- | --- | --- | --- |',
+    ...results.map(
+      (r) => `| ${r.variant} | ${['A', 'B', 'C'].map((name) => `${fmt(r.calls[name].entries, 1)} (${fmtInt(r.calls[name].functions)})`).join(' | ')} |`,
     ),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
