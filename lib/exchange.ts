@@ -82,7 +82,6 @@ interface Held {
 
 /** The parts of oidc-provider's models an exchange reads. */
 interface RefreshTokenLike {
-  readonly jti?: string;
   readonly grantId?: string;
   readonly accountId?: string;
   readonly resource?: string | string[];
@@ -124,8 +123,7 @@ function holds(token: RefreshTokenLike, target: string): boolean {
 
 /** The entry of a client's policy for `target`, if it has one. */
 function policyEntry(record: PolicyRecord | undefined, target: string): PolicyEntry | undefined {
-  if (record !== undefined) for (const entry of record.policies) if (entry.audience === target) return entry;
-  return undefined;
+  return record?.policies.find((candidate) => candidate.audience === target);
 }
 
 /**
@@ -171,8 +169,6 @@ export class Exchange {
   #nothingAvailable = false;
   #raised: { readonly error: Error; readonly reason: MrrtReason } | undefined;
   #heldScopes: ReadonlySet<string> | undefined;
-  /** The scopes the user rejected in the Grant, read once. */
-  #rejected: ReadonlySet<string> | undefined;
   readonly #setup: ExchangeSetup;
   readonly #stepAside: (ctx: KoaContextWithOIDC) => void;
 
@@ -244,13 +240,12 @@ export class Exchange {
   // --- transitions, one for each observation ---
 
   /**
-   * oidc-provider made a refresh token through the watched models (see {@link watchesModels}): the
-   * one it found for this request's value (it has not checked the `scope` parameter yet), or another.
+   * oidc-provider found a refresh token (and has not checked the `scope` parameter yet), seen
+   * through the watched models (see {@link watchesModels}).
    */
-  sawRefreshToken(token: RefreshTokenLike): void {
-    // a refresh token's value is its id; another client's is oidc-provider's to refuse (client
-    // mismatch), and the exchange never holds it
-    if (token.jti !== this.refreshTokenValue || this.#held || token.clientId !== this.ctx.oidc.client?.clientId) return;
+  sawRefreshToken(value: string, token: RefreshTokenLike): void {
+    // another client's refresh token is oidc-provider's to refuse (client mismatch); the exchange never holds it
+    if (value !== this.refreshTokenValue || this.#held || token.clientId !== this.ctx.oidc.client?.clientId) return;
     const held = this.#hold(token);
     // a refusal that only applies outside the grant, for a target the refresh token holds: nothing left to do
     if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#stepAside(this.ctx);
@@ -320,14 +315,9 @@ export class Exchange {
   presentGrantScope(grant: GrantLike, resource: string, filter: Iterable<string>, scope: string): string {
     if (resource !== this.target || !this.#presents({ grantId: grant.jti })) return scope;
     const wanted = new Set(filter);
-    const rejected = (this.#rejected ??= rejectedScopes(grant));
-    let presented: Set<string> | undefined;
-    for (const value of (this.plan as Plan & { kind: 'policy' }).policyScopes) {
-      if (!wanted.has(value) || rejected.has(value)) continue;
-      presented ??= new Set(splitScope(scope));
-      presented.add(value);
-    }
-    return presented === undefined ? scope : [...presented].join(' ');
+    const rejected = rejectedScopes(grant);
+    const added = (this.plan as Plan & { kind: 'policy' }).policyScopes.filter((value) => wanted.has(value) && !rejected.has(value));
+    return added.length === 0 ? scope : union(splitScope(scope), added).join(' ');
   }
 
   /**
@@ -423,34 +413,38 @@ export class Exchange {
 
     // SPEC E5: a policy-only target needs at least one API scope, from the scopes the token would get
     // oidc-provider set both entities before it resolves the account, the earliest point this runs at
-    if (!held.granted && !this.#policyScopeAvailable(definedScopes(answer!))) {
-      const grant = ctx.oidc.entities.Grant!;
-      const token = ctx.oidc.entities.RefreshToken!;
+    const grant = ctx.oidc.entities.Grant!;
+    const token = ctx.oidc.entities.RefreshToken!;
+    if (!held.granted) {
       const defined = definedScopes(answer!);
+      if (this.#policyScopeAvailable(defined, grant)) return this.#publicClientRule(held, rotating, answer);
       const candidates = [...(ctx.oidc.params?.scope ? ctx.oidc.requestParamScopes : token.scopes)].filter((scope) => defined.has(scope));
       if (grant.getResourceScopeFiltered(this.target, candidates) === '') {
         const requested = ctx.oidc.params?.scope ? [...ctx.oidc.requestParamScopes].join(' ') : undefined;
         this.#raise('empty_scope', new errors.InvalidScope(`no requested scope is available for ${this.target}`, requested as string));
       }
     }
-    // RFC 9700 §2.2.2 for an exchange (SPEC P4), unless the deployment allows any public client
-    if (config.publicClients !== 'any' && unprotectedPublicRefresh(ctx, rotating)) return this.#refuseOrWithdraw(held, 'public_client_unprotected');
-    return answer;
+    return this.#publicClientRule(held, rotating, answer);
   }
 
   /**
    * SPEC E5's usual case, decided without presenting the scopes: a policy scope the API defines,
    * requested (when `scope` is sent) and never rejected by the user, is always in the token.
    */
-  #policyScopeAvailable(defined: ReadonlySet<string>): boolean {
+  #policyScopeAvailable(defined: ReadonlySet<string>, grant: GrantLike): boolean {
     const { oidc } = this.ctx;
     const requested = oidc.params?.scope ? oidc.requestParamScopes : undefined;
-    const grant = oidc.entities.Grant as GrantLike;
-    const rejected = grant.rejected === undefined ? undefined : (this.#rejected ??= rejectedScopes(grant));
-    for (const scope of (this.plan as Plan & { kind: 'policy' }).policyScopes) {
-      if (defined.has(scope) && (requested === undefined || requested.has(scope)) && !rejected?.has(scope)) return true;
-    }
-    return false;
+    const rejected = grant.rejected === undefined ? undefined : rejectedScopes(grant);
+    return (this.plan as Plan & { kind: 'policy' }).policyScopes.some(
+      (scope) => defined.has(scope) && (requested === undefined || requested.has(scope)) && !rejected?.has(scope),
+    );
+  }
+
+  /** RFC 9700 §2.2.2 for an exchange (SPEC P4), unless the deployment allows any public client. */
+  #publicClientRule(held: Held, rotating: boolean, answer: ResourceServerAnswer | undefined): ResourceServerAnswer | undefined {
+    if (this.#setup.config.publicClients !== 'any' && unprotectedPublicRefresh(this.ctx, rotating))
+      return this.#refuseOrWithdraw(held, 'public_client_unprotected');
+    return answer;
   }
 
   /** A rule that failed for the target: a refusal, or for a target the refresh token holds, a refresh as without MRRT. */
@@ -534,8 +528,11 @@ export function createExchangeHandler(
   // the operator's isFirstParty / allowSkippingConsent may ask a database: bounded like the store,
   // and a failure refuses only what needs their answer (a granted target is still served)
   // a synchronous answer is used as it is (no timer); a thenable is awaited for at most storeTimeout
-  const checked = (answer: PromiseLike<unknown>): Promise<unknown> =>
-    withTimeout(Promise.resolve(answer), config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
+  const check = (question: () => unknown): unknown => {
+    const answer = question();
+    if (!isThenable(answer)) return answer;
+    return withTimeout(Promise.resolve(answer), config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
+  };
   // a policy entry's plan, once per entry: cached records (and their entries) are immutable and shared
   const plans = new WeakMap<PolicyEntry, Plan>();
   const planOf = (entry: PolicyEntry): Plan => {
@@ -559,9 +556,8 @@ export function createExchangeHandler(
     const client = ctx.oidc.client!;
     let ineligible: TargetRefusal | undefined;
     try {
-      let firstParty: unknown = setup.isFirstParty(client);
-      if (isThenable(firstParty)) firstParty = await checked(firstParty);
-      ineligible = firstPartyRefusal(firstParty) ?? denyListRefusal(config, target);
+      const firstParty = check(() => setup.isFirstParty(client));
+      ineligible = firstPartyRefusal(isThenable(firstParty) ? await firstParty : firstParty) ?? denyListRefusal(config, target);
     } catch (err) {
       return checkFailed(ctx, err);
     }
@@ -581,9 +577,8 @@ export function createExchangeHandler(
     if (!entry) return refusalPlan(record ? 'not_in_policy' : 'no_policy');
     let refused: TargetRefusal | undefined;
     try {
-      let consent: unknown = config.allowSkippingConsent(target, client);
-      if (isThenable(consent)) consent = await checked(consent);
-      refused = consentRefusal(consent);
+      const consent = check(() => config.allowSkippingConsent(target, client));
+      refused = consentRefusal(isThenable(consent) ? await consent : consent);
     } catch (err) {
       return checkFailed(ctx, err);
     }
@@ -616,7 +611,7 @@ export function createExchangeHandler(
       const started = performance.now();
       const params = ctx.oidc.params!;
       const resources = readValues(params.resource);
-      const audiences = params.audience === undefined ? [] : readValues(params.audience);
+      const audiences = readValues(params.audience);
       // values that name nothing (oidc-provider's parameters turn an empty one into undefined, which
       // mrrtRefreshTokenHandler hands on before this) are no target either
       if (resources.length === 0 && audiences.length === 0) return builtin(ctx);
@@ -641,9 +636,9 @@ export function createExchangeHandler(
         throw report(ctx, refused, refusalError('multiple_targets'));
       }
       const target = targets[0]!;
-      const cached = cache?.peek(ctx.oidc.client!.clientId);
       // a `scope` sent is checked by oidc-provider before it asks rotateRefreshToken: a refusal answers first (see Exchange.watchesModels)
-      if (cached && rotationObserved && !request.requestedScope && !policyEntry(cached.record, target)) {
+      const cached = rotationObserved && !request.requestedScope ? cache?.peek(ctx.oidc.client!.clientId) : undefined;
+      if (cached && !policyEntry(cached.record, target)) {
         try {
           await builtin(ctx);
           return;
@@ -651,7 +646,7 @@ export function createExchangeHandler(
           throw await outsidePolicyError(ctx, request, cached, err);
         }
       }
-      const plan = await decide(ctx, target, cached);
+      const plan = await decide(ctx, target);
       const exchange = new Exchange(ctx, setup, request, plan, (released) => install(released, undefined));
 
       install(ctx, exchange);

@@ -23,10 +23,7 @@ import { MrrtTypeError } from './errors.js';
  * it, and that is where such a target is refused.
  */
 
-/** The exchange in flight on this provider, for the request running now (found through `Provider.ctx`). */
-type ExchangeOn = (provider: object) => Exchange | undefined;
-/** The exchange installed on the request `ctx`, if any. */
-type ExchangeAt = (ctx: KoaContextWithOIDC) => Exchange | undefined;
+type ExchangeOf = () => Exchange | undefined;
 /** Tells a refresh request of this provider that oidc-provider asks `rotateRefreshToken` (see `provider.ts`); throws to refuse it. */
 type RotationAsked = (ctx: KoaContextWithOIDC) => void;
 
@@ -39,7 +36,6 @@ export interface WatchedModels {
 // the parts of oidc-provider's models the watched models extend (types only)
 interface RefreshTokenInstance {
   get adapter(): unknown;
-  readonly jti?: string;
   readonly grantId?: string;
   readonly resource?: string | string[];
   readonly scope?: string;
@@ -60,12 +56,6 @@ type RefreshTokenModel = (new (...args: never[]) => RefreshTokenInstance) & {
 };
 type GrantModel = (new (...args: never[]) => GrantInstance) & { readonly adapter: unknown };
 
-/** Runs a model's `emit`: the deployment's listeners see the model as stored, whatever its request's exchange presents. */
-function asStored(exchange: Exchange | undefined, emit: () => void): void {
-  if (exchange === undefined) emit();
-  else exchange.withoutOverlay(emit);
-}
-
 function requireMembers(model: object, owner: string, statics: readonly string[], members: readonly string[]): void {
   const proto = (model as { prototype?: object }).prototype;
   for (const name of statics)
@@ -79,29 +69,22 @@ function requireMembers(model: object, owner: string, statics: readonly string[]
  * This provider's `RefreshToken` and `Grant`, extended to report to the request's exchange. Each
  * keeps its model's name (stored payloads carry it as `kind`) and uses its model's adapter, so
  * what is found, saved and consumed is exactly what the provider's own models find, save and consume.
- *
- * Each object remembers the exchange in flight when it was made (oidc-provider makes them only
- * during the exchange's request: the refresh token it finds, the one it rotates to, the Grant it
- * loads) and reports to it for the rest of its life; the exchange decides what each report means,
- * and presents nothing once its request's grant handling has ended.
  */
-export function watchedModels(provider: Provider, exchangeOn: ExchangeOn): WatchedModels {
+export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): WatchedModels {
   const { RefreshToken: Token, Grant: GrantBase } = provider as unknown as { RefreshToken: RefreshTokenModel; Grant: GrantModel };
   requireMembers(Token, 'RefreshToken', ['find', 'adapter'], ['scopes', 'resourceIndicators', 'consume', 'emit']);
   requireMembers(GrantBase, 'Grant', ['find', 'adapter'], ['getResourceScopeFiltered', 'emit']);
 
+  // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored
+  const asStored = (emit: () => void): void => {
+    const exchange = exchangeOf();
+    if (exchange) exchange.withoutOverlay(emit);
+    else emit();
+  };
+
+  // once the exchange has stepped aside (or ended), find, the scope and resource getters and consume
+  // are one check of an empty map and a direct call: no promise or closure of their own
   const RefreshToken = class RefreshToken extends Token {
-    readonly #exchange: Exchange | undefined;
-
-    constructor(...args: never[]) {
-      super(...args);
-      const exchange = exchangeOn(provider);
-      this.#exchange = exchange;
-      // the refresh token oidc-provider found for the request, before it checks the `scope` parameter
-      // (its `find` makes it inside a try that answers "not found" to any error: this never throws)
-      exchange?.sawRefreshToken(this);
-    }
-
     // the model's own adapter; a deployment's subclass of this one gets its own, as of the model itself
     static override get adapter(): unknown {
       return this === RefreshToken ? Token.adapter : super.adapter;
@@ -111,18 +94,30 @@ export function watchedModels(provider: Provider, exchangeOn: ExchangeOn): Watch
       return this.constructor === RefreshToken ? Token.adapter : super.adapter;
     }
 
+    static override find(value: string, ...rest: unknown[]): Promise<object | undefined> {
+      const exchange = exchangeOf();
+      const found = super.find(value, ...rest);
+      if (exchange === undefined) return found;
+      return found.then((token) => {
+        if (token) exchange.sawRefreshToken(value, token);
+        return token;
+      });
+    }
+
     override get scopes(): Set<string> {
       const own = super.scopes;
-      return this.#exchange === undefined ? own : this.#exchange.presentScopes(this, own);
+      const exchange = exchangeOf();
+      return exchange === undefined ? own : exchange.presentScopes(this, own);
     }
 
     override get resourceIndicators(): Set<string> {
       const own = super.resourceIndicators;
-      return this.#exchange === undefined ? own : this.#exchange.presentResources(this, own);
+      const exchange = exchangeOf();
+      return exchange === undefined ? own : exchange.presentResources(this, own);
     }
 
     override consume(): Promise<void> {
-      const exchange = this.#exchange;
+      const exchange = exchangeOf();
       if (exchange === undefined) return super.consume();
       let checked: PromiseLike<unknown> | undefined;
       try {
@@ -133,20 +128,12 @@ export function watchedModels(provider: Provider, exchangeOn: ExchangeOn): Watch
       return checked === undefined ? super.consume() : Promise.resolve(checked).then(() => super.consume());
     }
 
-    // `refresh_token.saved`, `.consumed`
     override emit(eventName: string): void {
-      asStored(this.#exchange, () => super.emit(eventName));
+      asStored(() => super.emit(eventName));
     }
   };
 
   const Grant = class Grant extends GrantBase {
-    readonly #exchange: Exchange | undefined;
-
-    constructor(...args: never[]) {
-      super(...args);
-      this.#exchange = exchangeOn(provider);
-    }
-
     // the model's own adapter; a deployment's subclass of this one gets its own, as of the model itself
     static override get adapter(): unknown {
       return this === Grant ? GrantBase.adapter : super.adapter;
@@ -158,12 +145,12 @@ export function watchedModels(provider: Provider, exchangeOn: ExchangeOn): Watch
 
     override getResourceScopeFiltered(resource: string, filter: Iterable<string>): string {
       const own = super.getResourceScopeFiltered(resource, filter);
-      return this.#exchange === undefined ? own : this.#exchange.presentGrantScope(this, resource, filter, own);
+      const exchange = exchangeOf();
+      return exchange === undefined ? own : exchange.presentGrantScope(this, resource, filter, own);
     }
 
-    // `grant.*`
     override emit(eventName: string): void {
-      asStored(this.#exchange, () => super.emit(eventName));
+      asStored(() => super.emit(eventName));
     }
   };
 
@@ -182,8 +169,8 @@ const defaultRotateRefreshToken: unknown = providerDefaults.rotateRefreshToken;
  * exchange, and for another provider's or another request's question, each calls the deployment's
  * own function (or oidc-provider's default) exactly as configured.
  */
-export function observedConfiguration(configuration: Configuration, exchangeAt: ExchangeAt, rotationAsked: RotationAsked): Configuration {
-  return observeResourceServerInfo(observeRotation(configuration, rotationAsked), exchangeAt);
+export function observedConfiguration(configuration: Configuration, exchangeOf: ExchangeOf, rotationAsked: RotationAsked): Configuration {
+  return observeResourceServerInfo(observeRotation(configuration, rotationAsked), exchangeOf);
 }
 
 /**
@@ -219,7 +206,7 @@ function providerDefault(): RotateRefreshToken {
  * `getResourceServerInfo`: during an exchange oidc-provider's question goes to the exchange, which
  * answers with the answer its rules were checked against.
  */
-function observeResourceServerInfo(configuration: Configuration, exchangeAt: ExchangeAt): Configuration {
+function observeResourceServerInfo(configuration: Configuration, exchangeOf: ExchangeOf): Configuration {
   const resourceIndicators = configuration.features?.resourceIndicators;
   const getResourceServerInfo = resourceIndicators?.getResourceServerInfo;
   // without one, oidc-provider's own default (which knows no API) stays in place and an exchange finds no API
@@ -233,9 +220,9 @@ function observeResourceServerInfo(configuration: Configuration, exchangeAt: Exc
       resourceIndicators: {
         ...resourceIndicators,
         getResourceServerInfo(ctx, resource, client) {
-          const exchange = exchangeAt(ctx);
-          // a request without an exchange, or another provider's, is the deployment's to answer
-          if (exchange === undefined) return ask(ctx, resource, client);
+          const exchange = exchangeOf();
+          // another provider's question, or another request's, is the deployment's to answer
+          if (exchange?.ctx !== ctx) return ask(ctx, resource, client);
           return exchange.resourceServerInfo(resource, () => ask(ctx, resource, client)) as ReturnType<GetResourceServerInfo>;
         },
       },

@@ -128,15 +128,16 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
   // this class's exchanges in flight, by the request's Koa context: nothing is added to the context
   // itself, and each leaves the map when its request's grant handling ends
   const exchanges = new Map<KoaContextWithOIDC, Exchange>();
-  // the exchange installed on the request `ctx`, if any
-  const exchangeAt = (ctx: KoaContextWithOIDC): Exchange | undefined => (exchanges.size === 0 ? undefined : exchanges.get(ctx));
-  // the exchange in flight on `provider`, for the request running now: another provider of this
-  // class, even sharing its storage, never sees it; with none in flight not even the request's
-  // context is looked up
-  const exchangeOn = (provider: object): Exchange | undefined => {
+  const exchangeOf = (): Exchange | undefined => {
+    // no exchange in flight: not even the request's context is looked up
     if (exchanges.size === 0) return undefined;
     const ctx = Base.ctx;
-    const exchange = ctx === undefined ? undefined : exchanges.get(ctx);
+    return ctx === undefined ? undefined : exchanges.get(ctx);
+  };
+  // the exchange in flight on `provider`: another provider of this class, even sharing its storage,
+  // never sees it
+  const exchangeOn = (provider: object): Exchange | undefined => {
+    const exchange = exchangeOf();
     return exchange !== undefined && exchange.ctx.oidc.provider === provider ? exchange : undefined;
   };
   // the exchanges that watch no model (a refusal, see Exchange.watchesModels): the models and
@@ -183,7 +184,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       const state = active ? { setup, hooked: false } : undefined;
       constructing = state;
       try {
-        super(issuer, active ? observedConfiguration(configuration, exchangeAt, rotationAsked) : configuration);
+        super(issuer, active ? observedConfiguration(configuration, exchangeOf, rotationAsked) : configuration);
       } finally {
         constructing = undefined;
       }
@@ -192,7 +193,11 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       if (!active) inactive = INACTIVE.resourceIndicators;
       else if (!state!.hooked) inactive = INACTIVE.refreshToken;
       if (inactive) warnOnce(inactive);
-      else watched.set(this, watchedModels(this, exchangeOn));
+      else
+        watched.set(
+          this,
+          watchedModels(this, () => exchangeOn(this)),
+        );
       installations.set(this, { ...setup, inactive });
       Object.defineProperty(this, mrrtConfiguration, { value: config, enumerable: false });
     }
