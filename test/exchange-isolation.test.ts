@@ -162,6 +162,101 @@ describe("another client's refresh token", () => {
   });
 });
 
+describe('objects of an exchange kept aside by a hook', () => {
+  test('read from another request while the exchange is in flight, show what is stored', async () => {
+    interface Kept {
+      readonly token: TokenLike;
+      readonly grant: { getResourceScopeFiltered(resource: string, filter: string[]): string };
+    }
+    const read = (kept: Kept) => ({
+      scopes: [...kept.token.scopes],
+      resources: [...kept.token.resourceIndicators],
+      grantScope: kept.grant.getResourceScopeFiltered(API.B, ['b:read']),
+    });
+    let kept: Kept | undefined;
+    const seen: Record<string, ReturnType<typeof read>> = {};
+    let keptAside!: () => void;
+    const inFlight = new Promise<void>((resolve) => (keptAside = resolve));
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const server = await startServer({
+      mrrt: { store: await policyStore('app'), allowSkippingConsent: SKIP_CONSENT },
+      rotate: false,
+      configure: (configuration) => {
+        // a hook oidc-provider calls while it issues: the exchange keeps its objects and waits;
+        // another user's plain refresh reads them meanwhile
+        configuration.extraTokenClaims = async (ctx) => {
+          if (ctx.oidc.params?.grant_type !== 'refresh_token') return undefined;
+          if (ctx.oidc.params.resource === API.B) {
+            kept = { token: ctx.oidc.entities.RefreshToken as unknown as TokenLike, grant: ctx.oidc.entities.Grant as unknown as Kept['grant'] };
+            seen.exchange = read(kept);
+            keptAside();
+            await released;
+          } else if (kept && !seen.other) {
+            seen.other = read(kept);
+            release();
+          }
+          return undefined;
+        };
+      },
+    });
+    servers.push(server);
+    const alice = await login(server);
+    const bob = await login(server, { sub: 'bob' });
+
+    const exchange = refresh(server, alice.refresh_token, { resource: API.B });
+    await inFlight;
+    expect((await refresh(server, bob.refresh_token)).status).toBe(200);
+    expect((await exchange).status).toBe(200);
+    expect(seen.exchange).toEqual({ scopes: [...STORED.scopes, 'b:read'], resources: [API.A, API.B], grantScope: 'b:read' });
+    expect(seen.other).toEqual({ ...STORED, grantScope: '' });
+    expect(read(kept!)).toEqual({ ...STORED, grantScope: '' });
+  });
+});
+
+/** Everything the server stores, serialized: the same before and after a refused request. */
+const stored = (server: TestServer): string[] => [...server.storage.entries].map(([key, entry]) => `${key} ${JSON.stringify(entry.payload)}`).sort();
+
+describe('a refresh token oidc-provider does not find', () => {
+  test.each([true, false])('an unknown value is refused as oidc-provider refuses it, with no MRRT event (rotation %s)', async (rotate) => {
+    const server = await startServer({ mrrt: { store: await policyStore('app'), allowSkippingConsent: SKIP_CONSENT }, rotate });
+    servers.push(server);
+    const tokens = await login(server);
+    const before = stored(server);
+
+    const res = await refresh(server, 'not-a-refresh-token-value-of-any-kind', { resource: API.B });
+    expect(res.status).toBe(400);
+    expect(res.body).toMatchObject({ error: 'invalid_grant', error_description: 'grant request is invalid' });
+    expect(server.events).toEqual([]);
+    expect(stored(server)).toEqual(before);
+    expect((await refresh(server, tokens.refresh_token, { resource: API.B })).status).toBe(200);
+  });
+
+  test.each([true, false])(
+    'a token bound to a session that ended is refused with no MRRT event naming its user, though it was read (rotation %s)',
+    async (rotate) => {
+      const server = await startServer({
+        mrrt: { store: await policyStore('app'), allowSkippingConsent: SKIP_CONSENT },
+        rotate,
+        configure: (configuration) => {
+          configuration.expiresWithSession = () => true;
+        },
+      });
+      servers.push(server);
+      const tokens = await login(server);
+      // oidc-provider's RefreshToken.find reads the token, then drops it: its session is gone
+      for (const key of [...server.storage.entries.keys()]) if (key.startsWith('Session:')) server.storage.entries.delete(key);
+      const before = stored(server);
+
+      const res = await refresh(server, tokens.refresh_token, { resource: API.B });
+      expect(res.status).toBe(400);
+      expect(res.body.error).toBe('invalid_grant');
+      expect(server.events).toEqual([]);
+      expect(stored(server)).toEqual(before);
+    },
+  );
+});
+
 describe("withMrrt over a Provider subclass keeps the subclass's model getters", () => {
   test('an overriding RefreshToken / Grant getter still runs', async () => {
     const calls: string[] = [];

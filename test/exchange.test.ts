@@ -720,6 +720,55 @@ describe('option functions that answer with a thenable', () => {
   });
 });
 
+describe('a policy deleted while an asynchronous isFirstParty answers', () => {
+  // SPEC E10: a deletion takes effect at once on the instance that wrote it; the policy is read
+  // after the first-party answer, so a deletion made while it was awaited applies to the request
+  test('the exchange is refused as without a policy, and the refresh token is left as it was', async () => {
+    const memory = new MemoryPolicyStore();
+    await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    let gate: { entered: () => void; released: Promise<void> } | undefined;
+    const server = await startServer({
+      mrrt: {
+        store: memory,
+        allowSkippingConsent: SKIP_CONSENT,
+        isFirstParty: async () => {
+          if (gate) {
+            gate.entered();
+            await gate.released;
+          }
+          return true;
+        },
+      },
+      rotate: true,
+    });
+    try {
+      const tokens = await login(server);
+      // the client's policy is in the cache
+      const first = await refresh(server, tokens.refresh_token, { resource: API.B });
+      expect(first.status).toBe(200);
+      const refreshToken = first.body.refresh_token as string;
+      let release!: () => void;
+      const entered = new Promise<void>((resolve) => {
+        gate = { entered: resolve, released: new Promise<void>((done) => (release = done)) };
+      });
+      const before = snapshot(server, refreshToken);
+
+      const pending = refresh(server, refreshToken, { resource: API.B });
+      await entered;
+      await memory.delete('app');
+      release();
+      const res = await pending;
+      expect({ status: res.status, error: res.body.error }).toEqual({ status: 400, error: 'invalid_target' });
+      expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason: 'no_policy' });
+      expect(snapshot(server, refreshToken)).toEqual(before);
+      gate = undefined;
+      expect((await refresh(server, refreshToken, { resource: API.A })).status).toBe(200);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
 describe('option functions that fail or never answer', () => {
   // isFirstParty / allowSkippingConsent may ask a database: their failure refuses only what needs their
   // answer, within storeTimeout; a granted target is served as without MRRT, oidc-provider's own errors win
