@@ -646,6 +646,8 @@ export function createExchangeHandler(
           throw await outsidePolicyError(ctx, request, cached, err);
         }
       }
+      // the policy is read again, after the first-party answer: one deleted while an asynchronous
+      // isFirstParty answered no longer applies (SPEC E10), so the peek above is not reused here
       const plan = await decide(ctx, target);
       const exchange = new Exchange(ctx, setup, request, plan, (released) => install(released, undefined));
 
