@@ -61,11 +61,11 @@ export function markdown(report) {
     `Settings: revision ${s.revision}; ${s.mode}; throughput: ${s.rounds} rounds of every scenario alone for ${s.duration_s} s each, in the orders of a balanced design (${s.replicas ?? 1} server process${(s.replicas ?? 1) === 1 ? '' : 'es'} per scenario, taken in turn by the rounds, ${s.connections} connections each, after a ${s.warmup_s} s warm-up of each process with every scenario at once); server CPU: ${s.cpu_rounds} interleaved rounds of ${s.cpu_tokens} tokens per scenario, one request at a time; ${s.alg} signatures (access token JWT + ID token per request).`,
   );
   lines.push('');
-  lines.push('| scenario | adapter | rotation | req/s | p50 ms | p99 ms | server CPU µs/req |');
-  lines.push('| --- | --- | --- | ---: | ---: | ---: | ---: |');
+  lines.push('| scenario | adapter | rotation | req/s | p50 ms | p99 ms | server CPU µs/req | saturated server CPU µs/req |');
+  lines.push('| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |');
   for (const row of report.scenarios) {
     lines.push(
-      `| ${row.name}: ${SCENARIOS[row.name].label} | ${row.adapter} | ${row.rotation} | ${fmtInt(row.rps)} | ${fmt(row.p50_ms)} | ${fmt(row.p99_ms)} | ${fmtInt(row.cpu_us_per_req)} |`,
+      `| ${row.name}: ${SCENARIOS[row.name].label} | ${row.adapter} | ${row.rotation} | ${fmtInt(row.rps)} | ${fmt(row.p50_ms)} | ${fmt(row.p99_ms)} | ${fmtInt(row.cpu_us_per_req)} | ${row.window_cpu_us_per_req === undefined ? 'n/a' : fmtInt(row.window_cpu_us_per_req)} |`,
     );
   }
   lines.push('');
@@ -97,6 +97,12 @@ export function markdown(report) {
     );
     lines.push('');
     ratioTable(ratioColumns([['cpu', '']]).map(([k, title]) => [k, title.trim()]));
+    lines.push('');
+    lines.push(
+      "The same at saturation (A's server CPU per request ÷ the scenario's in each round's throughput windows, ten requests in flight; moves with other load on the machine):",
+    );
+    lines.push('');
+    ratioTable(ratioColumns([['window_cpu', '']]).map(([k, title]) => [k, title.trim()]));
     lines.push('');
     lines.push("The same as server CPU µs per token beyond A (the scenario's minus A's, per interleaved round):");
     lines.push('');

@@ -113,6 +113,8 @@ export function summarise(results, cpuResults, variants, scenarioNames, replicas
         p50_ms: round(median(rounds.map((r) => r.p50_ms)), 3),
         p99_ms: round(median(rounds.map((r) => r.p99_ms)), 3),
         cpu_us_per_req: round(median(cpuOf[s]), 1),
+        // the server's CPU per request in the saturated windows (ten in flight), where req/s is measured
+        window_cpu_us_per_req: round(median(rounds.map((r) => r.window_cpu_us)), 1),
         failed: rounds.reduce((sum, r) => sum + r.failed, 0),
       });
     }
@@ -138,6 +140,8 @@ export function summarise(results, cpuResults, variants, scenarioNames, replicas
       r[`${x}_a_rps`] = spread_(per(n, 'rps'));
       r[`${x}_a_p99`] = spread_(per(n, 'p99_ms'));
       r[`${x}_a_cpu`] = spread_(perCpu(n));
+      // the same at saturation: A's window CPU per request ÷ the scenario's, per round (is a req/s gap the server's CPU?)
+      r[`${x}_a_window_cpu`] = spread_(byScenario[n].map((w, i) => byScenario.A[i].window_cpu_us / w.window_cpu_us));
       // the same in µs per token: the overhead itself, whatever the baseline's size
       r[`${x}_a_cpu_us`] = spread_(cpuOf[n].map((cpu, i) => cpu - cpuOf.A[i]));
     }

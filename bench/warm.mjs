@@ -22,7 +22,11 @@
 // its functions, by V8's precise coverage): a measure of the code a request touches, which is what
 // the full run's one-request-at-a-time rounds make expensive (docs/benchmark.md).
 //
-//   node bench/warm.mjs [--requests N] [--replicas N] [--only memory/off,redis/on] [--json]
+//   node bench/warm.mjs [--requests N] [--warmup N] [--replicas N] [--only memory/off,redis/on] [--json]
+// --warmup: requests per scenario before anything counts (default 300). V8 compiles a function with
+// its top tier after about 3 000 calls (`node --v8-options`, --invocation-count-for-turbofan), so a
+// function that runs once per request, as most of the extension's do, gets there only with a longer
+// warm-up: 6 000 measures every function of a request after that point.
 import { fork } from 'node:child_process';
 import http from 'node:http';
 import { Session } from 'node:inspector/promises';
@@ -39,7 +43,6 @@ import { log } from './util.mjs';
 
 const NAMES = ['A', 'B', 'C', 'F'];
 const BLOCK = 100; // requests per scenario in one block
-const WARM_UP = 300; // requests per scenario before anything counts
 const TRIM = 0.1;
 const MIN_BLOCKS = 10;
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -50,6 +53,7 @@ const ADAPTERS = new URL('../dist/adapters/', import.meta.url).href;
 const { values: args } = parseArgs({
   options: {
     requests: { type: 'string', default: '2000' },
+    warmup: { type: 'string', default: '300' },
     replicas: { type: 'string', default: '3' },
     only: { type: 'string' },
     json: { type: 'boolean', default: false },
@@ -119,7 +123,7 @@ async function scenarioRequests(name, url, rotate) {
   };
 }
 
-async function child(variant, replica, requests) {
+async function child(variant, replica, requests, warmUp) {
   const [adapterKind, rotation] = variant.split('/');
   const rotate = rotation === 'on';
   const prefix = `mrrt-bench-warm:${process.pid}:`;
@@ -162,7 +166,7 @@ async function child(variant, replica, requests) {
     for (const name of NAMES) scenarios[name] = await scenarioRequests(name, urls[SCENARIOS[name].provider], rotate);
     const samples = Object.fromEntries(NAMES.map((name) => [name, []]));
     const random = seededRandom(0x5eed + replica);
-    for (let i = 0; i < WARM_UP + requests; i += 1) {
+    for (let i = 0; i < warmUp + requests; i += 1) {
       // the providers take turns, each scenario's place within its provider's turns drawn anew:
       // A and A′ both follow B or C, B and C both follow A or A′
       const [plain1, plain2] = shuffle(['A', 'F'], random);
@@ -171,7 +175,7 @@ async function child(variant, replica, requests) {
         cpu = undefined;
         await scenarios[name]();
         if (cpu === undefined) throw new Error(`scenario ${name}: the server's CPU was not counted`);
-        if (i >= WARM_UP) samples[name].push(cpu);
+        if (i >= warmUp) samples[name].push(cpu);
       }
     }
     const calls = await extensionCalls(scenarios);
@@ -242,9 +246,11 @@ function shuffle(list, random) {
 /** The child measuring now: a signal to this process reaches it, so that it removes its keys before the end. */
 let running;
 
-function runChild(variant, replica, requests) {
+function runChild(variant, replica, requests, warmUp) {
   return new Promise((resolve, reject) => {
-    const proc = fork(fileURLToPath(import.meta.url), ['--child', `${variant}:${replica}`, '--requests', String(requests)], { stdio: ['ignore', 2, 2, 'ipc'] });
+    const proc = fork(fileURLToPath(import.meta.url), ['--child', `${variant}:${replica}`, '--requests', String(requests), '--warmup', String(warmUp)], {
+      stdio: ['ignore', 2, 2, 'ipc'],
+    });
     let result;
     proc.once('message', (message) => {
       result = message;
@@ -271,6 +277,8 @@ function ratios(runs, statistic, name) {
 async function parent() {
   const requests = Number(args.requests);
   const replicas = Number(args.replicas);
+  const warmUp = Number(args.warmup);
+  if (!Number.isInteger(warmUp) || warmUp < 0 || warmUp > 100_000) throw new Error('--warmup must be an integer from 0 to 100 000');
   if (!Number.isInteger(requests) || requests < MIN_BLOCKS * BLOCK || requests > 100_000)
     throw new Error(`--requests must be an integer from ${MIN_BLOCKS * BLOCK} to 100 000`);
   if (!Number.isInteger(replicas) || replicas < 1 || replicas > 8) throw new Error('--replicas must be an integer from 1 to 8');
@@ -279,8 +287,8 @@ async function parent() {
   // replica by replica across the variants: a drift of the machine meets every variant alike
   for (let replica = 0; replica < replicas; replica += 1) {
     for (const variant of variants) {
-      log(`${variant}: process ${replica + 1}/${replicas}, ${requests} requests per scenario`);
-      runs.get(variant).push(await runChild(variant, replica, requests));
+      log(`${variant}: process ${replica + 1}/${replicas}, ${warmUp} + ${requests} requests per scenario`);
+      runs.get(variant).push(await runChild(variant, replica, requests, warmUp));
     }
   }
   const results = variants.map((variant) => {
@@ -295,7 +303,7 @@ async function parent() {
     );
     return { variant, us, trimmed: ratiosOf('trimmed'), all: ratiosOf('all'), calls };
   });
-  const report = { revision: revision(), node: process.version, requests, replicas, block: BLOCK, trim: TRIM, results };
+  const report = { revision: revision(), node: process.version, warmUp, requests, replicas, block: BLOCK, trim: TRIM, results };
   if (args.json) {
     process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
     return;
@@ -304,7 +312,7 @@ async function parent() {
   // a verdict needs the variation between processes in its interval
   const judged = (r, bound) => (replicas > 1 ? verdict(r, bound, true) : 'n/a (one process)');
   const lines = [
-    `Server CPU per request, warm (${report.revision}, Node ${process.version}, ${replicas} process${replicas === 1 ? '' : 'es'} per variant, ${requests} requests per scenario each).`,
+    `Server CPU per request, warm (${report.revision}, Node ${process.version}, ${replicas} process${replicas === 1 ? '' : 'es'} per variant, ${requests} requests per scenario each after ${report.warmUp} of warm-up).`,
     'µs: trimmed means over every process; ratios: A\'s CPU ÷ the scenario\'s, median of the blocks (95 % interval), on trimmed means and, as "all", on plain means.',
     '',
     '| variant | A µs | B − A µs | C − A µs | A′/A | B/A | verdict (≥ 0.98) | C/A | verdict (≥ 0.95) | A′/A all | B/A all | C/A all |',
@@ -327,7 +335,7 @@ async function parent() {
 
 if (args.child) {
   const [variant, replica] = args.child.split(':');
-  child(variant, Number(replica), Number(args.requests)).then(
+  child(variant, Number(replica), Number(args.requests), Number(args.warmup)).then(
     (value) => process.send({ ok: true, value }, () => process.exit(0)),
     (err) => process.send({ ok: false, error: err?.stack ?? String(err) }, () => process.exit(1)),
   );
