@@ -607,7 +607,47 @@ export function createExchangeHandler(
   }
 
   return (builtin) => {
-    const exchangeHandler: Handler = async function mrrtExchange(ctx) {
+    /** The exchange itself: the decision, then oidc-provider's handler with the exchange installed. */
+    async function runExchange(ctx: KoaContextWithOIDC, request: ConstructorParameters<typeof Exchange>[2]): Promise<void> {
+      const target = request.targets[0]!;
+      const params = ctx.oidc.params!;
+      // the policy is read again, after the first-party answer: one deleted while an asynchronous
+      // isFirstParty answered no longer applies (SPEC E10), so routeTarget's peek is not reused here
+      const plan = await decide(ctx, target);
+      const exchange = new Exchange(ctx, setup, request, plan, (released) => install(released, undefined));
+
+      install(ctx, exchange);
+      try {
+        await builtin(ctx);
+      } catch (err) {
+        if (plan.kind === 'refusal') exchange.learnHeld();
+        throw report(ctx, exchange, err);
+      } finally {
+        install(ctx, undefined);
+        exchange.end();
+      }
+      if (plan.kind !== 'policy' || !exchange.held || exchange.withdrawn) return;
+      const body = ctx.body as Record<string, unknown>;
+      body.resource = exchange.target;
+      const tokenScope = typeof body.scope === 'string' ? body.scope : undefined;
+      if (config.profile === 'auth0' && params.scope) {
+        // Auth0 answers with the requested OpenID scopes too; the access token's own `scope` claim keeps API scopes only
+        const held = exchange.heldScopes;
+        const oidc = [...ctx.oidc.requestParamOIDCScopes].filter((scope) => held.has(scope));
+        body.scope = union(splitScope(body.scope), oidc).join(' ');
+      }
+      // the event reports what the access token grants, whatever the response's profile adds
+      emit(ctx, () => event(ctx, exchange, 'issued', 'policy', { resolvedAudience: exchange.target, grantedScope: tokenScope }));
+    }
+
+    /**
+     * A request that names a target: refused at once when it names several, handed to oidc-provider
+     * as it is when the target is outside the client's cached policy, otherwise exchanged. Only the
+     * exchange is asynchronous of its own: a request handed on is oidc-provider's promise, without
+     * an async frame or an `await` of the handler's (with ten requests in flight, each costs a
+     * saturated server measurable CPU), and the refusal is decided only if oidc-provider fails it.
+     */
+    function routeTarget(ctx: KoaContextWithOIDC): Promise<void> {
       const started = performance.now();
       const params = ctx.oidc.params!;
       const resources = readValues(params.resource);
@@ -635,50 +675,27 @@ export function createExchangeHandler(
         const refused = new Exchange(ctx, setup, request, { kind: 'refusal', reason: 'multiple_targets', unlessGranted: false }, () => {});
         throw report(ctx, refused, refusalError('multiple_targets'));
       }
-      const target = targets[0]!;
       // a `scope` sent is checked by oidc-provider before it asks rotateRefreshToken: a refusal answers first (see Exchange.watchesModels)
       const cached = rotationObserved && !request.requestedScope ? cache?.peek(ctx.oidc.client!.clientId) : undefined;
-      if (cached && !policyEntry(cached.record, target)) {
-        try {
-          await builtin(ctx);
-          return;
-        } catch (err) {
+      if (cached && !policyEntry(cached.record, targets[0]!)) {
+        return builtin(ctx).catch(async (err: unknown) => {
           throw await outsidePolicyError(ctx, request, cached, err);
-        }
+        });
       }
-      // the policy is read again, after the first-party answer: one deleted while an asynchronous
-      // isFirstParty answered no longer applies (SPEC E10), so the peek above is not reused here
-      const plan = await decide(ctx, target);
-      const exchange = new Exchange(ctx, setup, request, plan, (released) => install(released, undefined));
+      return runExchange(ctx, request);
+    }
 
-      install(ctx, exchange);
-      try {
-        await builtin(ctx);
-      } catch (err) {
-        if (plan.kind === 'refusal') exchange.learnHeld();
-        throw report(ctx, exchange, err);
-      } finally {
-        install(ctx, undefined);
-        exchange.end();
-      }
-      if (plan.kind !== 'policy' || !exchange.held || exchange.withdrawn) return;
-      const body = ctx.body as Record<string, unknown>;
-      body.resource = exchange.target;
-      const tokenScope = typeof body.scope === 'string' ? body.scope : undefined;
-      if (config.profile === 'auth0' && params.scope) {
-        // Auth0 answers with the requested OpenID scopes too; the access token's own `scope` claim keeps API scopes only
-        const held = exchange.heldScopes;
-        const oidc = [...ctx.oidc.requestParamOIDCScopes].filter((scope) => held.has(scope));
-        body.scope = union(splitScope(body.scope), oidc).join(' ');
-      }
-      // the event reports what the access token grants, whatever the response's profile adds
-      emit(ctx, () => event(ctx, exchange, 'issued', 'policy', { resolvedAudience: exchange.target, grantedScope: tokenScope }));
-    };
     // a request without a target (the refreshes of an app that never names one) goes to oidc-provider's
     // handler at once, without a promise or an allocation of the extension's own
     return function mrrtRefreshTokenHandler(ctx) {
       const params = ctx.oidc.params;
-      return params?.resource === undefined && params?.audience === undefined ? builtin(ctx) : exchangeHandler(ctx);
+      if (params?.resource === undefined && params?.audience === undefined) return builtin(ctx);
+      try {
+        return routeTarget(ctx);
+      } catch (err) {
+        // a handler answers with a promise, a refusal included
+        return Promise.reject(err as Error);
+      }
     };
   };
 }
