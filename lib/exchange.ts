@@ -108,8 +108,12 @@ function refusalError(reason: RefusalReason): Error {
   return new errors.InvalidTarget(TARGET_REFUSALS[reason]);
 }
 
+const NOTHING_REJECTED: ReadonlySet<string> = new Set();
+
 /** Every scope the user rejected in the Grant, for the OpenID layer or any API (SPEC E13). */
-function rejectedScopes(grant: GrantLike): Set<string> {
+function rejectedScopes(grant: GrantLike): ReadonlySet<string> {
+  // most Grants hold no rejection: nothing is built for them
+  if (grant.rejected === undefined) return NOTHING_REJECTED;
   const rejected = new Set(splitScope(grant.rejected?.openid?.scope));
   for (const scope of Object.values(grant.rejected?.resources ?? {})) for (const value of splitScope(scope)) rejected.add(value);
   return rejected;
@@ -434,9 +438,9 @@ export class Exchange {
   #policyScopeAvailable(defined: ReadonlySet<string>, grant: GrantLike): boolean {
     const { oidc } = this.ctx;
     const requested = oidc.params?.scope ? oidc.requestParamScopes : undefined;
-    const rejected = grant.rejected === undefined ? undefined : rejectedScopes(grant);
+    const rejected = rejectedScopes(grant);
     return (this.plan as Plan & { kind: 'policy' }).policyScopes.some(
-      (scope) => defined.has(scope) && (requested === undefined || requested.has(scope)) && !rejected?.has(scope),
+      (scope) => defined.has(scope) && (requested === undefined || requested.has(scope)) && !rejected.has(scope),
     );
   }
 
@@ -548,42 +552,65 @@ export function createExchangeHandler(
     return refusalPlan('check_unavailable');
   };
 
+  const storeFailed = (ctx: KoaContextWithOIDC, err: unknown): Plan => {
+    ctx.oidc.provider.emit('mrrt.store_error', ctx, err);
+    return refusalPlan(err instanceof PolicyStoreError && err.code === 'ERR_MRRT_STORE_CORRUPT' ? 'store_corrupt' : 'store_unavailable');
+  };
+  /** Asks one of the operator's client checks and goes on with its answer; a failure refuses what needs it. */
+  const afterCheck = (ctx: KoaContextWithOIDC, question: () => unknown, next: (answer: unknown) => Plan | Promise<Plan>): Plan | Promise<Plan> => {
+    let answer: unknown;
+    try {
+      answer = check(question);
+    } catch (err) {
+      return checkFailed(ctx, err);
+    }
+    return isThenable(answer) ? Promise.resolve(answer).then(next, (err: unknown) => checkFailed(ctx, err)) : next(answer);
+  };
+
   /**
    * What the policy alone says about the target (SPEC E3), before any token is read; `cached`: the
-   * client's policy as the cache answered when the request began, used instead of a lookup.
+   * client's policy as the cache answered when the request began, used instead of a lookup. A
+   * promise only when an answer it needs is one: a cached policy and synchronous client checks
+   * decide at once.
    */
-  async function decide(ctx: KoaContextWithOIDC, target: string, cached?: { readonly record: PolicyRecord | undefined }): Promise<Plan> {
+  function decide(ctx: KoaContextWithOIDC, target: string, cached?: { readonly record: PolicyRecord | undefined }): Plan | Promise<Plan> {
     const client = ctx.oidc.client!;
-    let ineligible: TargetRefusal | undefined;
-    try {
-      const firstParty = check(() => setup.isFirstParty(client));
-      ineligible = firstPartyRefusal(isThenable(firstParty) ? await firstParty : firstParty) ?? denyListRefusal(config, target);
-    } catch (err) {
-      return checkFailed(ctx, err);
-    }
-    if (ineligible) return refusalPlan(ineligible);
+    return afterCheck(
+      ctx,
+      () => setup.isFirstParty(client),
+      (firstParty) => {
+        const ineligible = firstPartyRefusal(firstParty) ?? denyListRefusal(config, target);
+        if (ineligible) return refusalPlan(ineligible);
+        if (cached) return fromPolicy(ctx, target, cached.record);
+        let found: ReturnType<typeof lookup>;
+        try {
+          found = lookup(client.clientId);
+        } catch (err) {
+          return storeFailed(ctx, err);
+        }
+        return isThenable(found)
+          ? found.then(
+              (record) => fromPolicy(ctx, target, record),
+              (err: unknown) => storeFailed(ctx, err),
+            )
+          : fromPolicy(ctx, target, found);
+      },
+    );
+  }
 
-    let record = cached?.record;
-    if (!cached) {
-      try {
-        const found = lookup(client.clientId);
-        record = isThenable(found) ? await found : found;
-      } catch (err) {
-        ctx.oidc.provider.emit('mrrt.store_error', ctx, err);
-        return refusalPlan(err instanceof PolicyStoreError && err.code === 'ERR_MRRT_STORE_CORRUPT' ? 'store_corrupt' : 'store_unavailable');
-      }
-    }
+  /** The plan for a target under the client's policy `record`, once the client itself is eligible. */
+  function fromPolicy(ctx: KoaContextWithOIDC, target: string, record: PolicyRecord | undefined): Plan | Promise<Plan> {
     const entry = policyEntry(record, target);
     if (!entry) return refusalPlan(record ? 'not_in_policy' : 'no_policy');
-    let refused: TargetRefusal | undefined;
-    try {
-      const consent = check(() => config.allowSkippingConsent(target, client));
-      refused = consentRefusal(isThenable(consent) ? await consent : consent);
-    } catch (err) {
-      return checkFailed(ctx, err);
-    }
-    if (refused) return refusalPlan(refused);
-    return planOf(entry);
+    const client = ctx.oidc.client!;
+    return afterCheck(
+      ctx,
+      () => config.allowSkippingConsent(target, client),
+      (consent) => {
+        const refused = consentRefusal(consent);
+        return refused ? refusalPlan(refused) : planOf(entry);
+      },
+    );
   }
 
   /**
@@ -608,36 +635,45 @@ export function createExchangeHandler(
 
   return (builtin) => {
     /** The exchange itself: the decision, then oidc-provider's handler with the exchange installed. */
-    async function runExchange(ctx: KoaContextWithOIDC, request: ConstructorParameters<typeof Exchange>[2]): Promise<void> {
-      const target = request.targets[0]!;
-      const params = ctx.oidc.params!;
+    function runExchange(ctx: KoaContextWithOIDC, request: ConstructorParameters<typeof Exchange>[2]): Promise<void> {
       // the policy is read again, after the first-party answer: one deleted while an asynchronous
       // isFirstParty answered no longer applies (SPEC E10), so routeTarget's peek is not reused here
-      const plan = await decide(ctx, target);
-      const exchange = new Exchange(ctx, setup, request, plan, (released) => install(released, undefined));
+      const plan = decide(ctx, request.targets[0]!);
+      return isThenable(plan) ? plan.then((decided) => exchange(ctx, request, decided)) : exchange(ctx, request, plan);
+    }
 
-      install(ctx, exchange);
-      try {
-        await builtin(ctx);
-      } catch (err) {
-        if (plan.kind === 'refusal') exchange.learnHeld();
-        throw report(ctx, exchange, err);
-      } finally {
+    /**
+     * oidc-provider's handler with the exchange of `plan` installed, then the response's additions.
+     * Written with `then` rather than as an async function: a saturated server pays for each
+     * promise and frame of every request in flight.
+     */
+    function exchange(ctx: KoaContextWithOIDC, request: ConstructorParameters<typeof Exchange>[2], plan: Plan): Promise<void> {
+      const running = new Exchange(ctx, setup, request, plan, (released) => install(released, undefined));
+      const uninstall = (): void => {
         install(ctx, undefined);
-        exchange.end();
+        running.end();
+      };
+      install(ctx, running);
+      let handled: Promise<void>;
+      try {
+        handled = builtin(ctx);
+      } catch (err) {
+        handled = Promise.reject(err as Error);
       }
-      if (plan.kind !== 'policy' || !exchange.held || exchange.withdrawn) return;
-      const body = ctx.body as Record<string, unknown>;
-      body.resource = exchange.target;
-      const tokenScope = typeof body.scope === 'string' ? body.scope : undefined;
-      if (config.profile === 'auth0' && params.scope) {
-        // Auth0 answers with the requested OpenID scopes too; the access token's own `scope` claim keeps API scopes only
-        const held = exchange.heldScopes;
-        const oidc = [...ctx.oidc.requestParamOIDCScopes].filter((scope) => held.has(scope));
-        body.scope = union(splitScope(body.scope), oidc).join(' ');
-      }
-      // the event reports what the access token grants, whatever the response's profile adds
-      emit(ctx, () => event(ctx, exchange, 'issued', 'policy', { resolvedAudience: exchange.target, grantedScope: tokenScope }));
+      return handled.then(
+        () => {
+          uninstall();
+          issued(ctx, running, config.profile);
+        },
+        (err: unknown) => {
+          try {
+            if (plan.kind === 'refusal') running.learnHeld();
+            throw report(ctx, running, err);
+          } finally {
+            uninstall();
+          }
+        },
+      );
     }
 
     /**
@@ -698,6 +734,22 @@ export function createExchangeHandler(
       }
     };
   };
+}
+
+/** A policy's token was issued: the response names its audience, and the exchange is reported. */
+function issued(ctx: KoaContextWithOIDC, exchange: Exchange, profile: MrrtConfiguration['profile']): void {
+  if (exchange.plan.kind !== 'policy' || !exchange.held || exchange.withdrawn) return;
+  const body = ctx.body as Record<string, unknown>;
+  body.resource = exchange.target;
+  const tokenScope = typeof body.scope === 'string' ? body.scope : undefined;
+  if (profile === 'auth0' && ctx.oidc.params!.scope) {
+    // Auth0 answers with the requested OpenID scopes too; the access token's own `scope` claim keeps API scopes only
+    const held = exchange.heldScopes;
+    const oidc = [...ctx.oidc.requestParamOIDCScopes].filter((scope) => held.has(scope));
+    body.scope = union(splitScope(body.scope), oidc).join(' ');
+  }
+  // the event reports what the access token grants, whatever the response's profile adds
+  emit(ctx, () => event(ctx, exchange, 'issued', 'policy', { resolvedAudience: exchange.target, grantedScope: tokenScope }));
 }
 
 /** The error a failed exchange answers with, reported as an `mrrt.exchange` event when MRRT decided it. */
