@@ -21,6 +21,7 @@ import {
   type TargetRefusal,
 } from './rules.js';
 import type { PolicyRecord } from './store.js';
+import { policyReader } from './stores/reader.js';
 import type { PolicyEntry } from './policy.js';
 
 /**
@@ -516,7 +517,8 @@ export function createExchangeHandler(
   { rotationObserved }: { readonly rotationObserved: boolean },
 ): (builtin: Handler) => Handler {
   const { config } = setup;
-  const cache = config.cache === false ? undefined : new PolicyCache(config.store, { ...config.cache, readTimeout: config.storeTimeout });
+  const store = policyReader(config.store);
+  const cache = config.cache === false ? undefined : new PolicyCache(store, { ...config.cache, readTimeout: config.storeTimeout });
   // a cached policy is used as it is, without a promise; anything else is read, bounded by storeTimeout
   const lookup = (clientId: string): PolicyRecord | undefined | Promise<PolicyRecord | undefined> => {
     const hit = cache?.peek(clientId);
@@ -524,7 +526,7 @@ export function createExchangeHandler(
     return cache
       ? cache.get(clientId)
       : withTimeout(
-          config.store.get(clientId),
+          store.get(clientId),
           config.storeTimeout,
           () => new PolicyStoreError('ERR_MRRT_STORE_UNAVAILABLE', `policy store did not answer within ${config.storeTimeout}ms`),
         );

@@ -1,6 +1,7 @@
 import { DEFAULTS } from './defaults.js';
 import { PolicyStoreError } from './errors.js';
-import type { PolicyRecord, PolicyStore } from './store.js';
+import type { PolicyRecord } from './store.js';
+import type { PolicyReader } from './stores/reader.js';
 
 /** Settings of the in-process policy cache (`withMrrt` option `cache`). */
 export interface PolicyCacheOptions {
@@ -34,7 +35,7 @@ interface Entry {
  * `peek` and `get` both count as uses for the least-recently-used eviction.
  */
 export class PolicyCache {
-  readonly #store: PolicyStore;
+  readonly #store: PolicyReader;
   readonly #maxAge: number;
   readonly #maxEntries: number;
   readonly #readTimeout: number;
@@ -45,7 +46,7 @@ export class PolicyCache {
   #newest: string | undefined;
 
   constructor(
-    store: PolicyStore,
+    store: PolicyReader,
     { maxAge = DEFAULTS.cache.maxAge, maxEntries = DEFAULTS.cache.maxEntries, readTimeout = DEFAULTS.storeTimeout }: PolicyCacheSettings = {},
   ) {
     this.#store = store;

@@ -7,7 +7,7 @@ import request from 'supertest';
 
 import Provider, { type Configuration } from 'oidc-provider';
 
-import { MemoryPolicyStore, RedisPolicyStore, withMrrt, type MrrtReason, type Policy } from '../lib/index.js';
+import { MemoryPolicyStore, RedisPolicyStore, withMrrt, type MrrtReason, type Policy, type PolicyStore } from '../lib/index.js';
 import { API, CLIENTS, SKIP_CONSENT, claims, dpopKey, login, refresh, snapshot, startServer, type TestServer, type TokenSet } from './support/fixture.js';
 import { deleteKeys } from './support/redis-keys.js';
 
@@ -421,6 +421,73 @@ describe('MRRT exchange with a policy store that does not answer in time', () =>
       await server.close();
     }
   });
+});
+
+describe("a policy store of the deployment's own", () => {
+  const GOOD = { clientId: 'app', policies: [{ audience: API.B, scope: ['b:read'] }], version: 'v1' };
+  const servers: TestServer[] = [];
+  afterAll(async () => {
+    for (const server of servers) await server.close();
+  });
+  /** A server whose store's `get` answers with `answer()` for every client; `cache: false` when `cached` is false. */
+  const start = async (answer: () => unknown, cached: boolean) => {
+    const custom = { get: answer } as unknown as PolicyStore;
+    const server = await startServer({ mrrt: { store: custom, allowSkippingConsent: SKIP_CONSENT, ...(cached ? {} : { cache: false }) }, rotate: true });
+    servers.push(server);
+    const storeErrors: unknown[] = [];
+    server.provider.on('mrrt.store_error', (_ctx, err) => storeErrors.push(err));
+    return { server, storeErrors };
+  };
+
+  const BROKEN: Record<string, () => unknown> = {
+    'policies: null': async () => ({ ...GOOD, policies: null }),
+    'a null entry': async () => ({ ...GOOD, policies: [null] }),
+    'an entry with an audience that is no URI': async () => ({ ...GOOD, policies: [{ audience: 'b', scope: ['b:read'] }] }),
+    'a string': async () => 'app',
+    "another client's record": async () => ({ ...GOOD, clientId: 'other' }),
+    'a record without a version': async () => ({ clientId: 'app', policies: GOOD.policies }),
+  };
+  for (const cached of [true, false]) {
+    for (const [answer, get] of Object.entries(BROKEN)) {
+      test(`${answer} (${cached ? 'cached' : 'cache: false'}) fails closed as corrupt data; the granted target and the refresh token keep working`, async () => {
+        const { server, storeErrors } = await start(get, cached);
+        const tokens = await login(server);
+        const before = snapshot(server, tokens.refresh_token);
+        const seen = server.providerEvents.length;
+
+        const res = await refresh(server, tokens.refresh_token, { audience: API.B });
+        expect(res.status).toBe(500);
+        expect(res.body.error).toBe('server_error');
+        expect(res.body).not.toHaveProperty('access_token');
+        expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason: 'store_corrupt', clientId: 'app' });
+        expect(storeErrors).toEqual([expect.objectContaining({ code: 'ERR_MRRT_STORE_CORRUPT' })]);
+        expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+        // oidc-provider reports the 500; nothing was saved, consumed or revoked
+        expect(server.providerEvents.slice(seen)).toEqual(['server_error']);
+
+        const granted = await refresh(server, tokens.refresh_token, { resource: API.A });
+        expect(granted.status).toBe(200);
+        expect(claims(granted.body.access_token)).toMatchObject({ aud: API.A, scope: 'a:read' });
+      });
+    }
+
+    const ANSWERS: [string, () => unknown, { status: number; scope?: string; error?: string }][] = [
+      ['a record, not a promise', () => GOOD, { status: 200, scope: 'b:read' }],
+      ['a thenable that calls back at once', () => ({ then: (resolve: (value: unknown) => void) => resolve(GOOD) }), { status: 200, scope: 'b:read' }],
+      ['null', async () => null, { status: 400, error: 'invalid_target' }],
+    ];
+    for (const [answer, get, expected] of ANSWERS) {
+      test(`${answer} (${cached ? 'cached' : 'cache: false'}) is read as the record it settles to`, async () => {
+        const { server, storeErrors } = await start(get, cached);
+        const tokens = await login(server);
+        const res = await refresh(server, tokens.refresh_token, { audience: API.B });
+        expect(res.status).toBe(expected.status);
+        if (expected.scope) expect(claims(res.body.access_token)).toMatchObject({ aud: API.B, scope: expected.scope });
+        else expect(res.body.error).toBe(expected.error);
+        expect(storeErrors).toEqual([]);
+      });
+    }
+  }
 });
 
 describe('public clients (RFC 9700 §2.2.2)', () => {
