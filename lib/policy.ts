@@ -26,6 +26,9 @@ export const NO_LIMITS: Readonly<Required<PolicyLimits>> = Object.freeze({ maxEn
 
 const MAX_LIMIT = 1000;
 
+/** The largest policy any configuration's limits allow: what a store of the deployment's own may answer. */
+export const STORED_LIMITS: Readonly<Required<PolicyLimits>> = Object.freeze({ maxEntries: MAX_LIMIT, maxScopesPerEntry: MAX_LIMIT });
+
 /**
  * Validates {@link PolicyLimits} (the `withMrrt` option and `parsePolicies`' argument alike): an
  * object with only the known keys, each an integer from 1 to 1000 or undefined for its default.
@@ -100,8 +103,10 @@ export function parseWithin(input: unknown, { maxEntries, maxScopesPerEntry }: R
 
   const seen = new Set<string>();
   const entries: PolicyEntry[] = [];
-  // index loops, not forEach: a hole in a sparse array must be reported, not skipped
-  for (let i = 0; i < input.length; i += 1) {
+  // index loops, not forEach: a hole in a sparse array must be reported, not skipped. Items past the
+  // largest limit any configuration allows are not checked one by one (the array is refused for its
+  // length already), so that a huge or sparse array read from a store costs no more than that
+  for (let i = 0; i < Math.min(input.length, Math.max(maxEntries, MAX_LIMIT)); i += 1) {
     const entry: unknown = input[i];
     const at = `$[${i}]`;
     if (!isPlainObject(entry)) {
@@ -134,7 +139,7 @@ export function parseWithin(input: unknown, { maxEntries, maxScopesPerEntry }: R
       if (scope.length === 0) fail(`${at}.scope`, 'must contain at least one scope');
       if (scope.length > maxScopesPerEntry) fail(`${at}.scope`, `must contain at most ${maxScopesPerEntry} scopes, got ${scope.length}`);
       const seenScopes = new Set<string>();
-      for (let j = 0; j < scope.length; j += 1) {
+      for (let j = 0; j < Math.min(scope.length, Math.max(maxScopesPerEntry, MAX_LIMIT)); j += 1) {
         const value: unknown = scope[j];
         const sat = `${at}.scope[${j}]`;
         if (typeof value !== 'string') fail(sat, `must be a string, got ${describe(value)}`);

@@ -9,6 +9,21 @@ export interface PolicyRecord {
   readonly version: string;
 }
 
+// records a built-in store built itself from a policy parseWithin returned (deeply frozen)
+const validated = new WeakSet<PolicyRecord>();
+
+/** A built-in store's record, built from a validated policy and frozen: an exchange reads it without parsing it again. */
+export function validatedRecord(clientId: string, policies: Policy, version: string): PolicyRecord {
+  const record = Object.freeze({ clientId, policies, version });
+  validated.add(record);
+  return record;
+}
+
+/** Whether `value` is a record {@link validatedRecord} built. */
+export function isValidatedRecord(value: unknown): value is PolicyRecord {
+  return typeof value === 'object' && value !== null && validated.has(value as PolicyRecord);
+}
+
 /** Write preconditions for optimistic concurrency. */
 export interface WriteOptions {
   /**

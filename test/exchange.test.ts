@@ -446,6 +446,21 @@ describe("a policy store of the deployment's own", () => {
     'a string': async () => 'app',
     "another client's record": async () => ({ ...GOOD, clientId: 'other' }),
     'a record without a version': async () => ({ clientId: 'app', policies: GOOD.policies }),
+    'a record whose policies cannot be read': async () => ({
+      ...GOOD,
+      get policies(): never {
+        throw new Error('unreadable');
+      },
+    }),
+    'a policy larger than any configuration allows (1001 entries)': async () => ({
+      ...GOOD,
+      policies: Array.from({ length: 1001 }, (_, i) => ({ audience: `https://api-${i}.example.com`, scope: ['x'] })),
+    }),
+    'a sparse array of ten million entries': async () => ({ ...GOOD, policies: new Array(10_000_000) }),
+    "a built-in store's record of another client": async () => {
+      const other = new MemoryPolicyStore();
+      return other.set('other', [{ audience: API.B, scope: ['b:read', 'b:write'] }]);
+    },
   };
   for (const cached of [true, false]) {
     for (const [answer, get] of Object.entries(BROKEN)) {
@@ -471,6 +486,26 @@ describe("a policy store of the deployment's own", () => {
       });
     }
 
+    test(`a built-in store whose get is replaced after start-up is checked all the same (${cached ? 'cached' : 'cache: false'})`, async () => {
+      const memory = new MemoryPolicyStore();
+      await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+      const server = await startServer({ mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, ...(cached ? {} : { cache: false }) }, rotate: true });
+      servers.push(server);
+      const tokens = await login(server);
+      const before = snapshot(server, tokens.refresh_token);
+      // e.g. a test stub or instrumentation: another client's record, wider, without a version
+      memory.get = async () => ({ clientId: 'other', version: '', policies: [{ audience: API.B, scope: ['b:read', 'b:write'] }] });
+
+      const res = await refresh(server, tokens.refresh_token, { audience: API.B });
+      expect(res.status).toBe(500);
+      expect(res.body).not.toHaveProperty('access_token');
+      expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason: 'store_corrupt' });
+      expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+      const granted = await refresh(server, tokens.refresh_token, { resource: API.A });
+      expect(granted.status).toBe(200);
+      expect(claims(granted.body.access_token)).toMatchObject({ aud: API.A, scope: 'a:read' });
+    });
+
     const ANSWERS: [string, () => unknown, { status: number; scope?: string; error?: string }][] = [
       ['a record, not a promise', () => GOOD, { status: 200, scope: 'b:read' }],
       ['a thenable that calls back at once', () => ({ then: (resolve: (value: unknown) => void) => resolve(GOOD) }), { status: 200, scope: 'b:read' }],
@@ -488,6 +523,44 @@ describe("a policy store of the deployment's own", () => {
       });
     }
   }
+});
+
+describe("a policy store of the deployment's own that announces changes", () => {
+  test('a change it announces reaches the policy cache (its subscribe is called on the store)', async () => {
+    class AnnouncingStore {
+      readonly #listeners = new Set<(clientId: string | undefined) => void>();
+      policies: unknown = [{ audience: API.B, scope: ['b:read'] }];
+      reads = 0;
+      async get(clientId: string) {
+        this.reads += 1;
+        return { clientId, policies: this.policies, version: String(this.reads) };
+      }
+      subscribe(listener: (clientId: string | undefined) => void) {
+        this.#listeners.add(listener);
+        return () => this.#listeners.delete(listener);
+      }
+      change(policies: unknown) {
+        this.policies = policies;
+        for (const listener of this.#listeners) listener('app');
+      }
+    }
+    const custom = new AnnouncingStore();
+    const server = await startServer({ mrrt: { store: custom as unknown as PolicyStore, allowSkippingConsent: SKIP_CONSENT }, rotate: false });
+    try {
+      const tokens = await login(server);
+      expect((await refresh(server, tokens.refresh_token, { audience: API.B })).status).toBe(200);
+      expect((await refresh(server, tokens.refresh_token, { audience: API.B })).status).toBe(200);
+      expect(custom.reads).toBe(1);
+
+      custom.change([{ audience: API.C, scope: ['c:read'] }]);
+      const refused = await refresh(server, tokens.refresh_token, { audience: API.B });
+      expect(refused.status).toBe(400);
+      expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason: 'not_in_policy' });
+      expect(custom.reads).toBe(2);
+    } finally {
+      await server.close();
+    }
+  });
 });
 
 describe('public clients (RFC 9700 §2.2.2)', () => {

@@ -14,6 +14,7 @@ import {
   type PolicyRecord,
   type PolicyStore,
   type WriteOptions,
+  validatedRecord,
 } from '../store.js';
 
 export const newVersion = (): string => randomBytes(9).toString('base64url');
@@ -42,7 +43,7 @@ export class MemoryPolicyStore implements PolicyStore {
     assertWriteOptions(options);
     const parsed = parseWithin(policies, NO_LIMITS);
     this.#check(clientId, options);
-    const record = Object.freeze({ clientId, policies: parsed, version: newVersion() });
+    const record = validatedRecord(clientId, parsed, newVersion());
     this.#records.set(clientId, record);
     this.#changes.notify(clientId);
     return record;

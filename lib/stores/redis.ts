@@ -13,6 +13,7 @@ import {
   type PolicyRecord,
   type PolicyStore,
   type WriteOptions,
+  validatedRecord,
 } from '../store.js';
 import { newVersion } from './memory.js';
 
@@ -185,7 +186,7 @@ export class RedisPolicyStore implements PolicyStore {
     }
     try {
       const policies = parseWithin(JSON.parse(json) as unknown, NO_LIMITS);
-      return Object.freeze({ clientId, policies, version });
+      return validatedRecord(clientId, policies, version);
     } catch (cause) {
       const detail = cause instanceof PolicyValidationError ? cause.message : 'not JSON';
       throw new PolicyStoreError('ERR_MRRT_STORE_CORRUPT', `policy of client "${clientId}" is invalid: ${detail}`, { cause });
@@ -214,7 +215,7 @@ export class RedisPolicyStore implements PolicyStore {
     const [ok, current] = reply;
     if (ok !== 1) throw new PolicyConflictError(clientId, String(current) || undefined);
     this.#changes.notify(clientId);
-    return Object.freeze({ clientId, policies: parsed, version });
+    return validatedRecord(clientId, parsed, version);
   }
 
   async delete(clientId: string, options: WriteOptions = {}): Promise<boolean> {
