@@ -51,6 +51,8 @@ export function resolveLimits(limits: unknown): Readonly<Required<PolicyLimits>>
   return Object.freeze({ maxEntries: resolve('maxEntries'), maxScopesPerEntry: resolve('maxScopesPerEntry') });
 }
 
+/** The most problems one validation reports. */
+const MAX_ISSUES = 100;
 const MAX_AUDIENCE_LENGTH = 600;
 const MAX_SCOPE_LENGTH = 280;
 // RFC 6749 §3.3 scope-token: %x21 / %x23-5B / %x5D-7E
@@ -93,6 +95,12 @@ export function parseWithin(input: unknown, { maxEntries, maxScopesPerEntry }: R
   const issues: PolicyIssue[] = [];
   const fail = (path: string, message: string): void => {
     issues.push({ path, message });
+    // the first problems say what is wrong; collecting every one of a huge array's would stall the
+    // process (a store's answer is read on the exchange path) and build an error of any size
+    if (issues.length === MAX_ISSUES) {
+      issues.push({ path: '$', message: `and possibly more problems (the first ${MAX_ISSUES} are listed)` });
+      throw new PolicyValidationError(issues);
+    }
   };
 
   if (!Array.isArray(input)) {

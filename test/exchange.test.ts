@@ -339,7 +339,14 @@ describe.each([
     const before = snapshot(server, tokens.refresh_token);
     const key = store.keyFor('spa');
     try {
-      for (const corrupt of ['{not json', JSON.stringify([{ audience: API.B, scope: ['b:read'], extra: true }]), JSON.stringify({ __proto__: null })]) {
+      const corruptions = [
+        '{not json',
+        JSON.stringify([{ audience: API.B, scope: ['b:read'], extra: true }]),
+        JSON.stringify({ __proto__: null }),
+        // a million bad items: reported by their first problems, not walked to the end
+        JSON.stringify(new Array(1_000_000).fill(0)),
+      ];
+      for (const corrupt of corruptions) {
         await redis.hset(key, 'p', corrupt);
         await announce('spa');
         const res = await refresh(server, tokens.refresh_token, { audience: API.B }, { client: 'spa' });
@@ -457,6 +464,10 @@ describe("a policy store of the deployment's own", () => {
       policies: Array.from({ length: 1001 }, (_, i) => ({ audience: `https://api-${i}.example.com`, scope: ['x'] })),
     }),
     'a sparse array of ten million entries': async () => ({ ...GOOD, policies: new Array(10_000_000) }),
+    'a thousand entries sharing one sparse array of scopes': async () => {
+      const scope = new Array(2 ** 32 - 1);
+      return { ...GOOD, policies: Array.from({ length: 1000 }, (_, i) => ({ audience: `https://api-${i}.example.com`, scope })) };
+    },
     "a built-in store's record of another client": async () => {
       const other = new MemoryPolicyStore();
       return other.set('other', [{ audience: API.B, scope: ['b:read', 'b:write'] }]);

@@ -199,6 +199,24 @@ describe('parsePolicies: invalid input', () => {
     expect(issues).toHaveLength(2);
     expect(() => parsePolicies([{ audience: 'x', scope: [''] }])).toThrow(/^invalid MRRT policy: \$\[0\]\.audience: .*; \$\[0\]\.scope\[0\]: /);
   });
+
+  test('a policy with more problems than are listed: the first 100, then a note that there may be more', () => {
+    const issues = issuesOf(
+      Array.from({ length: 300 }, () => null),
+      { maxEntries: 1000 },
+    );
+    expect(issues).toHaveLength(101);
+    expect(issues.slice(0, 100).map((i) => i.path)).toEqual(Array.from({ length: 100 }, (_, i) => `$[${i}]`));
+    expect(issues[100]).toEqual({ path: '$', message: expect.stringMatching(/possibly more problems \(the first 100 are listed\)/) });
+  });
+
+  test('an array over the limit is reported for its length and its items up to the largest configurable limit (1000)', () => {
+    const input = [...entries(1200)];
+    input[3] = { audience: '/x', scope: ['read'] };
+    input[999] = { audience: '/x', scope: ['read'] };
+    input[1000] = { audience: '/x', scope: ['read'] };
+    expect(issuesOf(input, { maxEntries: 50 }).map((i) => i.path)).toEqual(['$', '$[3].audience', '$[999].audience']);
+  });
 });
 
 describe('parsePolicies: valid input', () => {

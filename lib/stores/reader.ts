@@ -35,7 +35,7 @@ function checkedRecord(answer: unknown, clientId: string): PolicyRecord | undefi
     return Object.freeze({ clientId, policies: parseWithin(policies, STORED_LIMITS), version });
   } catch (cause) {
     if (cause instanceof PolicyStoreError) throw cause;
-    // a record whose properties cannot be read (a throwing getter, a Proxy) is as unusable as a malformed one
+    // a record whose properties cannot be read (a throwing getter) is as unusable as a malformed one
     throw corrupt(cause instanceof PolicyValidationError ? cause.message : 'the record could not be read', cause);
   }
 }
