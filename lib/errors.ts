@@ -21,7 +21,8 @@ export class MrrtError extends Error {
 
 /**
  * Thrown by {@link parsePolicies} (and by stores and the admin API on write) when a policy is invalid.
- * `issues` lists every problem found, not only the first.
+ * `issues` lists every problem found, not only the first (past 100: the first 100, then a note that
+ * there may be more).
  */
 export class PolicyValidationError extends MrrtError {
   static readonly code = 'ERR_MRRT_POLICY_INVALID';

@@ -115,8 +115,8 @@ const NOTHING_REJECTED: ReadonlySet<string> = new Set();
 function rejectedScopes(grant: GrantLike): ReadonlySet<string> {
   // most Grants hold no rejection: nothing is built for them
   if (grant.rejected === undefined) return NOTHING_REJECTED;
-  const rejected = new Set(splitScope(grant.rejected?.openid?.scope));
-  for (const scope of Object.values(grant.rejected?.resources ?? {})) for (const value of splitScope(scope)) rejected.add(value);
+  const rejected = new Set(splitScope(grant.rejected.openid?.scope));
+  for (const scope of Object.values(grant.rejected.resources ?? {})) for (const value of splitScope(scope)) rejected.add(value);
   return rejected;
 }
 

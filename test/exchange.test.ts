@@ -504,12 +504,15 @@ describe("a policy store of the deployment's own", () => {
       servers.push(server);
       const tokens = await login(server);
       const before = snapshot(server, tokens.refresh_token);
+      const seen = server.providerEvents.length;
       // e.g. a test stub or instrumentation: another client's record, wider, without a version
       memory.get = async () => ({ clientId: 'other', version: '', policies: [{ audience: API.B, scope: ['b:read', 'b:write'] }] });
 
       const res = await refresh(server, tokens.refresh_token, { audience: API.B });
       expect(res.status).toBe(500);
+      expect(res.body.error).toBe('server_error');
       expect(res.body).not.toHaveProperty('access_token');
+      expect(server.providerEvents.slice(seen)).toEqual(['server_error']);
       expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason: 'store_corrupt' });
       expect(snapshot(server, tokens.refresh_token)).toEqual(before);
       const granted = await refresh(server, tokens.refresh_token, { resource: API.A });
