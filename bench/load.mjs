@@ -2,6 +2,8 @@
 // side by side, one token at a time (the Redis command count), and the sanity check that every
 // server answers as its scenario says before anything is timed. A–D get a token with one refresh request; E with two (a
 // silent authorization request and its code exchange): every figure is per token.
+import { readFileSync } from 'node:fs';
+
 import autocannon from 'autocannon';
 
 import { API, SCENARIOS, codeExchangeBody, codeFromRedirect, refreshBody, rotating, silentAuthorizationQuery, targetName } from './shared.mjs';
@@ -24,8 +26,10 @@ export async function measureWindows(jobs, { seconds, connections }) {
   await sleep(50);
   await Promise.all(jobs.map(({ server, profileFile }) => profileFile && server.call('profileStart')));
   const cpuBefore = await Promise.all(jobs.map(({ server }) => server.call('cpu')));
+  const machineBefore = machineTicks();
   const started = performance.now();
   const ran = await Promise.all(windows.map((window) => window.run(started)));
+  const stolen = stolenShare(machineBefore, machineTicks());
   await sleep(200); // let requests still in flight drain before anything else runs
   const cpuAfter = await Promise.all(jobs.map(({ server }) => server.call('cpu')));
   await Promise.all(jobs.map(({ server, profileFile }) => profileFile && server.call('profileStop', { file: profileFile })));
@@ -34,7 +38,26 @@ export async function measureWindows(jobs, { seconds, connections }) {
       ({ server, targets, variant, scenario }, i) => windows[i].purge && server.call('purge', { name: targets.get(targetName(variant, scenario)).name }),
     ),
   );
-  return ran.map((r, i) => summariseWindow(jobs[i], r, cpuAfter[i] - cpuBefore[i]));
+  return ran.map((r, i) => ({ ...summariseWindow(jobs[i], r, cpuAfter[i] - cpuBefore[i]), ...(stolen === undefined ? {} : { stolen }) }));
+}
+
+/**
+ * The machine's CPU time so far, in ticks, and the part of it a hypervisor ran something else on
+ * this machine's CPUs ("steal", Linux `/proc/stat`); undefined where there is no such file.
+ */
+export function machineTicks() {
+  try {
+    const fields = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0].trim().split(/\s+/).slice(1, 9).map(Number);
+    return { total: fields.reduce((sum, n) => sum + n, 0), steal: fields[7] };
+  } catch {
+    return undefined;
+  }
+}
+
+/** The share of the machine's CPU time stolen between two readings of {@link machineTicks}. */
+export function stolenShare(before, after) {
+  if (!before || !after || after.total <= before.total) return undefined;
+  return (after.steal - before.steal) / (after.total - before.total);
 }
 
 function summariseWindow({ variant, scenario }, { latencies, status, errors, last, started, exhausted, poolSize, httpRequests }, cpuUs) {

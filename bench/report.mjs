@@ -7,7 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { SCENARIOS } from './shared.mjs';
-import { round } from './stats.mjs';
+import { median, round } from './stats.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -60,6 +60,18 @@ export function markdown(report) {
   lines.push(
     `Settings: revision ${s.revision}; ${s.mode}; throughput: ${s.rounds} rounds of every scenario alone for ${s.duration_s} s each, in the orders of a balanced design (${s.replicas ?? 1} server process${(s.replicas ?? 1) === 1 ? '' : 'es'} per scenario, taken in turn by the rounds, ${s.connections} connections each, after a ${s.warmup_s} s warm-up of each process with every scenario at once); server CPU: ${s.cpu_rounds} interleaved rounds of ${s.cpu_tokens} tokens per scenario, one request at a time; ${s.alg} signatures (access token JWT + ID token per request).`,
   );
+  const stolen = report.scenarios.filter((row) => row.stolen_pct !== undefined);
+  if (stolen.length !== 0 && s.steal_limit_pct !== undefined) {
+    const repeated = stolen.reduce((sum, row) => sum + row.repeated_windows, 0);
+    const kept = s.rounds * stolen.length;
+    lines.push(
+      `Stolen CPU time (what a hypervisor ran on this machine's CPUs for others, from /proc/stat): ${
+        s.steal_attempts > 1
+          ? `a throughput window above ${s.steal_limit_pct} % was measured again, up to ${s.steal_attempts} windows in all, keeping the least stolen; ${repeated} windows measured again for ${kept} kept`
+          : `measured, no window measured again (${kept} windows)`
+      }; the kept windows' stolen share read ${fmt(median(stolen.map((row) => row.stolen_pct)))} % (median of the scenarios' medians), ${fmt(Math.max(...stolen.map((row) => row.stolen_max_pct)))} % at most.`,
+    );
+  }
   lines.push('');
   lines.push('| scenario | adapter | rotation | req/s | p50 ms | p99 ms | server CPU µs/req | saturated server CPU µs/req |');
   lines.push('| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |');

@@ -10,6 +10,7 @@
 //   node bench/run.mjs [--quick] [--json] [--alg ES256|RS256|EdDSA] [--rounds N] [--duration S]
 //                      [--warmup S] [--connections N] [--scale N] [--only memory/off,redis/on]
 //                      [--scenarios ABCDEF] [--replicas N] [--cpu-only] [--cpu-rounds N] [--cpu-prof] [--pin]
+//                      [--steal-limit P]
 // --only / --scenarios run a subset (ratios need A, C against E needs both); --replicas runs each
 // scenario's server in N processes, the rounds taking them in turn (intervals then include how much
 // one process differs from another); --cpu-only measures the interleaved server CPU only (after the
@@ -18,6 +19,8 @@
 // window to bench/profiles/, with bench/profiles/windows.json giving each window's scenario and
 // request count: `node bench/profile-summary.mjs bench/profiles` compares scenarios in CPU µs per
 // request, the throughput windows apart from the interleaved CPU rounds (one request at a time).
+// --steal-limit: a throughput window during which a hypervisor stole more than P % of the machine's
+// CPU time is measured again (default 5; 100 never repeats one).
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -55,12 +58,13 @@ const { values: args } = parseArgs({
     replicas: { type: 'string' },
     'cpu-only': { type: 'boolean', default: false },
     'cpu-rounds': { type: 'string' },
+    'steal-limit': { type: 'string' },
   },
 });
 
 const PRESET = args.quick
-  ? { rounds: 3, duration: 0.5, warmup: 0.3, scale: 10_000, sample: 2_000, count: 30, cpuRounds: 4, cpuTokens: 40, replicas: 1 }
-  : { rounds: 24, duration: 1, warmup: 2, scale: 100_000, sample: 10_000, count: 500, cpuRounds: 64, cpuTokens: 100, replicas: 8 };
+  ? { rounds: 3, duration: 0.5, warmup: 0.3, scale: 10_000, sample: 2_000, count: 30, cpuRounds: 4, cpuTokens: 40, replicas: 1, stealAttempts: 1 }
+  : { rounds: 24, duration: 1, warmup: 2, scale: 100_000, sample: 10_000, count: 500, cpuRounds: 64, cpuTokens: 100, replicas: 8, stealAttempts: 4 };
 const positive = (value, fallback, name) => {
   if (value === undefined) return fallback;
   const n = Number(value);
@@ -80,6 +84,10 @@ const settings = {
   cpu_rounds: Math.round(positive(args['cpu-rounds'], PRESET.cpuRounds, 'cpu-rounds')),
   cpu_tokens: PRESET.cpuTokens,
   replicas: Math.round(positive(args.replicas, PRESET.replicas, 'replicas')),
+  // a throughput window during which a hypervisor ran something else on this machine's CPUs for more
+  // than this share of their time is measured again (docs/benchmark.md, "Stolen CPU time")
+  steal_limit_pct: positive(args['steal-limit'], 5, 'steal-limit'),
+  steal_attempts: PRESET.stealAttempts,
 };
 if (!['ES256', 'RS256', 'EdDSA'].includes(settings.alg)) throw new Error('--alg must be ES256, RS256 or EdDSA');
 if (settings.rounds > 50 || settings.duration_s > 120 || settings.scale_clients > 1_000_000 || settings.replicas > 8)
@@ -99,6 +107,25 @@ const ORDERS = balancedOrders(SCENARIO_NAMES.length);
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const RUN_PREFIX = `mrrt-bench:${process.pid}-${randomBytes(4).toString('hex')}:`;
 const PROFILE_DIR = path.join(here, 'profiles');
+
+/**
+ * One throughput window of `job`, measured again while a hypervisor took more than the steal limit
+ * of the machine's CPU time during it, at most `steal_attempts` windows in all (the least stolen is
+ * kept). Stolen time is other tenants' work on this machine's CPUs: on a shared machine it decides
+ * most of how req/s varies from window to window, and whether it hits a window has nothing to do
+ * with the scenario running in it.
+ */
+async function unstolenWindow(job, redis) {
+  let kept;
+  for (let attempt = 1; attempt <= settings.steal_attempts; attempt += 1) {
+    const [window] = await measureWindows([job], { seconds: settings.duration_s, connections: settings.connections });
+    // the window's tokens are unlinked: Redis frees them in the background, before the next window starts
+    await lazyFreed(redis);
+    if (kept === undefined || (window.stolen ?? 0) < (kept.stolen ?? 0)) kept = window;
+    if (window.stolen === undefined || 100 * window.stolen <= settings.steal_limit_pct) return { ...kept, attempts: attempt };
+  }
+  return { ...kept, attempts: settings.steal_attempts };
+}
 
 async function main() {
   const started = performance.now();
@@ -212,11 +239,7 @@ async function main() {
         const all = jobsOf(variant, round_, profileOf);
         const jobs = ORDERS[round_ % ORDERS.length].map((i) => all[i]);
         const measured_ = [];
-        for (const job of jobs) {
-          measured_.push(...(await measureWindows([job], { seconds: settings.duration_s, connections })));
-          // the window's tokens are unlinked: Redis frees them in the background, before the next window starts
-          await lazyFreed(redis);
-        }
+        for (const job of jobs) measured_.push(await unstolenWindow(job, redis));
         for (const [i, r] of measured_.entries()) {
           const { scenario, profileFile } = jobs[i];
           const key = `${variant}/${scenario}`;
@@ -234,7 +257,7 @@ async function main() {
           results.get(key).push(r);
         }
         log(
-          `round ${round_ + 1}/${settings.rounds} ${variant}: ${measured_.map((r, i) => `${jobs[i].scenario} ${fmtInt(r.rps)} req/s p99 ${fmt(r.p99_ms)} ms`).join(' | ')}`,
+          `round ${round_ + 1}/${settings.rounds} ${variant}: ${measured_.map((r, i) => `${jobs[i].scenario} ${fmtInt(r.rps)} req/s p99 ${fmt(r.p99_ms)} ms${r.stolen === undefined ? '' : ` stolen ${fmt(100 * r.stolen)} %${r.attempts > 1 ? ` (window ${r.attempts})` : ''}`}`).join(' | ')}`,
         );
       }
     }
