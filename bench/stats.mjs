@@ -116,12 +116,12 @@ export function summarise(results, cpuResults, variants, scenarioNames, replicas
         // the server's CPU per request in the saturated windows (ten in flight), where req/s is measured
         window_cpu_us_per_req: round(median(rounds.map((r) => r.window_cpu_us)), 1),
         failed: rounds.reduce((sum, r) => sum + r.failed, 0),
-        // what a hypervisor took of the machine's CPUs in the kept windows, and the windows measured again for it
+        // what a hypervisor took of the machine's CPUs in the kept windows, and the rounds measured again for it
         ...(rounds.some((r) => r.stolen !== undefined)
           ? {
-              stolen_pct: round(100 * median(rounds.map((r) => r.stolen ?? 0)), 2),
-              stolen_max_pct: round(100 * Math.max(...rounds.map((r) => r.stolen ?? 0)), 2),
-              repeated_windows: rounds.reduce((sum, r) => sum + (r.attempts ?? 1) - 1, 0),
+              stolen_pct: round(100 * median(rounds.filter((r) => r.stolen !== undefined).map((r) => r.stolen)), 2),
+              stolen_max_pct: round(100 * Math.max(...rounds.filter((r) => r.stolen !== undefined).map((r) => r.stolen)), 2),
+              repeated_rounds: rounds.reduce((sum, r) => sum + (r.rounds_measured ?? 1) - 1, 0),
             }
           : {}),
       });
