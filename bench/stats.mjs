@@ -93,6 +93,17 @@ export function verdict(ratio, bound, atLeast) {
  * process i mod `replicas` of each scenario. E (two requests per token) is
  * compared with C, the MRRT exchange it is the alternative to, not with A.
  */
+/** The stolen share of a scenario's kept windows (those it was read for) and its rounds measured again; nothing where it was never read. */
+function stolenOf(rounds) {
+  const stolen = rounds.filter((r) => r.stolen !== undefined).map((r) => r.stolen);
+  if (stolen.length === 0) return {};
+  return {
+    stolen_pct: round(100 * median(stolen), 2),
+    stolen_max_pct: round(100 * Math.max(...stolen), 2),
+    repeated_rounds: rounds.reduce((sum, r) => sum + (r.rounds_measured ?? 1) - 1, 0),
+  };
+}
+
 export function summarise(results, cpuResults, variants, scenarioNames, replicas = 1) {
   const spread_ = (values) => spread(values, replicas);
   const scenarios = [];
@@ -117,13 +128,7 @@ export function summarise(results, cpuResults, variants, scenarioNames, replicas
         window_cpu_us_per_req: round(median(rounds.map((r) => r.window_cpu_us)), 1),
         failed: rounds.reduce((sum, r) => sum + r.failed, 0),
         // what a hypervisor took of the machine's CPUs in the kept windows, and the rounds measured again for it
-        ...(rounds.some((r) => r.stolen !== undefined)
-          ? {
-              stolen_pct: round(100 * median(rounds.filter((r) => r.stolen !== undefined).map((r) => r.stolen)), 2),
-              stolen_max_pct: round(100 * Math.max(...rounds.filter((r) => r.stolen !== undefined).map((r) => r.stolen)), 2),
-              repeated_rounds: rounds.reduce((sum, r) => sum + (r.rounds_measured ?? 1) - 1, 0),
-            }
-          : {}),
+        ...stolenOf(rounds),
       });
     }
     if (byScenario.C && byScenario.E) {
