@@ -85,14 +85,6 @@ export function verdict(ratio, bound, atLeast) {
   return 'within noise';
 }
 
-/**
- * Medians over rounds per scenario, ratios per round against A (A and the other scenario measured
- * within the same round), C against E per token, and the Redis adapter's targets. `results` maps
- * "<variant>/<scenario>" to the scenario's per-round throughput measurements (each scenario alone, in turn),
- * `cpuResults` to its server CPU µs per token, per interleaved round; round i of either ran on
- * process i mod `replicas` of each scenario. E (two requests per token) is
- * compared with C, the MRRT exchange it is the alternative to, not with A.
- */
 /** The stolen share of a scenario's kept windows (those it was read for) and its rounds measured again; nothing where it was never read. */
 function stolenOf(rounds) {
   const stolen = rounds.filter((r) => r.stolen !== undefined).map((r) => r.stolen);
@@ -104,6 +96,14 @@ function stolenOf(rounds) {
   };
 }
 
+/**
+ * Medians over rounds per scenario, ratios per round against A (A and the other scenario measured
+ * within the same round), C against E per token, and the Redis adapter's targets. `results` maps
+ * "<variant>/<scenario>" to the scenario's per-round throughput measurements (each scenario alone, in turn),
+ * `cpuResults` to its server CPU µs per token, per interleaved round; round i of either ran on
+ * process i mod `replicas` of each scenario. E (two requests per token) is
+ * compared with C, the MRRT exchange it is the alternative to, not with A.
+ */
 export function summarise(results, cpuResults, variants, scenarioNames, replicas = 1) {
   const spread_ = (values) => spread(values, replicas);
   const scenarios = [];
