@@ -1,6 +1,6 @@
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import type Provider from 'oidc-provider';
-import { errors, type KoaContextWithOIDC } from 'oidc-provider';
+import type { KoaContextWithOIDC } from 'oidc-provider';
 
 import { ADMIN_DEFAULTS } from './defaults.js';
 import { MrrtTypeError, PolicyConflictError, PolicyStoreError, PolicyValidationError, type PolicyIssue } from './errors.js';
@@ -403,10 +403,8 @@ async function checkAgainstProvider(
         issues.push({ path: `${at}.audience`, message: ADMIN_REFUSALS[refused] });
         continue;
       }
-      answer = await askResourceServer(() => {
-        if (!getResourceServerInfo) throw new errors.InvalidTarget();
-        return getResourceServerInfo(adminContext(provider, req, res, client), entry.audience, client);
-      });
+      // without a getResourceServerInfo no API is known, and no context is built to ask
+      answer = getResourceServerInfo && (await askResourceServer(getResourceServerInfo, adminContext(provider, req, res, client), entry.audience, client));
     } catch {
       // the deployment's own function failed on this request: the write cannot be checked, and is refused as such
       issues.push({ path: `${at}.audience`, message: 'could not be checked against the provider (its resource server lookup failed)' });

@@ -128,7 +128,9 @@ function holds(token: RefreshTokenLike, target: string): boolean {
 
 /** The entry of a client's policy for `target`, if it has one. */
 function policyEntry(record: PolicyRecord | undefined, target: string): PolicyEntry | undefined {
-  return record?.policies.find((candidate) => candidate.audience === target);
+  if (record === undefined) return undefined;
+  for (const entry of record.policies) if (entry.audience === target) return entry;
+  return undefined;
 }
 
 /**
@@ -142,13 +144,6 @@ export function rotationAskedOutsidePolicy(ctx: KoaContextWithOIDC): void {
   const target: unknown = ctx.oidc.params?.resource;
   const token = ctx.oidc.entities.RefreshToken as RefreshTokenLike | undefined;
   if (typeof target === 'string' && token && !holds(token, target)) throw new errors.InvalidTarget();
-}
-
-/** RFC 9700 §2.2.2: a public client's refresh token must be rotated or sender-constrained. */
-function unprotectedPublicRefresh(ctx: KoaContextWithOIDC, rotating: boolean): boolean {
-  if (rotating || ctx.oidc.client?.clientAuthMethod !== 'none') return false;
-  const { RefreshToken: token, RotatedRefreshToken: rotated } = ctx.oidc.entities;
-  return rotated === undefined && !token?.jkt && !token?.['x5t#S256'];
 }
 
 /**
@@ -165,6 +160,13 @@ export class Exchange {
   readonly started: number;
   /** The `scope` parameter as the client sent it. */
   readonly requestedScope: string | undefined;
+  /**
+   * Whether this exchange needs the watched models: a policy's overlay does; a refusal only to learn
+   * of the refresh token before oidc-provider checks the `scope` parameter (the refusal answers
+   * first), otherwise it is checked at `rotateRefreshToken` (the provider may still hand them out,
+   * see `provider.ts`).
+   */
+  readonly watchesModels: boolean;
   #held: Held | undefined;
   /** Set once the rules have run against the answer issuance uses: that answer, or the rules' error. */
   #settled: { readonly answer: Settled } | { readonly error: unknown } | undefined;
@@ -175,10 +177,10 @@ export class Exchange {
   #raised: { readonly error: Error; readonly reason: MrrtReason } | undefined;
   #heldScopes: ReadonlySet<string> | undefined;
   readonly #setup: ExchangeSetup;
-  readonly #stepAside: (ctx: KoaContextWithOIDC) => void;
+  readonly #uninstall: (ctx: KoaContextWithOIDC) => void;
 
   /**
-   * `ctx`: the request's context. `stepAside` uninstalls the exchange from the request: what
+   * `ctx`: the request's context. `uninstall` takes the exchange off the request: what
    * oidc-provider does next is a plain refresh.
    */
   constructor(
@@ -186,17 +188,18 @@ export class Exchange {
     setup: ExchangeSetup,
     request: { readonly targets: readonly string[]; readonly refreshTokenValue: string; readonly requestedScope: string | undefined; readonly started: number },
     plan: Plan,
-    stepAside: (ctx: KoaContextWithOIDC) => void,
+    uninstall: (ctx: KoaContextWithOIDC) => void,
   ) {
     const { targets, refreshTokenValue, requestedScope, started } = request;
     this.#setup = setup;
-    this.#stepAside = stepAside;
+    this.#uninstall = uninstall;
     this.requestedScope = requestedScope;
     this.targets = targets;
     this.target = targets[0]!;
     this.refreshTokenValue = refreshTokenValue;
     this.plan = plan;
     this.started = started;
+    this.watchesModels = plan.kind === 'policy' || Boolean(requestedScope);
   }
 
   get held(): Held | undefined {
@@ -216,16 +219,6 @@ export class Exchange {
   /** The overlay was taken back: the request is served exactly as without MRRT. */
   get withdrawn(): boolean {
     return this.#withdrawn;
-  }
-
-  /**
-   * Whether this exchange needs the watched models: a policy's overlay does; a refusal only to learn
-   * of the refresh token before oidc-provider checks the `scope` parameter (the refusal answers
-   * first), otherwise it is checked at `rotateRefreshToken` (the provider may still hand them out,
-   * see `provider.ts`).
-   */
-  get watchesModels(): boolean {
-    return this.plan.kind === 'policy' || Boolean(this.requestedScope);
   }
 
   /** Whether this request presents its overlay in an object holding `grantId` (its refresh token, the rotation, the Grant). */
@@ -253,7 +246,7 @@ export class Exchange {
     if (value !== this.refreshTokenValue || this.#held || token.clientId !== this.ctx.oidc.client?.clientId) return;
     const held = this.#hold(token);
     // a refusal that only applies outside the grant, for a target the refresh token holds: nothing left to do
-    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#stepAside(this.ctx);
+    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#uninstall(this.ctx);
     else if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(this.plan.policyScopes);
   }
 
@@ -262,20 +255,45 @@ export class Exchange {
     return this.#held;
   }
 
-  /** Runs `read` with the overlay off: what the deployment's event listeners read is what is stored. */
-  withoutOverlay(read: () => void): void {
+  /**
+   * Runs `model.emit(eventName)` with the overlay off: what the deployment's event listeners read is
+   * what is stored. (`emit` and its arguments rather than a closure: see {@link createExchangeHandler}.)
+   */
+  withoutOverlay(emit: (this: object, eventName: string) => void, model: object, eventName: string): void {
     const muted = this.#muted;
     this.#muted = true;
     try {
-      read();
+      emit.call(model, eventName);
     } finally {
       this.#muted = muted;
     }
   }
 
-  /** oidc-provider's handler returned or threw: whatever reads this request's objects from now on sees what they hold. */
+  /**
+   * oidc-provider's handler returned or threw: the exchange leaves the request, and whatever reads
+   * this request's objects from now on sees what they hold.
+   */
   end(): void {
+    this.#uninstall(this.ctx);
     this.#ended = true;
+  }
+
+  /** A policy's token was issued: the response names its audience, and the exchange is reported. */
+  issued(): void {
+    const held = this.#held;
+    if (this.plan.kind !== 'policy' || !held || this.#withdrawn) return;
+    const { ctx } = this;
+    const body = ctx.body as Record<string, unknown>;
+    body.resource = this.target;
+    const tokenScope = typeof body.scope === 'string' ? body.scope : undefined;
+    if (this.#setup.config.profile === 'auth0' && ctx.oidc.params!.scope) {
+      // Auth0 answers with the requested OpenID scopes too; the access token's own `scope` claim keeps API scopes only
+      const scopes = this.heldScopes;
+      const oidc = [...ctx.oidc.requestParamOIDCScopes].filter((scope) => scopes.has(scope));
+      body.scope = union(splitScope(body.scope), oidc).join(' ');
+    }
+    // the event reports what the access token grants, whatever the response's profile adds
+    emit(ctx, () => event(ctx, this, 'issued', 'policy', { resolvedAudience: this.target, grantedScope: tokenScope }));
   }
 
   /**
@@ -321,7 +339,8 @@ export class Exchange {
     if (resource !== this.target || !this.#presents({ grantId: grant.jti })) return scope;
     const wanted = new Set(filter);
     const rejected = rejectedScopes(grant);
-    const added = (this.plan as Plan & { kind: 'policy' }).policyScopes.filter((value) => wanted.has(value) && !rejected.has(value));
+    const added: string[] = [];
+    for (const value of (this.plan as Plan & { kind: 'policy' }).policyScopes) if (wanted.has(value) && !rejected.has(value)) added.push(value);
     return added.length === 0 ? scope : union(splitScope(scope), added).join(' ');
   }
 
@@ -390,17 +409,16 @@ export class Exchange {
 
   #check(rotating: boolean): Settled {
     if (this.#raised) throw this.#raised.error;
-    const refusal = this.activeRefusal();
-    if (refusal) this.#raise(refusal.reason);
+    const { plan } = this;
+    if (plan.kind === 'refusal') {
+      const refusal = this.activeRefusal();
+      if (refusal) this.#raise(refusal.reason);
+    }
     const held = this.#held;
-    if (this.plan.kind !== 'policy' || !held) return undefined;
+    if (plan.kind !== 'policy' || !held) return undefined;
 
     const { ctx } = this;
-    const { getResourceServerInfo } = this.#setup;
-    const answer = askResourceServer(() => {
-      if (!getResourceServerInfo) throw new errors.InvalidTarget();
-      return getResourceServerInfo(ctx, this.target, ctx.oidc.client!);
-    });
+    const answer = askResourceServer(this.#setup.getResourceServerInfo, ctx, this.target, ctx.oidc.client!);
     return isThenable(answer) ? answer.then((settled) => this.#checkAnswer(held, rotating, settled)) : this.#checkAnswer(held, rotating, answer);
   }
 
@@ -440,15 +458,21 @@ export class Exchange {
     const { oidc } = this.ctx;
     const requested = oidc.params?.scope ? oidc.requestParamScopes : undefined;
     const rejected = rejectedScopes(grant);
-    return (this.plan as Plan & { kind: 'policy' }).policyScopes.some(
-      (scope) => defined.has(scope) && (requested === undefined || requested.has(scope)) && !rejected.has(scope),
-    );
+    for (const scope of (this.plan as Plan & { kind: 'policy' }).policyScopes) {
+      if (defined.has(scope) && (requested === undefined || requested.has(scope)) && !rejected.has(scope)) return true;
+    }
+    return false;
   }
 
-  /** RFC 9700 §2.2.2 for an exchange (SPEC P4), unless the deployment allows any public client. */
+  /**
+   * RFC 9700 §2.2.2 for an exchange (SPEC P4): a public client's refresh token must be rotated or
+   * sender-constrained, unless the deployment allows any public client.
+   */
   #publicClientRule(held: Held, rotating: boolean, answer: ResourceServerAnswer | undefined): ResourceServerAnswer | undefined {
-    if (this.#setup.config.publicClients !== 'any' && unprotectedPublicRefresh(this.ctx, rotating))
-      return this.#refuseOrWithdraw(held, 'public_client_unprotected');
+    const { oidc } = this.ctx;
+    if (rotating || this.#setup.config.publicClients === 'any' || oidc.client?.clientAuthMethod !== 'none') return answer;
+    const { RefreshToken: token, RotatedRefreshToken: rotated } = oidc.entities;
+    if (rotated === undefined && !token?.jkt && !token?.['x5t#S256']) return this.#refuseOrWithdraw(held, 'public_client_unprotected');
     return answer;
   }
 
@@ -486,6 +510,27 @@ function refusalPlan(reason: RefusalReason): Refusal {
   return { kind: 'refusal', reason, unlessGranted: true };
 }
 
+/**
+ * The targets a refresh request names: `resource`, and Auth0's `audience`, which names the same
+ * thing. oidc-provider resolves the target from `resource`, so `audience` sent alone becomes it.
+ * Both sent with one value each must agree.
+ */
+function requestedTargets(params: Record<string, unknown>): string[] {
+  const { resource, audience } = params;
+  // the usual request, one `resource`, without the arrays of the general case
+  if (audience === undefined && typeof resource === 'string' && resource !== '') return [resource];
+  const resources = readValues(resource);
+  const audiences = readValues(audience);
+  if (resources.length === 1 && audiences.length === 1 && resources[0] !== audiences[0]) {
+    throw new errors.InvalidRequest('"audience" and "resource" must have the same value when both are sent');
+  }
+  if (resources.length === 0) {
+    if (audiences.length !== 0) params.resource = audiences.length === 1 ? audiences[0] : audiences;
+    return audiences;
+  }
+  return audiences.length === 0 || (resources.length === 1 && audiences.length === 1) ? resources : [...resources, ...audiences];
+}
+
 function readValues(value: unknown): string[] {
   if (value === undefined || value === null || value === '') return [];
   return Array.isArray(value) ? value.map(String) : [String(value)];
@@ -510,6 +555,11 @@ function withTimeout<T>(promise: Promise<T>, ms: number, timedOut: () => Error):
  * nothing installed and nothing decided, the way most refreshes of a deployment go: only when the
  * refresh token turns out not to hold it is the refusal decided, at {@link rotationAskedOutsidePolicy}
  * or from oidc-provider's own error.
+ *
+ * Why the exchange's path passes arguments on instead of making closures, and is written as few
+ * functions: a server refreshes for many clients between two exchanges, so each function and
+ * closure an exchange enters is found out of the CPU's caches, about a microsecond each whatever it
+ * does (docs/benchmark.md, "What a function entered costs"), which counts against C's target.
  */
 export function createExchangeHandler(
   setup: ExchangeSetup,
@@ -532,13 +582,10 @@ export function createExchangeHandler(
         );
   };
   // the operator's isFirstParty / allowSkippingConsent may ask a database: bounded like the store,
-  // and a failure refuses only what needs their answer (a granted target is still served)
-  // a synchronous answer is used as it is (no timer); a thenable is awaited for at most storeTimeout
-  const check = (question: () => unknown): unknown => {
-    const answer = question();
-    if (!isThenable(answer)) return answer;
-    return withTimeout(Promise.resolve(answer), config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
-  };
+  // and a failure refuses only what needs their answer (a granted target is still served).
+  // A synchronous answer is used as it is (no timer); a thenable is awaited for at most storeTimeout.
+  const bounded = (answer: unknown): Promise<unknown> =>
+    withTimeout(Promise.resolve(answer), config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
   // a policy entry's plan, once per entry: cached records (and their entries) are immutable and shared
   const plans = new WeakMap<PolicyEntry, Plan>();
   const planOf = (entry: PolicyEntry): Plan => {
@@ -558,62 +605,77 @@ export function createExchangeHandler(
     ctx.oidc.provider.emit('mrrt.store_error', ctx, err);
     return refusalPlan(err instanceof PolicyStoreError && err.code === 'ERR_MRRT_STORE_CORRUPT' ? 'store_corrupt' : 'store_unavailable');
   };
-  /** Asks one of the operator's client checks and goes on with its answer; a failure refuses what needs it. */
-  const afterCheck = (ctx: KoaContextWithOIDC, question: () => unknown, next: (answer: unknown) => Plan | Promise<Plan>): Plan | Promise<Plan> => {
-    let answer: unknown;
-    try {
-      answer = check(question);
-    } catch (err) {
-      return checkFailed(ctx, err);
-    }
-    return isThenable(answer) ? Promise.resolve(answer).then(next, (err: unknown) => checkFailed(ctx, err)) : next(answer);
-  };
-
   /**
    * What the policy alone says about the target (SPEC E3), before any token is read; `cached`: the
    * client's policy as the cache answered when the request began, used instead of a lookup. A
    * promise only when an answer it needs is one: a cached policy and synchronous client checks
-   * decide at once.
+   * decide at once. Each step passes its arguments on rather than closing over them (see
+   * {@link createExchangeHandler}).
    */
   function decide(ctx: KoaContextWithOIDC, target: string, cached?: { readonly record: PolicyRecord | undefined }): Plan | Promise<Plan> {
-    const client = ctx.oidc.client!;
-    return afterCheck(
-      ctx,
-      () => setup.isFirstParty(client),
-      (firstParty) => {
-        const ineligible = firstPartyRefusal(firstParty) ?? denyListRefusal(config, target);
-        if (ineligible) return refusalPlan(ineligible);
-        if (cached) return fromPolicy(ctx, target, cached.record);
-        let found: ReturnType<typeof lookup>;
-        try {
-          found = lookup(client.clientId);
-        } catch (err) {
-          return storeFailed(ctx, err);
-        }
-        return isThenable(found)
-          ? found.then(
-              (record) => fromPolicy(ctx, target, record),
-              (err: unknown) => storeFailed(ctx, err),
-            )
-          : fromPolicy(ctx, target, found);
-      },
+    let firstParty: unknown;
+    let thenable: boolean;
+    try {
+      firstParty = setup.isFirstParty(ctx.oidc.client!);
+      thenable = isThenable(firstParty);
+    } catch (err) {
+      return checkFailed(ctx, err);
+    }
+    if (!thenable) return eligible(ctx, target, firstParty, cached);
+    return bounded(firstParty).then(
+      (answer) => eligible(ctx, target, answer, cached),
+      (err: unknown) => checkFailed(ctx, err),
     );
+  }
+
+  /** The decision once the client's first-party answer is in: the target's eligibility, then the policy. */
+  function eligible(
+    ctx: KoaContextWithOIDC,
+    target: string,
+    firstParty: unknown,
+    cached: { readonly record: PolicyRecord | undefined } | undefined,
+  ): Plan | Promise<Plan> {
+    const ineligible = firstPartyRefusal(firstParty) ?? denyListRefusal(config, target);
+    if (ineligible) return refusalPlan(ineligible);
+    if (cached) return fromPolicy(ctx, target, cached.record);
+    let found: ReturnType<typeof lookup>;
+    try {
+      found = lookup(ctx.oidc.client!.clientId);
+    } catch (err) {
+      return storeFailed(ctx, err);
+    }
+    return isThenable(found)
+      ? found.then(
+          (record) => fromPolicy(ctx, target, record),
+          (err: unknown) => storeFailed(ctx, err),
+        )
+      : fromPolicy(ctx, target, found);
   }
 
   /** The plan for a target under the client's policy `record`, once the client itself is eligible. */
   function fromPolicy(ctx: KoaContextWithOIDC, target: string, record: PolicyRecord | undefined): Plan | Promise<Plan> {
     const entry = policyEntry(record, target);
     if (!entry) return refusalPlan(record ? 'not_in_policy' : 'no_policy');
-    const client = ctx.oidc.client!;
-    return afterCheck(
-      ctx,
-      () => config.allowSkippingConsent(target, client),
-      (consent) => {
-        const refused = consentRefusal(consent);
-        return refused ? refusalPlan(refused) : planOf(entry);
-      },
+    let consent: unknown;
+    let thenable: boolean;
+    try {
+      consent = config.allowSkippingConsent(target, ctx.oidc.client!);
+      thenable = isThenable(consent);
+    } catch (err) {
+      return checkFailed(ctx, err);
+    }
+    if (!thenable) return consented(entry, consent);
+    return bounded(consent).then(
+      (answer) => consented(entry, answer),
+      (err: unknown) => checkFailed(ctx, err),
     );
   }
+
+  /** The plan for a policy entry once the operator's consent answer is in. */
+  const consented = (entry: PolicyEntry, consent: unknown): Plan => {
+    const refused = consentRefusal(consent);
+    return refused ? refusalPlan(refused) : planOf(entry);
+  };
 
   /**
    * The error of a request handed on outside the policy: when oidc-provider accepted a refresh token
@@ -635,6 +697,8 @@ export function createExchangeHandler(
     return report(ctx, exchange, err);
   }
 
+  const uninstall = (ctx: KoaContextWithOIDC): void => install(ctx, undefined);
+
   return (builtin) => {
     /** The exchange itself: the decision, then oidc-provider's handler with the exchange installed. */
     function runExchange(ctx: KoaContextWithOIDC, request: ConstructorParameters<typeof Exchange>[2]): Promise<void> {
@@ -650,11 +714,7 @@ export function createExchangeHandler(
      * promise and frame of every request in flight.
      */
     function exchange(ctx: KoaContextWithOIDC, request: ConstructorParameters<typeof Exchange>[2], plan: Plan): Promise<void> {
-      const running = new Exchange(ctx, setup, request, plan, (released) => install(released, undefined));
-      const uninstall = (): void => {
-        install(ctx, undefined);
-        running.end();
-      };
+      const running = new Exchange(ctx, setup, request, plan, uninstall);
       install(ctx, running);
       let handled: Promise<void>;
       try {
@@ -664,15 +724,15 @@ export function createExchangeHandler(
       }
       return handled.then(
         () => {
-          uninstall();
-          issued(ctx, running, config.profile);
+          running.end();
+          running.issued();
         },
         (err: unknown) => {
           try {
             if (plan.kind === 'refusal') running.learnHeld();
             throw report(ctx, running, err);
           } finally {
-            uninstall();
+            running.end();
           }
         },
       );
@@ -688,22 +748,10 @@ export function createExchangeHandler(
     function routeTarget(ctx: KoaContextWithOIDC): Promise<void> {
       const started = performance.now();
       const params = ctx.oidc.params!;
-      const resources = readValues(params.resource);
-      const audiences = readValues(params.audience);
+      const targets = requestedTargets(params);
       // values that name nothing (oidc-provider's parameters turn an empty one into undefined, which
       // mrrtRefreshTokenHandler hands on before this) are no target either
-      if (resources.length === 0 && audiences.length === 0) return builtin(ctx);
-      if (resources.length === 1 && audiences.length === 1 && resources[0] !== audiences[0]) {
-        throw new errors.InvalidRequest('"audience" and "resource" must have the same value when both are sent');
-      }
-      const targets =
-        resources.length === 0
-          ? audiences
-          : audiences.length === 0 || (resources.length === 1 && audiences.length === 1)
-            ? resources
-            : [...resources, ...audiences];
-      // oidc-provider resolves the target from `resource`: Auth0's `audience` names the same thing
-      if (resources.length === 0) params.resource = audiences.length === 1 ? audiences[0] : audiences;
+      if (targets.length === 0) return builtin(ctx);
       const value = params.refresh_token;
       if (typeof value !== 'string' || value.length === 0) return builtin(ctx);
 
@@ -736,22 +784,6 @@ export function createExchangeHandler(
       }
     };
   };
-}
-
-/** A policy's token was issued: the response names its audience, and the exchange is reported. */
-function issued(ctx: KoaContextWithOIDC, exchange: Exchange, profile: MrrtConfiguration['profile']): void {
-  if (exchange.plan.kind !== 'policy' || !exchange.held || exchange.withdrawn) return;
-  const body = ctx.body as Record<string, unknown>;
-  body.resource = exchange.target;
-  const tokenScope = typeof body.scope === 'string' ? body.scope : undefined;
-  if (profile === 'auth0' && ctx.oidc.params!.scope) {
-    // Auth0 answers with the requested OpenID scopes too; the access token's own `scope` claim keeps API scopes only
-    const held = exchange.heldScopes;
-    const oidc = [...ctx.oidc.requestParamOIDCScopes].filter((scope) => held.has(scope));
-    body.scope = union(splitScope(body.scope), oidc).join(' ');
-  }
-  // the event reports what the access token grants, whatever the response's profile adds
-  emit(ctx, () => event(ctx, exchange, 'issued', 'policy', { resolvedAudience: exchange.target, grantedScope: tokenScope }));
 }
 
 /** The error a failed exchange answers with, reported as an `mrrt.exchange` event when MRRT decided it. */

@@ -75,11 +75,12 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
   requireMembers(Token, 'RefreshToken', ['find', 'adapter'], ['scopes', 'resourceIndicators', 'consume', 'emit']);
   requireMembers(GrantBase, 'Grant', ['find', 'adapter'], ['getResourceScopeFiltered', 'emit']);
 
-  // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored
-  const asStored = (emit: () => void): void => {
+  // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored;
+  // the model's own `emit` is passed on with its arguments, no closure made (see createExchangeHandler)
+  const asStored = (model: object, emit: (this: object, eventName: string) => void, eventName: string): void => {
     const exchange = exchangeOf();
-    if (exchange) exchange.withoutOverlay(emit);
-    else emit();
+    if (exchange) exchange.withoutOverlay(emit, model, eventName);
+    else emit.call(model, eventName);
   };
 
   // once the exchange has stepped aside (or ended), find, the scope and resource getters and consume
@@ -129,7 +130,7 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
     }
 
     override emit(eventName: string): void {
-      asStored(() => super.emit(eventName));
+      asStored(this, super.emit, eventName);
     }
   };
 
@@ -150,7 +151,7 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
     }
 
     override emit(eventName: string): void {
-      asStored(() => super.emit(eventName));
+      asStored(this, super.emit, eventName);
     }
   };
 

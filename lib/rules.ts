@@ -114,14 +114,21 @@ export function isThenable(value: unknown): value is PromiseLike<unknown> {
 }
 
 /**
- * Asks the deployment's `getResourceServerInfo`; its `InvalidTarget` (or no answer) means "not a
- * known API". A synchronous answer is returned as it is: an exchange then decides without a promise.
+ * Asks the deployment's `getResourceServerInfo` about `resource`; its `InvalidTarget` (or no
+ * answer, or no such function) means "not a known API". A synchronous answer is returned as it is:
+ * an exchange then decides without a promise.
  */
-export function askResourceServer(ask: () => unknown): ResourceServerAnswer | undefined | Promise<ResourceServerAnswer | undefined> {
+export function askResourceServer<Context, Client>(
+  getResourceServerInfo: ((ctx: Context, resource: string, client: Client) => unknown) | undefined,
+  ctx: Context,
+  resource: string,
+  client: Client,
+): ResourceServerAnswer | undefined | Promise<ResourceServerAnswer | undefined> {
+  if (!getResourceServerInfo) return undefined;
   let answer: unknown;
   let thenable: boolean;
   try {
-    answer = ask();
+    answer = getResourceServerInfo(ctx, resource, client);
     // a `then` that throws is the answer's error, as `await` would make it
     thenable = isThenable(answer);
   } catch (err) {
