@@ -10,6 +10,7 @@ import {
   definedScopes,
   denyListRefusal,
   firstPartyRefusal,
+  hasFixedAnswers,
   isThenable,
   isWellFormedAnswer,
   policyScopes,
@@ -177,22 +178,22 @@ export class Exchange {
   #raised: { readonly error: Error; readonly reason: MrrtReason } | undefined;
   #heldScopes: ReadonlySet<string> | undefined;
   readonly #setup: ExchangeSetup;
-  readonly #uninstall: (ctx: KoaContextWithOIDC) => void;
+  readonly #install: (ctx: KoaContextWithOIDC, exchange: undefined) => void;
 
   /**
-   * `ctx`: the request's context. `uninstall` takes the exchange off the request: what
-   * oidc-provider does next is a plain refresh.
+   * `ctx`: the request's context. `install(ctx, undefined)` takes the exchange off the request:
+   * what oidc-provider does next is a plain refresh.
    */
   constructor(
     readonly ctx: KoaContextWithOIDC,
     setup: ExchangeSetup,
     request: { readonly targets: readonly string[]; readonly refreshTokenValue: string; readonly requestedScope: string | undefined; readonly started: number },
     plan: Plan,
-    uninstall: (ctx: KoaContextWithOIDC) => void,
+    install: (ctx: KoaContextWithOIDC, exchange: undefined) => void,
   ) {
     const { targets, refreshTokenValue, requestedScope, started } = request;
     this.#setup = setup;
-    this.#uninstall = uninstall;
+    this.#install = install;
     this.requestedScope = requestedScope;
     this.targets = targets;
     this.target = targets[0]!;
@@ -246,7 +247,7 @@ export class Exchange {
     if (value !== this.refreshTokenValue || this.#held || token.clientId !== this.ctx.oidc.client?.clientId) return;
     const held = this.#hold(token);
     // a refusal that only applies outside the grant, for a target the refresh token holds: nothing left to do
-    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#uninstall(this.ctx);
+    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#install(this.ctx, undefined);
     else if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(this.plan.policyScopes);
   }
 
@@ -274,7 +275,7 @@ export class Exchange {
    * this request's objects from now on sees what they hold.
    */
   end(): void {
-    this.#uninstall(this.ctx);
+    this.#install(this.ctx, undefined);
     this.#ended = true;
   }
 
@@ -596,6 +597,20 @@ export function createExchangeHandler(
     }
     return plan;
   };
+  // With client checks whose answers never change (the built-in ones, see rules.ts fixedAnswers), and
+  // a deny-list fixed at start, the decision for a cached policy entry never changes either: it is
+  // made once per entry, the way its plan is. Cached records and their entries are immutable and
+  // shared, and a changed policy is a new record, decided anew.
+  const fixedDecision = hasFixedAnswers(setup.isFirstParty) && hasFixedAnswers(config.allowSkippingConsent);
+  const decisions = new WeakMap<PolicyEntry, Plan>();
+  const fixedDecisionOf = (ctx: KoaContextWithOIDC, entry: PolicyEntry, cached: { readonly record: PolicyRecord | undefined }): Plan | Promise<Plan> => {
+    const known = decisions.get(entry);
+    if (known !== undefined) return known;
+    const plan = decide(ctx, entry.audience, cached);
+    // fixed answers are synchronous; a promise would mean one is not, and is not kept
+    if (!isThenable(plan)) decisions.set(entry, plan);
+    return plan;
+  };
   const checkFailed = (ctx: KoaContextWithOIDC, err: unknown): Plan => {
     ctx.oidc.provider.emit('mrrt.check_error', ctx, err);
     return refusalPlan('check_unavailable');
@@ -697,24 +712,14 @@ export function createExchangeHandler(
     return report(ctx, exchange, err);
   }
 
-  const uninstall = (ctx: KoaContextWithOIDC): void => install(ctx, undefined);
-
   return (builtin) => {
-    /** The exchange itself: the decision, then oidc-provider's handler with the exchange installed. */
-    function runExchange(ctx: KoaContextWithOIDC, request: ConstructorParameters<typeof Exchange>[2]): Promise<void> {
-      // the policy is read again, after the first-party answer: one deleted while an asynchronous
-      // isFirstParty answered no longer applies (SPEC E10), so routeTarget's peek is not reused here
-      const plan = decide(ctx, request.targets[0]!);
-      return isThenable(plan) ? plan.then((decided) => exchange(ctx, request, decided)) : exchange(ctx, request, plan);
-    }
-
     /**
      * oidc-provider's handler with the exchange of `plan` installed, then the response's additions.
      * Written with `then` rather than as an async function: a saturated server pays for each
      * promise and frame of every request in flight.
      */
     function exchange(ctx: KoaContextWithOIDC, request: ConstructorParameters<typeof Exchange>[2], plan: Plan): Promise<void> {
-      const running = new Exchange(ctx, setup, request, plan, uninstall);
+      const running = new Exchange(ctx, setup, request, plan, install);
       install(ctx, running);
       let handled: Promise<void>;
       try {
@@ -761,14 +766,19 @@ export function createExchangeHandler(
         const refused = new Exchange(ctx, setup, request, { kind: 'refusal', reason: 'multiple_targets', unlessGranted: false }, () => {});
         throw report(ctx, refused, refusalError('multiple_targets'));
       }
+      const cached = cache?.peek(ctx.oidc.client!.clientId);
+      const entry = cached && policyEntry(cached.record, targets[0]!);
       // a `scope` sent is checked by oidc-provider before it asks rotateRefreshToken: a refusal answers first (see Exchange.watchesModels)
-      const cached = rotationObserved && !request.requestedScope ? cache?.peek(ctx.oidc.client!.clientId) : undefined;
-      if (cached && !policyEntry(cached.record, targets[0]!)) {
+      if (cached && !entry && rotationObserved && !request.requestedScope) {
         return builtin(ctx).catch(async (err: unknown) => {
           throw await outsidePolicyError(ctx, request, cached, err);
         });
       }
-      return runExchange(ctx, request);
+      // the exchange itself: the decision, then oidc-provider's handler with the exchange installed.
+      // Otherwise the policy is read again, after the first-party answer: one deleted while an
+      // asynchronous isFirstParty answered no longer applies (SPEC E10).
+      const plan = entry && fixedDecision ? fixedDecisionOf(ctx, entry, cached) : decide(ctx, targets[0]!);
+      return isThenable(plan) ? plan.then((decided) => exchange(ctx, request, decided)) : exchange(ctx, request, plan);
     }
 
     // a request without a target (the refreshes of an app that never names one) goes to oidc-provider's

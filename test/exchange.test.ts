@@ -1252,3 +1252,83 @@ describe('a Provider subclass that sets its own rotateRefreshToken', () => {
     expect((await refresh(server, granted.body.refresh_token as string, { resource: API.B })).status).toBe(200);
   });
 });
+
+describe("the decision for a target in the client's cached policy", () => {
+  // with the built-in client checks (static lists) an entry's decision is made once and kept with the
+  // cached policy; an operator's own check is asked on every exchange, since its answer may change
+  const policy: Policy = [
+    { audience: API.B, scope: ['b:read'] },
+    { audience: API.CONSENT, scope: ['x:read'] },
+    { audience: API.ADMIN, scope: ['admin:write'] },
+  ];
+
+  async function exchanges(server: TestServer, rotate: boolean) {
+    const tokens = await login(server);
+    let current = tokens.refresh_token;
+    return {
+      served: async (resource: string): Promise<void> => {
+        const res = await refresh(server, current, { resource });
+        expect({ status: res.status, aud: res.status === 200 ? claims(res.body.access_token).aud : res.body }).toEqual({ status: 200, aud: resource });
+        if (rotate) current = res.body.refresh_token as string;
+      },
+      refused: async (resource: string, reason: MrrtReason): Promise<void> => {
+        const before = snapshot(server, current);
+        const seen = server.events.length;
+        const res = await refresh(server, current, { resource });
+        expect({ status: res.status, error: res.body.error }).toEqual({ status: 400, error: 'invalid_target' });
+        expect(server.events.slice(seen)).toEqual([expect.objectContaining({ outcome: 'refused', reason, subject: 'alice', grantId: before.grantId })]);
+        expect(snapshot(server, current)).toEqual(before);
+      },
+    };
+  }
+
+  test.each([true, false])('built-in checks: a refusal is refused on every exchange, and the refresh token still works (rotation %s)', async (rotate) => {
+    const memory = new MemoryPolicyStore();
+    await memory.set('app', policy);
+    const server = await startServer({ mrrt: { store: memory, allowSkippingConsent: [API.B, API.ADMIN], denyList: [API.ADMIN] }, rotate });
+    try {
+      const { served, refused } = await exchanges(server, rotate);
+      for (let i = 0; i < 2; i += 1) {
+        await served(API.B);
+        await refused(API.CONSENT, 'consent_required');
+        await refused(API.ADMIN, 'deny_listed');
+      }
+      // a changed policy is a new record, decided anew
+      await memory.set('app', [{ audience: API.CONSENT, scope: ['x:read'] }]);
+      await refused(API.B, 'not_in_policy');
+      await refused(API.CONSENT, 'consent_required');
+      await served(API.A);
+    } finally {
+      await server.close();
+    }
+  });
+
+  test.each(['isFirstParty', 'allowSkippingConsent'] as const)(
+    "an operator's %s is asked on every exchange: its changed answer applies at once",
+    async (option) => {
+      const memory = new MemoryPolicyStore();
+      await memory.set('app', policy);
+      let allowed = true;
+      let asked = 0;
+      const check = (): boolean => {
+        asked += 1;
+        return allowed;
+      };
+      const checks = option === 'isFirstParty' ? { isFirstParty: check, allowSkippingConsent: SKIP_CONSENT } : { allowSkippingConsent: check };
+      const server = await startServer({ mrrt: { store: memory, ...checks }, rotate: true });
+      try {
+        const { served, refused } = await exchanges(server, true);
+        await served(API.B);
+        await served(API.B);
+        expect(asked).toBe(2);
+        allowed = false;
+        await refused(API.B, option === 'isFirstParty' ? 'not_first_party' : 'consent_required');
+        allowed = true;
+        await served(API.B);
+        expect(asked).toBe(4);
+      } finally {
+        await server.close();
+      }
+    },
+  );
+});
