@@ -22,7 +22,9 @@
 // its functions, by V8's precise coverage): a measure of the code a request touches, which is what
 // the full run's one-request-at-a-time rounds make expensive (docs/benchmark.md).
 //
-//   node bench/warm.mjs [--requests N] [--warmup N] [--replicas N] [--only memory/off,redis/on] [--json]
+//   node bench/warm.mjs [--requests N] [--warmup N] [--replicas N] [--evict MB] [--only memory/off,redis/on] [--json]
+// --evict: MB of memory touched before every request (default 0), so that each finds its code and data
+// out of the CPU caches, as in the full run's rounds of one request at a time (48 does)
 // --warmup: requests per scenario before anything counts (default 300). V8 compiles a function with
 // its top tier after about 3 000 calls (`node --v8-options`, --invocation-count-for-turbofan), so a
 // function that runs once per request, as most of the extension's do, gets there only with a longer
@@ -55,6 +57,7 @@ const { values: args } = parseArgs({
     requests: { type: 'string', default: '2000' },
     warmup: { type: 'string', default: '300' },
     replicas: { type: 'string', default: '3' },
+    evict: { type: 'string', default: '0' },
     only: { type: 'string' },
     json: { type: 'boolean', default: false },
     child: { type: 'string' }, // internal: "<variant>:<replica>"
@@ -62,6 +65,14 @@ const { values: args } = parseArgs({
 });
 
 // ---- the child: one variant, one process ----
+
+// --evict: memory touched before every request (outside its server's CPU count), so that the request
+// finds its code and data out of the CPU caches, as one does in the full run's rounds of one request
+// at a time among 24 or more server processes
+const evictBuffer = new Uint32Array((Number(args.evict) * 1024 * 1024) / 4);
+function evict() {
+  for (let i = 0; i < evictBuffer.length; i += 16) evictBuffer[i] += 1;
+}
 
 /** A provider on 127.0.0.1 whose every request's server CPU goes to `onCpu(µs)`. */
 async function startProvider({ kind, rotate, redis, prefix, jwk, servers, onCpu }) {
@@ -172,6 +183,7 @@ async function child(variant, replica, requests, warmUp) {
       const [plain1, plain2] = shuffle(['A', 'F'], random);
       const [mrrt1, mrrt2] = shuffle(['B', 'C'], random);
       for (const name of [plain1, mrrt1, plain2, mrrt2]) {
+        evict();
         cpu = undefined;
         await scenarios[name]();
         if (cpu === undefined) throw new Error(`scenario ${name}: the server's CPU was not counted`);
@@ -248,9 +260,13 @@ let running;
 
 function runChild(variant, replica, requests, warmUp) {
   return new Promise((resolve, reject) => {
-    const proc = fork(fileURLToPath(import.meta.url), ['--child', `${variant}:${replica}`, '--requests', String(requests), '--warmup', String(warmUp)], {
-      stdio: ['ignore', 2, 2, 'ipc'],
-    });
+    const proc = fork(
+      fileURLToPath(import.meta.url),
+      ['--child', `${variant}:${replica}`, '--requests', String(requests), '--warmup', String(warmUp), '--evict', args.evict],
+      {
+        stdio: ['ignore', 2, 2, 'ipc'],
+      },
+    );
     let result;
     proc.once('message', (message) => {
       result = message;
@@ -282,6 +298,8 @@ async function parent() {
   if (!Number.isInteger(requests) || requests < MIN_BLOCKS * BLOCK || requests > 100_000)
     throw new Error(`--requests must be an integer from ${MIN_BLOCKS * BLOCK} to 100 000`);
   if (!Number.isInteger(replicas) || replicas < 1 || replicas > 8) throw new Error('--replicas must be an integer from 1 to 8');
+  const evictMb = Number(args.evict);
+  if (!Number.isInteger(evictMb) || evictMb < 0 || evictMb > 1024) throw new Error('--evict must be an integer number of MB from 0 to 1024');
   const variants = parseVariants(args.only);
   const runs = new Map(variants.map((variant) => [variant, []]));
   // replica by replica across the variants: a drift of the machine meets every variant alike
@@ -303,7 +321,7 @@ async function parent() {
     );
     return { variant, us, trimmed: ratiosOf('trimmed'), all: ratiosOf('all'), calls };
   });
-  const report = { revision: revision(), node: process.version, warmUp, requests, replicas, block: BLOCK, trim: TRIM, results };
+  const report = { revision: revision(), node: process.version, warmUp, requests, replicas, evictMb, block: BLOCK, trim: TRIM, results };
   if (args.json) {
     process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
     return;
@@ -312,7 +330,7 @@ async function parent() {
   // a verdict needs the variation between processes in its interval
   const judged = (r, bound) => (replicas > 1 ? verdict(r, bound, true) : 'n/a (one process)');
   const lines = [
-    `Server CPU per request, warm (${report.revision}, Node ${process.version}, ${replicas} process${replicas === 1 ? '' : 'es'} per variant, ${requests} requests per scenario each after ${report.warmUp} of warm-up).`,
+    `Server CPU per request, ${evictMb === 0 ? 'warm' : `cold (${evictMb} MB touched before each request)`} (${report.revision}, Node ${process.version}, ${replicas} process${replicas === 1 ? '' : 'es'} per variant, ${requests} requests per scenario each after ${report.warmUp} of warm-up).`,
     'µs: trimmed means over every process; ratios: A\'s CPU ÷ the scenario\'s, median of the blocks (95 % interval), on trimmed means and, as "all", on plain means.',
     '',
     '| variant | A µs | B − A µs | C − A µs | A′/A | B/A | verdict (≥ 0.98) | C/A | verdict (≥ 0.95) | A′/A all | B/A all | C/A all |',

@@ -10,7 +10,6 @@ import {
   definedScopes,
   denyListRefusal,
   firstPartyRefusal,
-  hasFixedAnswers,
   isThenable,
   isWellFormedAnswer,
   policyScopes,
@@ -178,22 +177,22 @@ export class Exchange {
   #raised: { readonly error: Error; readonly reason: MrrtReason } | undefined;
   #heldScopes: ReadonlySet<string> | undefined;
   readonly #setup: ExchangeSetup;
-  readonly #install: (ctx: KoaContextWithOIDC, exchange: undefined) => void;
+  readonly #uninstall: (ctx: KoaContextWithOIDC) => void;
 
   /**
-   * `ctx`: the request's context. `install(ctx, undefined)` takes the exchange off the request:
-   * what oidc-provider does next is a plain refresh.
+   * `ctx`: the request's context. `uninstall` takes the exchange off the request: what
+   * oidc-provider does next is a plain refresh.
    */
   constructor(
     readonly ctx: KoaContextWithOIDC,
     setup: ExchangeSetup,
     request: { readonly targets: readonly string[]; readonly refreshTokenValue: string; readonly requestedScope: string | undefined; readonly started: number },
     plan: Plan,
-    install: (ctx: KoaContextWithOIDC, exchange: undefined) => void,
+    uninstall: (ctx: KoaContextWithOIDC) => void,
   ) {
     const { targets, refreshTokenValue, requestedScope, started } = request;
     this.#setup = setup;
-    this.#install = install;
+    this.#uninstall = uninstall;
     this.requestedScope = requestedScope;
     this.targets = targets;
     this.target = targets[0]!;
@@ -247,7 +246,7 @@ export class Exchange {
     if (value !== this.refreshTokenValue || this.#held || token.clientId !== this.ctx.oidc.client?.clientId) return;
     const held = this.#hold(token);
     // a refusal that only applies outside the grant, for a target the refresh token holds: nothing left to do
-    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#install(this.ctx, undefined);
+    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#uninstall(this.ctx);
     else if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(this.plan.policyScopes);
   }
 
@@ -258,7 +257,7 @@ export class Exchange {
 
   /**
    * Runs `model.emit(eventName)` with the overlay off: what the deployment's event listeners read is
-   * what is stored. (`emit` and its arguments rather than a closure: see {@link createExchangeHandler}.)
+   * what is stored.
    */
   withoutOverlay(emit: (this: object, eventName: string) => void, model: object, eventName: string): void {
     const muted = this.#muted;
@@ -275,7 +274,7 @@ export class Exchange {
    * this request's objects from now on sees what they hold.
    */
   end(): void {
-    this.#install(this.ctx, undefined);
+    this.#uninstall(this.ctx);
     this.#ended = true;
   }
 
@@ -557,10 +556,9 @@ function withTimeout<T>(promise: Promise<T>, ms: number, timedOut: () => Error):
  * refresh token turns out not to hold it is the refusal decided, at {@link rotationAskedOutsidePolicy}
  * or from oidc-provider's own error.
  *
- * Why the exchange's path passes arguments on instead of making closures, and is written as few
- * functions: a server refreshes for many clients between two exchanges, so each function and
- * closure an exchange enters is found out of the CPU's caches, about a microsecond each whatever it
- * does (docs/benchmark.md, "What a function entered costs"), which counts against C's target.
+ * The exchange's steps pass their arguments on rather than closing over them: one request at a
+ * time, among other requests, a function or closure entered costs 0.4–1.2 µs of server CPU, more
+ * than most of these steps' own work (docs/benchmark.md, "C's cost in one process with cold caches").
  */
 export function createExchangeHandler(
   setup: ExchangeSetup,
@@ -595,20 +593,6 @@ export function createExchangeHandler(
       plan = { kind: 'policy', policyScopes: policyScopes(entry.scope, setup.oidcScopes) };
       plans.set(entry, plan);
     }
-    return plan;
-  };
-  // With client checks whose answers never change (the built-in ones, see rules.ts fixedAnswers), and
-  // a deny-list fixed at start, the decision for a cached policy entry never changes either: it is
-  // made once per entry, the way its plan is. Cached records and their entries are immutable and
-  // shared, and a changed policy is a new record, decided anew.
-  const fixedDecision = hasFixedAnswers(setup.isFirstParty) && hasFixedAnswers(config.allowSkippingConsent);
-  const decisions = new WeakMap<PolicyEntry, Plan>();
-  const fixedDecisionOf = (ctx: KoaContextWithOIDC, entry: PolicyEntry, cached: { readonly record: PolicyRecord | undefined }): Plan | Promise<Plan> => {
-    const known = decisions.get(entry);
-    if (known !== undefined) return known;
-    const plan = decide(ctx, entry.audience, cached);
-    // fixed answers are synchronous; a promise would mean one is not, and is not kept
-    if (!isThenable(plan)) decisions.set(entry, plan);
     return plan;
   };
   const checkFailed = (ctx: KoaContextWithOIDC, err: unknown): Plan => {
@@ -712,14 +696,24 @@ export function createExchangeHandler(
     return report(ctx, exchange, err);
   }
 
+  const uninstall = (ctx: KoaContextWithOIDC): void => install(ctx, undefined);
+
   return (builtin) => {
+    /** The exchange itself: the decision, then oidc-provider's handler with the exchange installed. */
+    function runExchange(ctx: KoaContextWithOIDC, request: ConstructorParameters<typeof Exchange>[2]): Promise<void> {
+      // the policy is read again, after the first-party answer: one deleted while an asynchronous
+      // isFirstParty answered no longer applies (SPEC E10), so routeTarget's peek is not reused here
+      const plan = decide(ctx, request.targets[0]!);
+      return isThenable(plan) ? plan.then((decided) => exchange(ctx, request, decided)) : exchange(ctx, request, plan);
+    }
+
     /**
      * oidc-provider's handler with the exchange of `plan` installed, then the response's additions.
      * Written with `then` rather than as an async function: a saturated server pays for each
      * promise and frame of every request in flight.
      */
     function exchange(ctx: KoaContextWithOIDC, request: ConstructorParameters<typeof Exchange>[2], plan: Plan): Promise<void> {
-      const running = new Exchange(ctx, setup, request, plan, install);
+      const running = new Exchange(ctx, setup, request, plan, uninstall);
       install(ctx, running);
       let handled: Promise<void>;
       try {
@@ -766,19 +760,14 @@ export function createExchangeHandler(
         const refused = new Exchange(ctx, setup, request, { kind: 'refusal', reason: 'multiple_targets', unlessGranted: false }, () => {});
         throw report(ctx, refused, refusalError('multiple_targets'));
       }
-      const cached = cache?.peek(ctx.oidc.client!.clientId);
-      const entry = cached && policyEntry(cached.record, targets[0]!);
       // a `scope` sent is checked by oidc-provider before it asks rotateRefreshToken: a refusal answers first (see Exchange.watchesModels)
-      if (cached && !entry && rotationObserved && !request.requestedScope) {
+      const cached = rotationObserved && !request.requestedScope ? cache?.peek(ctx.oidc.client!.clientId) : undefined;
+      if (cached && !policyEntry(cached.record, targets[0]!)) {
         return builtin(ctx).catch(async (err: unknown) => {
           throw await outsidePolicyError(ctx, request, cached, err);
         });
       }
-      // the exchange itself: the decision, then oidc-provider's handler with the exchange installed.
-      // Otherwise the policy is read again, after the first-party answer: one deleted while an
-      // asynchronous isFirstParty answered no longer applies (SPEC E10).
-      const plan = entry && fixedDecision ? fixedDecisionOf(ctx, entry, cached) : decide(ctx, targets[0]!);
-      return isThenable(plan) ? plan.then((decided) => exchange(ctx, request, decided)) : exchange(ctx, request, plan);
+      return runExchange(ctx, request);
     }
 
     // a request without a target (the refreshes of an app that never names one) goes to oidc-provider's
