@@ -23,8 +23,8 @@
 // the full run's one-request-at-a-time rounds make expensive (docs/benchmark.md).
 //
 //   node bench/warm.mjs [--requests N] [--warmup N] [--replicas N] [--evict MB] [--only memory/off,redis/on] [--json]
-// --evict: MB of memory touched before every request (default 0), so that each finds its code and data
-// out of the CPU caches, as in the full run's rounds of one request at a time (48 does)
+// --evict: MB of memory read before every request (default 0), so that each finds much of its code and
+// data out of the CPU caches, as in the full run's rounds of one request at a time (48 does)
 // --warmup: requests per scenario before anything counts (default 300). V8 compiles a function with
 // its top tier after about 3 000 calls (`node --v8-options`, --invocation-count-for-turbofan), so a
 // function that runs once per request, as most of the extension's do, gets there only with a longer
@@ -66,12 +66,16 @@ const { values: args } = parseArgs({
 
 // ---- the child: one variant, one process ----
 
-// --evict: memory touched before every request (outside its server's CPU count), so that the request
-// finds its code and data out of the CPU caches, as one does in the full run's rounds of one request
-// at a time among 24 or more server processes
-const evictBuffer = new Uint32Array((Number(args.evict) * 1024 * 1024) / 4);
-function evict() {
-  for (let i = 0; i < evictBuffer.length; i += 16) evictBuffer[i] += 1;
+// --evict: memory read before every request (outside its server's CPU count), so that the request
+// finds much of its code and data out of the CPU caches, as in the full run's rounds of one request
+// at a time among 24 or more server processes. Read, not written: written lines would be written
+// back during the next request's count. The client's own work between the read and the request's
+// arrival warms again what it shares with the server (Node's HTTP code), so caches are partly cold.
+/** Reads `buffer` one cache line (64 bytes) at a time; the sum keeps the reads. */
+function evict(buffer) {
+  let sum = 0;
+  for (let i = 0; i < buffer.length; i += 16) sum += buffer[i];
+  return sum;
 }
 
 /** A provider on 127.0.0.1 whose every request's server CPU goes to `onCpu(µs)`. */
@@ -134,7 +138,7 @@ async function scenarioRequests(name, url, rotate) {
   };
 }
 
-async function child(variant, replica, requests, warmUp) {
+async function child(variant, replica, requests, warmUp, evictMb) {
   const [adapterKind, rotation] = variant.split('/');
   const rotate = rotation === 'on';
   const prefix = `mrrt-bench-warm:${process.pid}:`;
@@ -176,6 +180,9 @@ async function child(variant, replica, requests, warmUp) {
     const scenarios = {};
     for (const name of NAMES) scenarios[name] = await scenarioRequests(name, urls[SCENARIOS[name].provider], rotate);
     const samples = Object.fromEntries(NAMES.map((name) => [name, []]));
+    // written once, so that its pages are the process's own (a fresh allocation reads as one shared zero page)
+    const evictBuffer = evictMb > 0 ? new Uint32Array((evictMb * 1024 * 1024) / 4).fill(1) : undefined;
+    let evicted = 0;
     const random = seededRandom(0x5eed + replica);
     for (let i = 0; i < warmUp + requests; i += 1) {
       // the providers take turns, each scenario's place within its provider's turns drawn anew:
@@ -183,13 +190,15 @@ async function child(variant, replica, requests, warmUp) {
       const [plain1, plain2] = shuffle(['A', 'F'], random);
       const [mrrt1, mrrt2] = shuffle(['B', 'C'], random);
       for (const name of [plain1, mrrt1, plain2, mrrt2]) {
-        evict();
+        if (evictBuffer) evicted += evict(evictBuffer);
         cpu = undefined;
         await scenarios[name]();
         if (cpu === undefined) throw new Error(`scenario ${name}: the server's CPU was not counted`);
         if (i >= warmUp) samples[name].push(cpu);
       }
     }
+    // every read counted: the buffer holds ones
+    if (evictBuffer && evicted !== ((warmUp + requests) * NAMES.length * evictBuffer.length) / 16) throw new Error('--evict: the memory was not read');
     const calls = await extensionCalls(scenarios);
     const blocks = Math.floor(requests / BLOCK);
     const perBlock = (statistic) =>
@@ -299,7 +308,7 @@ async function parent() {
     throw new Error(`--requests must be an integer from ${MIN_BLOCKS * BLOCK} to 100 000`);
   if (!Number.isInteger(replicas) || replicas < 1 || replicas > 8) throw new Error('--replicas must be an integer from 1 to 8');
   const evictMb = Number(args.evict);
-  if (!Number.isInteger(evictMb) || evictMb < 0 || evictMb > 1024) throw new Error('--evict must be an integer number of MB from 0 to 1024');
+  if (!/^\d+$/.test(args.evict) || evictMb > 1024) throw new Error('--evict must be an integer number of MB from 0 to 1024');
   const variants = parseVariants(args.only);
   const runs = new Map(variants.map((variant) => [variant, []]));
   // replica by replica across the variants: a drift of the machine meets every variant alike
@@ -330,7 +339,7 @@ async function parent() {
   // a verdict needs the variation between processes in its interval
   const judged = (r, bound) => (replicas > 1 ? verdict(r, bound, true) : 'n/a (one process)');
   const lines = [
-    `Server CPU per request, ${evictMb === 0 ? 'warm' : `cold (${evictMb} MB touched before each request)`} (${report.revision}, Node ${process.version}, ${replicas} process${replicas === 1 ? '' : 'es'} per variant, ${requests} requests per scenario each after ${report.warmUp} of warm-up).`,
+    `Server CPU per request, ${evictMb === 0 ? 'warm' : `cold (${evictMb} MB read before each request)`} (${report.revision}, Node ${process.version}, ${replicas} process${replicas === 1 ? '' : 'es'} per variant, ${requests} requests per scenario each after ${report.warmUp} of warm-up).`,
     'µs: trimmed means over every process; ratios: A\'s CPU ÷ the scenario\'s, median of the blocks (95 % interval), on trimmed means and, as "all", on plain means.',
     '',
     '| variant | A µs | B − A µs | C − A µs | A′/A | B/A | verdict (≥ 0.98) | C/A | verdict (≥ 0.95) | A′/A all | B/A all | C/A all |',
@@ -353,7 +362,7 @@ async function parent() {
 
 if (args.child) {
   const [variant, replica] = args.child.split(':');
-  child(variant, Number(replica), Number(args.requests), Number(args.warmup)).then(
+  child(variant, Number(replica), Number(args.requests), Number(args.warmup), Number(args.evict)).then(
     (value) => process.send({ ok: true, value }, () => process.exit(0)),
     (err) => process.send({ ok: false, error: err?.stack ?? String(err) }, () => process.exit(1)),
   );

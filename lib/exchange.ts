@@ -128,9 +128,7 @@ function holds(token: RefreshTokenLike, target: string): boolean {
 
 /** The entry of a client's policy for `target`, if it has one. */
 function policyEntry(record: PolicyRecord | undefined, target: string): PolicyEntry | undefined {
-  if (record === undefined) return undefined;
-  for (const entry of record.policies) if (entry.audience === target) return entry;
-  return undefined;
+  return record?.policies.find((candidate) => candidate.audience === target);
 }
 
 /**
@@ -339,8 +337,7 @@ export class Exchange {
     if (resource !== this.target || !this.#presents({ grantId: grant.jti })) return scope;
     const wanted = new Set(filter);
     const rejected = rejectedScopes(grant);
-    const added: string[] = [];
-    for (const value of (this.plan as Plan & { kind: 'policy' }).policyScopes) if (wanted.has(value) && !rejected.has(value)) added.push(value);
+    const added = (this.plan as Plan & { kind: 'policy' }).policyScopes.filter((value) => wanted.has(value) && !rejected.has(value));
     return added.length === 0 ? scope : union(splitScope(scope), added).join(' ');
   }
 
@@ -458,10 +455,9 @@ export class Exchange {
     const { oidc } = this.ctx;
     const requested = oidc.params?.scope ? oidc.requestParamScopes : undefined;
     const rejected = rejectedScopes(grant);
-    for (const scope of (this.plan as Plan & { kind: 'policy' }).policyScopes) {
-      if (defined.has(scope) && (requested === undefined || requested.has(scope)) && !rejected.has(scope)) return true;
-    }
-    return false;
+    return (this.plan as Plan & { kind: 'policy' }).policyScopes.some(
+      (scope) => defined.has(scope) && (requested === undefined || requested.has(scope)) && !rejected.has(scope),
+    );
   }
 
   /**
@@ -555,10 +551,6 @@ function withTimeout<T>(promise: Promise<T>, ms: number, timedOut: () => Error):
  * nothing installed and nothing decided, the way most refreshes of a deployment go: only when the
  * refresh token turns out not to hold it is the refusal decided, at {@link rotationAskedOutsidePolicy}
  * or from oidc-provider's own error.
- *
- * The exchange's steps pass their arguments on rather than closing over them: one request at a
- * time, among other requests, a function or closure entered costs 0.4–1.2 µs of server CPU, more
- * than most of these steps' own work (docs/benchmark.md, "C's cost in one process with cold caches").
  */
 export function createExchangeHandler(
   setup: ExchangeSetup,
@@ -581,10 +573,13 @@ export function createExchangeHandler(
         );
   };
   // the operator's isFirstParty / allowSkippingConsent may ask a database: bounded like the store,
-  // and a failure refuses only what needs their answer (a granted target is still served).
-  // A synchronous answer is used as it is (no timer); a thenable is awaited for at most storeTimeout.
-  const bounded = (answer: unknown): Promise<unknown> =>
-    withTimeout(Promise.resolve(answer), config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
+  // and a failure refuses only what needs their answer (a granted target is still served)
+  // a synchronous answer is used as it is (no timer); a thenable is awaited for at most storeTimeout
+  const check = (question: () => unknown): unknown => {
+    const answer = question();
+    if (!isThenable(answer)) return answer;
+    return withTimeout(Promise.resolve(answer), config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
+  };
   // a policy entry's plan, once per entry: cached records (and their entries) are immutable and shared
   const plans = new WeakMap<PolicyEntry, Plan>();
   const planOf = (entry: PolicyEntry): Plan => {
@@ -604,77 +599,62 @@ export function createExchangeHandler(
     ctx.oidc.provider.emit('mrrt.store_error', ctx, err);
     return refusalPlan(err instanceof PolicyStoreError && err.code === 'ERR_MRRT_STORE_CORRUPT' ? 'store_corrupt' : 'store_unavailable');
   };
+  /** Asks one of the operator's client checks and goes on with its answer; a failure refuses what needs it. */
+  const afterCheck = (ctx: KoaContextWithOIDC, question: () => unknown, next: (answer: unknown) => Plan | Promise<Plan>): Plan | Promise<Plan> => {
+    let answer: unknown;
+    try {
+      answer = check(question);
+    } catch (err) {
+      return checkFailed(ctx, err);
+    }
+    return isThenable(answer) ? Promise.resolve(answer).then(next, (err: unknown) => checkFailed(ctx, err)) : next(answer);
+  };
+
   /**
    * What the policy alone says about the target (SPEC E3), before any token is read; `cached`: the
    * client's policy as the cache answered when the request began, used instead of a lookup. A
    * promise only when an answer it needs is one: a cached policy and synchronous client checks
-   * decide at once. Each step passes its arguments on rather than closing over them (see
-   * {@link createExchangeHandler}).
+   * decide at once.
    */
   function decide(ctx: KoaContextWithOIDC, target: string, cached?: { readonly record: PolicyRecord | undefined }): Plan | Promise<Plan> {
-    let firstParty: unknown;
-    let thenable: boolean;
-    try {
-      firstParty = setup.isFirstParty(ctx.oidc.client!);
-      thenable = isThenable(firstParty);
-    } catch (err) {
-      return checkFailed(ctx, err);
-    }
-    if (!thenable) return eligible(ctx, target, firstParty, cached);
-    return bounded(firstParty).then(
-      (answer) => eligible(ctx, target, answer, cached),
-      (err: unknown) => checkFailed(ctx, err),
+    const client = ctx.oidc.client!;
+    return afterCheck(
+      ctx,
+      () => setup.isFirstParty(client),
+      (firstParty) => {
+        const ineligible = firstPartyRefusal(firstParty) ?? denyListRefusal(config, target);
+        if (ineligible) return refusalPlan(ineligible);
+        if (cached) return fromPolicy(ctx, target, cached.record);
+        let found: ReturnType<typeof lookup>;
+        try {
+          found = lookup(client.clientId);
+        } catch (err) {
+          return storeFailed(ctx, err);
+        }
+        return isThenable(found)
+          ? found.then(
+              (record) => fromPolicy(ctx, target, record),
+              (err: unknown) => storeFailed(ctx, err),
+            )
+          : fromPolicy(ctx, target, found);
+      },
     );
-  }
-
-  /** The decision once the client's first-party answer is in: the target's eligibility, then the policy. */
-  function eligible(
-    ctx: KoaContextWithOIDC,
-    target: string,
-    firstParty: unknown,
-    cached: { readonly record: PolicyRecord | undefined } | undefined,
-  ): Plan | Promise<Plan> {
-    const ineligible = firstPartyRefusal(firstParty) ?? denyListRefusal(config, target);
-    if (ineligible) return refusalPlan(ineligible);
-    if (cached) return fromPolicy(ctx, target, cached.record);
-    let found: ReturnType<typeof lookup>;
-    try {
-      found = lookup(ctx.oidc.client!.clientId);
-    } catch (err) {
-      return storeFailed(ctx, err);
-    }
-    return isThenable(found)
-      ? found.then(
-          (record) => fromPolicy(ctx, target, record),
-          (err: unknown) => storeFailed(ctx, err),
-        )
-      : fromPolicy(ctx, target, found);
   }
 
   /** The plan for a target under the client's policy `record`, once the client itself is eligible. */
   function fromPolicy(ctx: KoaContextWithOIDC, target: string, record: PolicyRecord | undefined): Plan | Promise<Plan> {
     const entry = policyEntry(record, target);
     if (!entry) return refusalPlan(record ? 'not_in_policy' : 'no_policy');
-    let consent: unknown;
-    let thenable: boolean;
-    try {
-      consent = config.allowSkippingConsent(target, ctx.oidc.client!);
-      thenable = isThenable(consent);
-    } catch (err) {
-      return checkFailed(ctx, err);
-    }
-    if (!thenable) return consented(entry, consent);
-    return bounded(consent).then(
-      (answer) => consented(entry, answer),
-      (err: unknown) => checkFailed(ctx, err),
+    const client = ctx.oidc.client!;
+    return afterCheck(
+      ctx,
+      () => config.allowSkippingConsent(target, client),
+      (consent) => {
+        const refused = consentRefusal(consent);
+        return refused ? refusalPlan(refused) : planOf(entry);
+      },
     );
   }
-
-  /** The plan for a policy entry once the operator's consent answer is in. */
-  const consented = (entry: PolicyEntry, consent: unknown): Plan => {
-    const refused = consentRefusal(consent);
-    return refused ? refusalPlan(refused) : planOf(entry);
-  };
 
   /**
    * The error of a request handed on outside the policy: when oidc-provider accepted a refresh token

@@ -76,7 +76,6 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
   requireMembers(GrantBase, 'Grant', ['find', 'adapter'], ['getResourceScopeFiltered', 'emit']);
 
   // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored;
-  // (the model's own `emit` and its arguments, rather than a closure: see exchange.ts, createExchangeHandler)
   const asStored = (model: object, emit: (this: object, eventName: string) => void, eventName: string): void => {
     const exchange = exchangeOf();
     if (exchange) exchange.withoutOverlay(emit, model, eventName);

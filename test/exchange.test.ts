@@ -1254,8 +1254,9 @@ describe('a Provider subclass that sets its own rotateRefreshToken', () => {
 });
 
 describe("the decision for a target in the client's cached policy", () => {
-  // with the built-in client checks (static lists) an entry's decision is made once and kept with the
-  // cached policy; an operator's own check is asked on every exchange, since its answer may change
+  // whatever an exchange keeps of a cached policy, each exchange is decided: a refusal is refused every
+  // time, a changed policy applies at once, and an operator's own check is asked on every exchange,
+  // since its answer may change
   const policy: Policy = [
     { audience: API.B, scope: ['b:read'] },
     { audience: API.CONSENT, scope: ['x:read'] },
