@@ -406,13 +406,10 @@ export class Exchange {
 
   #check(rotating: boolean): Settled {
     if (this.#raised) throw this.#raised.error;
-    const { plan } = this;
-    if (plan.kind === 'refusal') {
-      const refusal = this.activeRefusal();
-      if (refusal) this.#raise(refusal.reason);
-    }
+    const refusal = this.activeRefusal();
+    if (refusal) this.#raise(refusal.reason);
     const held = this.#held;
-    if (plan.kind !== 'policy' || !held) return undefined;
+    if (this.plan.kind !== 'policy' || !held) return undefined;
 
     const { ctx } = this;
     const answer = askResourceServer(this.#setup.getResourceServerInfo, ctx, this.target, ctx.oidc.client!);

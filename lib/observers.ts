@@ -75,7 +75,7 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
   requireMembers(Token, 'RefreshToken', ['find', 'adapter'], ['scopes', 'resourceIndicators', 'consume', 'emit']);
   requireMembers(GrantBase, 'Grant', ['find', 'adapter'], ['getResourceScopeFiltered', 'emit']);
 
-  // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored;
+  // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored
   const asStored = (model: object, emit: (this: object, eventName: string) => void, eventName: string): void => {
     const exchange = exchangeOf();
     if (exchange) exchange.withoutOverlay(emit, model, eventName);
