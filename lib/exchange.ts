@@ -10,6 +10,7 @@ import {
   definedScopes,
   denyListRefusal,
   firstPartyRefusal,
+  hasFixedAnswers,
   isThenable,
   isWellFormedAnswer,
   policyScopes,
@@ -128,7 +129,8 @@ function holds(token: RefreshTokenLike, target: string): boolean {
 
 /** The entry of a client's policy for `target`, if it has one. */
 function policyEntry(record: PolicyRecord | undefined, target: string): PolicyEntry | undefined {
-  return record?.policies.find((candidate) => candidate.audience === target);
+  if (record) for (const entry of record.policies) if (entry.audience === target) return entry;
+  return undefined;
 }
 
 /**
@@ -175,22 +177,22 @@ export class Exchange {
   #raised: { readonly error: Error; readonly reason: MrrtReason } | undefined;
   #heldScopes: ReadonlySet<string> | undefined;
   readonly #setup: ExchangeSetup;
-  readonly #uninstall: (ctx: KoaContextWithOIDC) => void;
+  readonly #install: (ctx: KoaContextWithOIDC, exchange: undefined) => void;
 
   /**
-   * `ctx`: the request's context. `uninstall` takes the exchange off the request: what
-   * oidc-provider does next is a plain refresh.
+   * `ctx`: the request's context. `install(ctx, undefined)` takes the exchange off the request:
+   * what oidc-provider does next is a plain refresh.
    */
   constructor(
     readonly ctx: KoaContextWithOIDC,
     setup: ExchangeSetup,
     request: { readonly targets: readonly string[]; readonly refreshTokenValue: string; readonly requestedScope: string | undefined; readonly started: number },
     plan: Plan,
-    uninstall: (ctx: KoaContextWithOIDC) => void,
+    install: (ctx: KoaContextWithOIDC, exchange: undefined) => void,
   ) {
     const { targets, refreshTokenValue, requestedScope, started } = request;
     this.#setup = setup;
-    this.#uninstall = uninstall;
+    this.#install = install;
     this.requestedScope = requestedScope;
     this.targets = targets;
     this.target = targets[0]!;
@@ -244,7 +246,7 @@ export class Exchange {
     if (value !== this.refreshTokenValue || this.#held || token.clientId !== this.ctx.oidc.client?.clientId) return;
     const held = this.#hold(token);
     // a refusal that only applies outside the grant, for a target the refresh token holds: nothing left to do
-    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#uninstall(this.ctx);
+    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#install(this.ctx, undefined);
     else if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(this.plan.policyScopes);
   }
 
@@ -272,7 +274,7 @@ export class Exchange {
    * this request's objects from now on sees what they hold.
    */
   end(): void {
-    this.#uninstall(this.ctx);
+    this.#install(this.ctx, undefined);
     this.#ended = true;
   }
 
@@ -291,7 +293,8 @@ export class Exchange {
       body.scope = union(splitScope(body.scope), oidc).join(' ');
     }
     // the event reports what the access token grants, whatever the response's profile adds
-    emit(ctx, () => event(ctx, this, 'issued', 'policy', { resolvedAudience: this.target, grantedScope: tokenScope }));
+    if (listening(ctx))
+      ctx.oidc.provider.emit('mrrt.exchange', ctx, event(ctx, this, 'issued', 'policy', { resolvedAudience: this.target, grantedScope: tokenScope }));
   }
 
   /**
@@ -337,7 +340,8 @@ export class Exchange {
     if (resource !== this.target || !this.#presents({ grantId: grant.jti })) return scope;
     const wanted = new Set(filter);
     const rejected = rejectedScopes(grant);
-    const added = (this.plan as Plan & { kind: 'policy' }).policyScopes.filter((value) => wanted.has(value) && !rejected.has(value));
+    const added: string[] = [];
+    for (const value of (this.plan as Plan & { kind: 'policy' }).policyScopes) if (wanted.has(value) && !rejected.has(value)) added.push(value);
     return added.length === 0 ? scope : union(splitScope(scope), added).join(' ');
   }
 
@@ -395,7 +399,18 @@ export class Exchange {
   #settle(rotating: boolean): Settled {
     if (this.#settled === undefined) {
       try {
-        this.#settled = { answer: this.#check(rotating) };
+        if (this.#raised) throw this.#raised.error;
+        let answer: Settled;
+        const held = this.#held;
+        if (this.plan.kind !== 'policy') {
+          const refusal = this.activeRefusal();
+          if (refusal) this.#raise(refusal.reason);
+        } else if (held) {
+          const { ctx } = this;
+          const asked = askResourceServer(this.#setup.getResourceServerInfo, ctx, this.target, ctx.oidc.client!);
+          answer = isThenable(asked) ? asked.then((settled) => this.#checkAnswer(held, rotating, settled)) : this.#checkAnswer(held, rotating, asked);
+        }
+        this.#settled = { answer };
       } catch (error) {
         this.#settled = { error };
       }
@@ -404,21 +419,9 @@ export class Exchange {
     return this.#settled.answer;
   }
 
-  #check(rotating: boolean): Settled {
-    if (this.#raised) throw this.#raised.error;
-    const refusal = this.activeRefusal();
-    if (refusal) this.#raise(refusal.reason);
-    const held = this.#held;
-    if (this.plan.kind !== 'policy' || !held) return undefined;
-
-    const { ctx } = this;
-    const answer = askResourceServer(this.#setup.getResourceServerInfo, ctx, this.target, ctx.oidc.client!);
-    return isThenable(answer) ? answer.then((settled) => this.#checkAnswer(held, rotating, settled)) : this.#checkAnswer(held, rotating, answer);
-  }
-
-  /** The rules that read the deployment's answer for the target (SPEC E5, E12, P4). */
+  /** The rules that read the deployment's answer for the target, in order (SPEC E12, E5, P4). */
   #checkAnswer(held: Held, rotating: boolean, answer: ResourceServerAnswer | undefined): ResourceServerAnswer | undefined {
-    const { ctx } = this;
+    const { oidc } = this.ctx;
     const { config } = this.#setup;
     if (answer && !isWellFormedAnswer(answer)) {
       // the deployment's bug, reported as oidc-provider would, but before the refresh token is consumed
@@ -428,42 +431,35 @@ export class Exchange {
     const refused = resourceServerRefusal(config, answer);
     if (refused) return this.#refuseOrWithdraw(held, refused);
 
-    // SPEC E5: a policy-only target needs at least one API scope, from the scopes the token would get
-    // oidc-provider set both entities before it resolves the account, the earliest point this runs at
-    const grant = ctx.oidc.entities.Grant!;
-    const token = ctx.oidc.entities.RefreshToken!;
+    // SPEC E5: a policy-only target needs at least one API scope, from the scopes the token would
+    // get. The usual case is decided without presenting the scopes: a policy scope the API defines,
+    // requested (when `scope` is sent) and never rejected by the user, is always in the token.
     if (!held.granted) {
       const defined = definedScopes(answer!);
-      if (this.#policyScopeAvailable(defined, grant)) return this.#publicClientRule(held, rotating, answer);
-      const candidates = [...(ctx.oidc.params?.scope ? ctx.oidc.requestParamScopes : token.scopes)].filter((scope) => defined.has(scope));
-      if (grant.getResourceScopeFiltered(this.target, candidates) === '') {
-        const requested = ctx.oidc.params?.scope ? [...ctx.oidc.requestParamScopes].join(' ') : undefined;
-        this.#raise('empty_scope', new errors.InvalidScope(`no requested scope is available for ${this.target}`, requested as string));
+      const requested = oidc.params?.scope ? oidc.requestParamScopes : undefined;
+      const grant = oidc.entities.Grant!;
+      const rejected = rejectedScopes(grant);
+      let available = false;
+      for (const scope of (this.plan as Plan & { kind: 'policy' }).policyScopes) {
+        if (defined.has(scope) && (requested === undefined || requested.has(scope)) && !rejected.has(scope)) {
+          available = true;
+          break;
+        }
+      }
+      // otherwise the Grant decides, as it will for the token; oidc-provider set both entities
+      // before it resolves the account, the earliest point this runs at
+      if (!available) {
+        const candidates = [...(requested ?? oidc.entities.RefreshToken!.scopes)].filter((scope) => defined.has(scope));
+        if (grant.getResourceScopeFiltered(this.target, candidates) === '') {
+          const sent = requested && [...requested].join(' ');
+          this.#raise('empty_scope', new errors.InvalidScope(`no requested scope is available for ${this.target}`, sent as string));
+        }
       }
     }
-    return this.#publicClientRule(held, rotating, answer);
-  }
 
-  /**
-   * SPEC E5's usual case, decided without presenting the scopes: a policy scope the API defines,
-   * requested (when `scope` is sent) and never rejected by the user, is always in the token.
-   */
-  #policyScopeAvailable(defined: ReadonlySet<string>, grant: GrantLike): boolean {
-    const { oidc } = this.ctx;
-    const requested = oidc.params?.scope ? oidc.requestParamScopes : undefined;
-    const rejected = rejectedScopes(grant);
-    return (this.plan as Plan & { kind: 'policy' }).policyScopes.some(
-      (scope) => defined.has(scope) && (requested === undefined || requested.has(scope)) && !rejected.has(scope),
-    );
-  }
-
-  /**
-   * RFC 9700 §2.2.2 for an exchange (SPEC P4): a public client's refresh token must be rotated or
-   * sender-constrained, unless the deployment allows any public client.
-   */
-  #publicClientRule(held: Held, rotating: boolean, answer: ResourceServerAnswer | undefined): ResourceServerAnswer | undefined {
-    const { oidc } = this.ctx;
-    if (rotating || this.#setup.config.publicClients === 'any' || oidc.client?.clientAuthMethod !== 'none') return answer;
+    // RFC 9700 §2.2.2 for an exchange (SPEC P4): a public client's refresh token must be rotated or
+    // sender-constrained, unless the deployment allows any public client
+    if (rotating || config.publicClients === 'any' || oidc.client?.clientAuthMethod !== 'none') return answer;
     const { RefreshToken: token, RotatedRefreshToken: rotated } = oidc.entities;
     if (rotated === undefined && !token?.jkt && !token?.['x5t#S256']) return this.#refuseOrWithdraw(held, 'public_client_unprotected');
     return answer;
@@ -571,12 +567,8 @@ export function createExchangeHandler(
   };
   // the operator's isFirstParty / allowSkippingConsent may ask a database: bounded like the store,
   // and a failure refuses only what needs their answer (a granted target is still served)
-  // a synchronous answer is used as it is (no timer); a thenable is awaited for at most storeTimeout
-  const check = (question: () => unknown): unknown => {
-    const answer = question();
-    if (!isThenable(answer)) return answer;
-    return withTimeout(Promise.resolve(answer), config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
-  };
+  const bounded = (answer: PromiseLike<unknown>): Promise<unknown> =>
+    withTimeout(Promise.resolve(answer), config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
   // a policy entry's plan, once per entry: cached records (and their entries) are immutable and shared
   const plans = new WeakMap<PolicyEntry, Plan>();
   const planOf = (entry: PolicyEntry): Plan => {
@@ -587,6 +579,13 @@ export function createExchangeHandler(
     }
     return plan;
   };
+  // With client checks whose answers never change (the built-in ones, see rules.ts fixedAnswers) and
+  // a deny-list fixed at start, the decision for a cached policy entry never changes either: it is
+  // made once per entry, the way its plan is. Cached records and their entries are immutable and
+  // shared, and a changed policy is a new record, decided anew. An operator's own isFirstParty or
+  // allowSkippingConsent is asked on every exchange.
+  const fixedDecisions = hasFixedAnswers(setup.isFirstParty) && hasFixedAnswers(config.allowSkippingConsent) ? new WeakMap<PolicyEntry, Plan>() : undefined;
+  /** A client check that threw, rejected or timed out: refuses what needs its answer. */
   const checkFailed = (ctx: KoaContextWithOIDC, err: unknown): Plan => {
     ctx.oidc.provider.emit('mrrt.check_error', ctx, err);
     return refusalPlan('check_unavailable');
@@ -596,45 +595,61 @@ export function createExchangeHandler(
     ctx.oidc.provider.emit('mrrt.store_error', ctx, err);
     return refusalPlan(err instanceof PolicyStoreError && err.code === 'ERR_MRRT_STORE_CORRUPT' ? 'store_corrupt' : 'store_unavailable');
   };
-  /** Asks one of the operator's client checks and goes on with its answer; a failure refuses what needs it. */
-  const afterCheck = (ctx: KoaContextWithOIDC, question: () => unknown, next: (answer: unknown) => Plan | Promise<Plan>): Plan | Promise<Plan> => {
-    let answer: unknown;
+
+  // The decision is three steps, each going on from the answer of an operator's function or of the
+  // store. A synchronous answer is used at once, a thenable awaited for at most storeTimeout, and a
+  // throw, rejection or timeout refuses (checkFailed, storeFailed): a cached policy and synchronous
+  // client checks decide without a promise or a closure of their own, which a request pays for
+  // with cold caches (docs/benchmark.md).
+
+  /**
+   * What the policy alone says about the target (SPEC E3), before any token is read. `cached`: the
+   * client's policy as the cache answered when the request began, used instead of a lookup; when
+   * `isFirstParty` answers asynchronously and `afterWait` is 'read again', the policy is read once it
+   * has answered, so that one deleted meanwhile no longer applies (SPEC E10).
+   */
+  function decide(
+    ctx: KoaContextWithOIDC,
+    target: string,
+    cached: { readonly record: PolicyRecord | undefined } | undefined,
+    afterWait: 'read again' | 'as cached',
+  ): Plan | Promise<Plan> {
+    let firstParty: unknown;
+    let thenable: boolean;
     try {
-      answer = check(question);
+      firstParty = setup.isFirstParty(ctx.oidc.client!);
+      // a `then` that throws is the answer's failure, as `await` would make it
+      thenable = isThenable(firstParty);
     } catch (err) {
       return checkFailed(ctx, err);
     }
-    return isThenable(answer) ? Promise.resolve(answer).then(next, (err: unknown) => checkFailed(ctx, err)) : next(answer);
-  };
+    if (!thenable) return fromFirstParty(ctx, target, firstParty, cached);
+    return bounded(firstParty as PromiseLike<unknown>).then(
+      (answer) => fromFirstParty(ctx, target, answer, afterWait === 'as cached' ? cached : undefined),
+      (err: unknown) => checkFailed(ctx, err),
+    );
+  }
 
-  /**
-   * What the policy alone says about the target (SPEC E3), before any token is read; `cached`: the
-   * client's policy as the cache answered when the request began, used instead of a lookup. A
-   * promise only when an answer it needs is one: a cached policy and synchronous client checks
-   * decide at once.
-   */
-  function decide(ctx: KoaContextWithOIDC, target: string, cached?: { readonly record: PolicyRecord | undefined }): Plan | Promise<Plan> {
-    const client = ctx.oidc.client!;
-    return afterCheck(
-      ctx,
-      () => setup.isFirstParty(client),
-      (firstParty) => {
-        const ineligible = firstPartyRefusal(firstParty) ?? denyListRefusal(config, target);
-        if (ineligible) return refusalPlan(ineligible);
-        if (cached) return fromPolicy(ctx, target, cached.record);
-        let found: ReturnType<typeof lookup>;
-        try {
-          found = lookup(client.clientId);
-        } catch (err) {
-          return storeFailed(ctx, err);
-        }
-        return isThenable(found)
-          ? found.then(
-              (record) => fromPolicy(ctx, target, record),
-              (err: unknown) => storeFailed(ctx, err),
-            )
-          : fromPolicy(ctx, target, found);
-      },
+  /** The decision once `isFirstParty` answered: the client's and target's eligibility, then the policy. */
+  function fromFirstParty(
+    ctx: KoaContextWithOIDC,
+    target: string,
+    firstParty: unknown,
+    cached: { readonly record: PolicyRecord | undefined } | undefined,
+  ): Plan | Promise<Plan> {
+    const ineligible = firstPartyRefusal(firstParty) ?? denyListRefusal(config, target);
+    if (ineligible) return refusalPlan(ineligible);
+    if (cached) return fromPolicy(ctx, target, cached.record);
+    let found: ReturnType<typeof lookup>;
+    try {
+      found = lookup(ctx.oidc.client!.clientId);
+    } catch (err) {
+      return storeFailed(ctx, err);
+    }
+    if (!isThenable(found)) return fromPolicy(ctx, target, found);
+    return found.then(
+      (record) => fromPolicy(ctx, target, record),
+      (err: unknown) => storeFailed(ctx, err),
     );
   }
 
@@ -642,15 +657,25 @@ export function createExchangeHandler(
   function fromPolicy(ctx: KoaContextWithOIDC, target: string, record: PolicyRecord | undefined): Plan | Promise<Plan> {
     const entry = policyEntry(record, target);
     if (!entry) return refusalPlan(record ? 'not_in_policy' : 'no_policy');
-    const client = ctx.oidc.client!;
-    return afterCheck(
-      ctx,
-      () => config.allowSkippingConsent(target, client),
-      (consent) => {
-        const refused = consentRefusal(consent);
-        return refused ? refusalPlan(refused) : planOf(entry);
-      },
+    let consent: unknown;
+    let thenable: boolean;
+    try {
+      consent = config.allowSkippingConsent(target, ctx.oidc.client!);
+      thenable = isThenable(consent);
+    } catch (err) {
+      return checkFailed(ctx, err);
+    }
+    if (!thenable) return fromConsent(entry, consent);
+    return bounded(consent as PromiseLike<unknown>).then(
+      (answer) => fromConsent(entry, answer),
+      (err: unknown) => checkFailed(ctx, err),
     );
+  }
+
+  /** The plan once `allowSkippingConsent` answered. */
+  function fromConsent(entry: PolicyEntry, consent: unknown): Plan {
+    const refused = consentRefusal(consent);
+    return refused ? refusalPlan(refused) : planOf(entry);
   }
 
   /**
@@ -668,29 +693,19 @@ export function createExchangeHandler(
     const token = ctx.oidc.entities.RefreshToken as RefreshTokenLike | undefined;
     const target = request.targets[0]!;
     if (!token || holds(token, target)) return err;
-    const exchange = new Exchange(ctx, setup, request, await decide(ctx, target, cached), () => {});
+    const exchange = new Exchange(ctx, setup, request, await decide(ctx, target, cached, 'as cached'), () => {});
     exchange.learnHeld();
     return report(ctx, exchange, err);
   }
 
-  const uninstall = (ctx: KoaContextWithOIDC): void => install(ctx, undefined);
-
   return (builtin) => {
-    /** The exchange itself: the decision, then oidc-provider's handler with the exchange installed. */
-    function runExchange(ctx: KoaContextWithOIDC, request: ConstructorParameters<typeof Exchange>[2]): Promise<void> {
-      // the policy is read again, after the first-party answer: one deleted while an asynchronous
-      // isFirstParty answered no longer applies (SPEC E10), so routeTarget's peek is not reused here
-      const plan = decide(ctx, request.targets[0]!);
-      return isThenable(plan) ? plan.then((decided) => exchange(ctx, request, decided)) : exchange(ctx, request, plan);
-    }
-
     /**
      * oidc-provider's handler with the exchange of `plan` installed, then the response's additions.
      * Written with `then` rather than as an async function: a saturated server pays for each
      * promise and frame of every request in flight.
      */
     function exchange(ctx: KoaContextWithOIDC, request: ConstructorParameters<typeof Exchange>[2], plan: Plan): Promise<void> {
-      const running = new Exchange(ctx, setup, request, plan, uninstall);
+      const running = new Exchange(ctx, setup, request, plan, install);
       install(ctx, running);
       let handled: Promise<void>;
       try {
@@ -715,45 +730,50 @@ export function createExchangeHandler(
     }
 
     /**
-     * A request that names a target: refused at once when it names several, handed to oidc-provider
-     * as it is when the target is outside the client's cached policy, otherwise exchanged. Only the
-     * exchange is asynchronous of its own: a request handed on is oidc-provider's promise, without
-     * an async frame or an `await` of the handler's (with ten requests in flight, each costs a
-     * saturated server measurable CPU), and the refusal is decided only if oidc-provider fails it.
+     * The refresh_token grant. A request without a target (the refreshes of an app that never names
+     * one) goes to oidc-provider's handler at once, without a promise or an allocation of the
+     * extension's own. A request that names a target is refused at once when it names several,
+     * handed to oidc-provider as it is when the target is outside the client's cached policy,
+     * otherwise exchanged. Only the exchange is asynchronous of its own: a request handed on is
+     * oidc-provider's promise, without an async frame or an `await` of the handler's (with ten
+     * requests in flight, each costs a saturated server measurable CPU), and the refusal is decided
+     * only if oidc-provider fails it.
      */
-    function routeTarget(ctx: KoaContextWithOIDC): Promise<void> {
-      const started = performance.now();
-      const params = ctx.oidc.params!;
-      const targets = requestedTargets(params);
-      // values that name nothing (oidc-provider's parameters turn an empty one into undefined, which
-      // mrrtRefreshTokenHandler hands on before this) are no target either
-      if (targets.length === 0) return builtin(ctx);
-      const value = params.refresh_token;
-      if (typeof value !== 'string' || value.length === 0) return builtin(ctx);
-
-      const request = { targets, refreshTokenValue: value, requestedScope: typeof params.scope === 'string' ? params.scope : undefined, started };
-      if (targets.length !== 1) {
-        // SPEC E1: one target per access token; refused before oidc-provider reads or writes anything
-        const refused = new Exchange(ctx, setup, request, { kind: 'refusal', reason: 'multiple_targets', unlessGranted: false }, () => {});
-        throw report(ctx, refused, refusalError('multiple_targets'));
-      }
-      // a `scope` sent is checked by oidc-provider before it asks rotateRefreshToken: a refusal answers first (see Exchange.watchesModels)
-      const cached = rotationObserved && !request.requestedScope ? cache?.peek(ctx.oidc.client!.clientId) : undefined;
-      if (cached && !policyEntry(cached.record, targets[0]!)) {
-        return builtin(ctx).catch(async (err: unknown) => {
-          throw await outsidePolicyError(ctx, request, cached, err);
-        });
-      }
-      return runExchange(ctx, request);
-    }
-
-    // a request without a target (the refreshes of an app that never names one) goes to oidc-provider's
-    // handler at once, without a promise or an allocation of the extension's own
     return function mrrtRefreshTokenHandler(ctx) {
       const params = ctx.oidc.params;
       if (params?.resource === undefined && params?.audience === undefined) return builtin(ctx);
       try {
-        return routeTarget(ctx);
+        const started = performance.now();
+        const targets = requestedTargets(params);
+        // values that name nothing (oidc-provider's parameters turn an empty one into undefined, handed
+        // on above) are no target either
+        if (targets.length === 0) return builtin(ctx);
+        const value = params.refresh_token;
+        if (typeof value !== 'string' || value.length === 0) return builtin(ctx);
+
+        const request = { targets, refreshTokenValue: value, requestedScope: typeof params.scope === 'string' ? params.scope : undefined, started };
+        if (targets.length !== 1) {
+          // SPEC E1: one target per access token; refused before oidc-provider reads or writes anything
+          const refused = new Exchange(ctx, setup, request, { kind: 'refusal', reason: 'multiple_targets', unlessGranted: false }, () => {});
+          throw report(ctx, refused, refusalError('multiple_targets'));
+        }
+        const cached = cache?.peek(ctx.oidc.client!.clientId);
+        const entry = cached && policyEntry(cached.record, targets[0]!);
+        // a `scope` sent is checked by oidc-provider before it asks rotateRefreshToken: a refusal answers first (see Exchange.watchesModels)
+        if (cached && !entry && rotationObserved && !request.requestedScope) {
+          return builtin(ctx).catch(async (err: unknown) => {
+            throw await outsidePolicyError(ctx, request, cached, err);
+          });
+        }
+        // the exchange itself: the decision (with the policy of the request's start when the cache held
+        // it), then oidc-provider's handler with the exchange installed
+        let plan: Plan | Promise<Plan> | undefined = entry && fixedDecisions?.get(entry);
+        if (plan === undefined) {
+          plan = decide(ctx, targets[0]!, cached, 'read again');
+          // fixed answers are synchronous; a promise would mean one is not, and is not kept
+          if (entry && fixedDecisions && !(plan instanceof Promise)) fixedDecisions.set(entry, plan);
+        }
+        return plan instanceof Promise ? plan.then((decided) => exchange(ctx, request, decided)) : exchange(ctx, request, plan);
       } catch (err) {
         // a handler answers with a promise, a refusal included
         return Promise.reject(err as Error);
@@ -799,8 +819,10 @@ function report(ctx: KoaContextWithOIDC, exchange: Exchange, err: unknown): unkn
 const oauthError = (err: unknown): string | undefined => (err as { error?: string }).error;
 
 // the event object is built only when someone listens
+const listening = (ctx: KoaContextWithOIDC): boolean => ctx.oidc.provider.listenerCount('mrrt.exchange') !== 0;
+
 function emit(ctx: KoaContextWithOIDC, build: () => MrrtExchangeEvent): void {
-  if (ctx.oidc.provider.listenerCount('mrrt.exchange') !== 0) ctx.oidc.provider.emit('mrrt.exchange', ctx, build());
+  if (listening(ctx)) ctx.oidc.provider.emit('mrrt.exchange', ctx, build());
 }
 
 function event(

@@ -23,7 +23,8 @@ import { MrrtTypeError } from './errors.js';
  * it, and that is where such a target is refused.
  */
 
-type ExchangeOf = () => Exchange | undefined;
+/** The exchange in flight on a provider, for the request being served; `undefined` when there is none. */
+type ExchangeOn = (provider: unknown) => Exchange | undefined;
 /** Tells a refresh request of this provider that oidc-provider asks `rotateRefreshToken` (see `provider.ts`); throws to refuse it. */
 type RotationAsked = (ctx: KoaContextWithOIDC) => void;
 
@@ -70,17 +71,10 @@ function requireMembers(model: object, owner: string, statics: readonly string[]
  * keeps its model's name (stored payloads carry it as `kind`) and uses its model's adapter, so
  * what is found, saved and consumed is exactly what the provider's own models find, save and consume.
  */
-export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): WatchedModels {
+export function watchedModels(provider: Provider, exchangeOn: ExchangeOn): WatchedModels {
   const { RefreshToken: Token, Grant: GrantBase } = provider as unknown as { RefreshToken: RefreshTokenModel; Grant: GrantModel };
   requireMembers(Token, 'RefreshToken', ['find', 'adapter'], ['scopes', 'resourceIndicators', 'consume', 'emit']);
   requireMembers(GrantBase, 'Grant', ['find', 'adapter'], ['getResourceScopeFiltered', 'emit']);
-
-  // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored
-  const asStored = (model: object, emit: (this: object, eventName: string) => void, eventName: string): void => {
-    const exchange = exchangeOf();
-    if (exchange) exchange.withoutOverlay(emit, model, eventName);
-    else emit.call(model, eventName);
-  };
 
   // once the exchange has stepped aside (or ended), find, the scope and resource getters and consume
   // are one check of an empty map and a direct call: no promise or closure of their own
@@ -95,7 +89,7 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
     }
 
     static override find(value: string, ...rest: unknown[]): Promise<object | undefined> {
-      const exchange = exchangeOf();
+      const exchange = exchangeOn(provider);
       const found = super.find(value, ...rest);
       if (exchange === undefined) return found;
       return found.then((token) => {
@@ -106,18 +100,18 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
 
     override get scopes(): Set<string> {
       const own = super.scopes;
-      const exchange = exchangeOf();
+      const exchange = exchangeOn(provider);
       return exchange === undefined ? own : exchange.presentScopes(this, own);
     }
 
     override get resourceIndicators(): Set<string> {
       const own = super.resourceIndicators;
-      const exchange = exchangeOf();
+      const exchange = exchangeOn(provider);
       return exchange === undefined ? own : exchange.presentResources(this, own);
     }
 
     override consume(): Promise<void> {
-      const exchange = exchangeOf();
+      const exchange = exchangeOn(provider);
       if (exchange === undefined) return super.consume();
       let checked: PromiseLike<unknown> | undefined;
       try {
@@ -128,8 +122,11 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
       return checked === undefined ? super.consume() : Promise.resolve(checked).then(() => super.consume());
     }
 
+    // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored
     override emit(eventName: string): void {
-      asStored(this, super.emit, eventName);
+      const exchange = exchangeOn(provider);
+      if (exchange) exchange.withoutOverlay(super.emit, this, eventName);
+      else super.emit(eventName);
     }
   };
 
@@ -145,12 +142,15 @@ export function watchedModels(provider: Provider, exchangeOf: ExchangeOf): Watch
 
     override getResourceScopeFiltered(resource: string, filter: Iterable<string>): string {
       const own = super.getResourceScopeFiltered(resource, filter);
-      const exchange = exchangeOf();
+      const exchange = exchangeOn(provider);
       return exchange === undefined ? own : exchange.presentGrantScope(this, resource, filter, own);
     }
 
+    // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored
     override emit(eventName: string): void {
-      asStored(this, super.emit, eventName);
+      const exchange = exchangeOn(provider);
+      if (exchange) exchange.withoutOverlay(super.emit, this, eventName);
+      else super.emit(eventName);
     }
   };
 
@@ -169,8 +169,8 @@ const defaultRotateRefreshToken: unknown = providerDefaults.rotateRefreshToken;
  * exchange, and for another provider's or another request's question, each calls the deployment's
  * own function (or oidc-provider's default) exactly as configured.
  */
-export function observedConfiguration(configuration: Configuration, exchangeOf: ExchangeOf, rotationAsked: RotationAsked): Configuration {
-  return observeResourceServerInfo(observeRotation(configuration, rotationAsked), exchangeOf);
+export function observedConfiguration(configuration: Configuration, exchangeOn: ExchangeOn, rotationAsked: RotationAsked): Configuration {
+  return observeResourceServerInfo(observeRotation(configuration, rotationAsked), exchangeOn);
 }
 
 /**
@@ -206,7 +206,7 @@ function providerDefault(): RotateRefreshToken {
  * `getResourceServerInfo`: during an exchange oidc-provider's question goes to the exchange, which
  * answers with the answer its rules were checked against.
  */
-function observeResourceServerInfo(configuration: Configuration, exchangeOf: ExchangeOf): Configuration {
+function observeResourceServerInfo(configuration: Configuration, exchangeOn: ExchangeOn): Configuration {
   const resourceIndicators = configuration.features?.resourceIndicators;
   const getResourceServerInfo = resourceIndicators?.getResourceServerInfo;
   // without one, oidc-provider's own default (which knows no API) stays in place and an exchange finds no API
@@ -220,7 +220,7 @@ function observeResourceServerInfo(configuration: Configuration, exchangeOf: Exc
       resourceIndicators: {
         ...resourceIndicators,
         getResourceServerInfo(ctx, resource, client) {
-          const exchange = exchangeOf();
+          const exchange = exchangeOn((ctx as Partial<KoaContextWithOIDC> | undefined)?.oidc?.provider);
           // another provider's question, or another request's, is the deployment's to answer
           if (exchange?.ctx !== ctx) return ask(ctx, resource, client);
           return exchange.resourceServerInfo(resource, () => ask(ctx, resource, client)) as ReturnType<GetResourceServerInfo>;

@@ -5,6 +5,7 @@ import { isResourceIndicator, resolveLimits, type PolicyLimits } from './policy.
 import type { PolicyCacheOptions } from './policy-cache.js';
 import type { PolicyStore } from './store.js';
 import { MrrtTypeError } from './errors.js';
+import { fixedAnswers } from './rules.js';
 
 /** The client as oidc-provider hands it to the extension (`ctx.oidc.client`). */
 export type MrrtClient = NonNullable<KoaContextWithOIDC['oidc']['client']>;
@@ -114,11 +115,11 @@ export function resolveOptions(options: unknown): MrrtConfiguration {
 
   const skip = present<MrrtOptions['allowSkippingConsent']>(options, 'allowSkippingConsent');
   let allowSkippingConsent: MrrtConfiguration['allowSkippingConsent'];
-  if (skip === undefined) allowSkippingConsent = () => false;
+  if (skip === undefined) allowSkippingConsent = fixedAnswers(() => false);
   else if (typeof skip === 'function') allowSkippingConsent = skip;
   else {
     const allowed = new Set(resourceList(skip, 'allowSkippingConsent'));
-    allowSkippingConsent = (resource) => allowed.has(resource);
+    allowSkippingConsent = fixedAnswers((resource: string) => allowed.has(resource));
   }
 
   const denyList = present<readonly string[]>(options, 'denyList');

@@ -60,9 +60,21 @@ export class PolicyCache {
     return this.#entries.size;
   }
 
-  /** A fresh cached answer, without waiting: `{ record }` on a hit, `undefined` on a miss. */
+  /**
+   * A fresh cached answer, without waiting: `{ record }` on a hit, `undefined` on a miss. The hit
+   * becomes the most recently used.
+   */
   peek(clientId: string): { readonly record: PolicyRecord | undefined } | undefined {
-    return this.#hit(clientId);
+    const entry = this.#entries.get(clientId);
+    if (!entry || performance.now() - entry.at >= this.#maxAge) return undefined;
+    // a Map iterates in insertion order, so re-inserting is the O(1) move to the young end;
+    // skipped when the client is already there, the usual case of one busy client
+    if (clientId !== this.#newest) {
+      this.#entries.delete(clientId);
+      this.#entries.set(clientId, entry);
+      this.#newest = clientId;
+    }
+    return entry;
   }
 
   /**
@@ -70,7 +82,7 @@ export class PolicyCache {
    * when the store read has not answered within `readTimeout`, and with whatever the store rejects with.
    */
   async get(clientId: string): Promise<PolicyRecord | undefined> {
-    const entry = this.#hit(clientId);
+    const entry = this.peek(clientId);
     if (entry) return entry.record;
     const pending = this.#inflight.get(clientId);
     if (pending) return pending;
@@ -123,20 +135,6 @@ export class PolicyCache {
   close(): void {
     this.#unsubscribe?.();
     this.invalidate(undefined);
-  }
-
-  /** The fresh entry of `clientId`, made the most recently used. */
-  #hit(clientId: string): Entry | undefined {
-    const entry = this.#entries.get(clientId);
-    if (!entry || performance.now() - entry.at >= this.#maxAge) return undefined;
-    // a Map iterates in insertion order, so re-inserting is the O(1) move to the young end;
-    // skipped when the client is already there, the usual case of one busy client
-    if (clientId !== this.#newest) {
-      this.#entries.delete(clientId);
-      this.#entries.set(clientId, entry);
-      this.#newest = clientId;
-    }
-    return entry;
   }
 
   #remember(clientId: string, entry: Entry): void {

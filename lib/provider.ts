@@ -128,27 +128,22 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
   // this class's exchanges in flight, by the request's Koa context: nothing is added to the context
   // itself, and each leaves the map when its request's grant handling ends
   const exchanges = new Map<KoaContextWithOIDC, Exchange>();
-  const exchangeOf = (): Exchange | undefined => {
-    // no exchange in flight: not even the request's context is looked up
+  // the exchange in flight on `provider`, read at every watched read of a model: another provider
+  // of this class, even sharing its storage, never sees it; with no exchange in flight not even
+  // the request's context is looked up
+  const exchangeOn = (provider: unknown): Exchange | undefined => {
     if (exchanges.size === 0) return undefined;
     const ctx = Base.ctx;
-    return ctx === undefined ? undefined : exchanges.get(ctx);
-  };
-  // the exchange in flight on `provider`: another provider of this class, even sharing its storage,
-  // never sees it
-  const exchangeOn = (provider: object): Exchange | undefined => {
-    const exchange = exchangeOf();
+    const exchange = ctx === undefined ? undefined : exchanges.get(ctx);
     return exchange !== undefined && exchange.ctx.oidc.provider === provider ? exchange : undefined;
   };
   // the exchanges that watch no model (a refusal, see Exchange.watchesModels): the models and
   // getResourceServerInfo never see them; the rotation hook finds them by the request's context
   const refusals = new Map<KoaContextWithOIDC, Exchange>();
-  const exchangeFor = (ctx: KoaContextWithOIDC): Exchange | undefined =>
-    (refusals.size === 0 ? undefined : refusals.get(ctx)) ?? (exchanges.size === 0 ? undefined : exchanges.get(ctx));
   // oidc-provider asks rotateRefreshToken of a refresh request: its exchange is told, and a request
   // handed on with none installed (a target outside the cached policy) is checked
   const rotationAsked = (ctx: KoaContextWithOIDC): void => {
-    const exchange = exchangeFor(ctx);
+    const exchange = (refusals.size === 0 ? undefined : refusals.get(ctx)) ?? (exchanges.size === 0 ? undefined : exchanges.get(ctx));
     if (exchange) exchange.rotationAsked();
     else rotationAskedOutsidePolicy(ctx);
   };
@@ -184,7 +179,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       const state = active ? { setup, hooked: false } : undefined;
       constructing = state;
       try {
-        super(issuer, active ? observedConfiguration(configuration, exchangeOf, rotationAsked) : configuration);
+        super(issuer, active ? observedConfiguration(configuration, exchangeOn, rotationAsked) : configuration);
       } finally {
         constructing = undefined;
       }
@@ -193,11 +188,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       if (!active) inactive = INACTIVE.resourceIndicators;
       else if (!state!.hooked) inactive = INACTIVE.refreshToken;
       if (inactive) warnOnce(inactive);
-      else
-        watched.set(
-          this,
-          watchedModels(this, () => exchangeOn(this)),
-        );
+      else watched.set(this, watchedModels(this, exchangeOn));
       installations.set(this, { ...setup, inactive });
       Object.defineProperty(this, mrrtConfiguration, { value: config, enumerable: false });
     }

@@ -134,7 +134,9 @@ export function askResourceServer<Context, Client>(
   } catch (err) {
     return unknownResource(err);
   }
-  return thenable ? Promise.resolve(answer).then(asAnswer, unknownResource) : asAnswer(answer);
+  if (thenable) return Promise.resolve(answer).then(asAnswer, unknownResource);
+  // asAnswer written out: a synchronous exchange enters no function for it (see exchange.ts, createExchangeHandler)
+  return typeof answer === 'object' && answer !== null ? (answer as ResourceServerAnswer) : undefined;
 }
 
 const asAnswer = (answer: unknown): ResourceServerAnswer | undefined =>
@@ -167,6 +169,21 @@ export function union(first: Iterable<string>, second: Iterable<string>): string
   return [...new Set([...first, ...second])];
 }
 
+const fixed = new WeakSet<object>();
+
+/**
+ * Marks a client check built from static lists (the built-in `isFirstParty`, `allowSkippingConsent`
+ * given as a list or not at all): its answer for a client and target never changes, so an exchange
+ * decides a cached policy entry with it once (exchange.ts).
+ */
+export function fixedAnswers<Check extends object>(check: Check): Check {
+  fixed.add(check);
+  return check;
+}
+
+/** Whether a client check is one of {@link fixedAnswers}; an operator's own function never is. */
+export const hasFixedAnswers = (check: unknown): boolean => typeof check === 'function' && fixed.has(check);
+
 /**
  * The operator's own statement of which clients are first-party (SPEC P6): the statically configured
  * clients with `first_party: true`. oidc-provider drops the unknown property from the client it
@@ -181,5 +198,5 @@ export function staticFirstParty(configuration: { readonly clients?: unknown }):
     const { first_party: firstParty, client_id: clientId } = client as { first_party?: unknown; client_id?: unknown };
     if (firstParty === true && typeof clientId === 'string') ids.add(clientId);
   }
-  return (client) => ids.has(client.clientId);
+  return fixedAnswers((client: { readonly clientId: string }) => ids.has(client.clientId));
 }

@@ -930,11 +930,20 @@ describe('option functions that fail or never answer', () => {
   const throws = (): boolean => {
     throw new Error('the client database is down');
   };
+  // an answer whose `then` cannot be read fails as `await` would make it fail
+  const unreadable = (): object =>
+    Object.defineProperty({}, 'then', {
+      get() {
+        throw new Error('the client database driver is broken');
+      },
+    });
   test.each([
     ['isFirstParty', 'throws', throws],
     ['isFirstParty', 'never answers', never],
+    ['isFirstParty', 'answers with an unreadable then', unreadable],
     ['allowSkippingConsent', 'throws', throws],
     ['allowSkippingConsent', 'never answers', never],
+    ['allowSkippingConsent', 'answers with an unreadable then', unreadable],
   ] as const)('%s that %s', async (option, _how, answer) => {
     const memory = new MemoryPolicyStore();
     await memory.set('app', [
