@@ -177,10 +177,10 @@ export class Exchange {
   #raised: { readonly error: Error; readonly reason: MrrtReason } | undefined;
   #heldScopes: ReadonlySet<string> | undefined;
   readonly #setup: ExchangeSetup;
-  readonly #install: (ctx: KoaContextWithOIDC, exchange: undefined) => void;
+  readonly #setExchange: (ctx: KoaContextWithOIDC, exchange: undefined) => void;
 
   /**
-   * `ctx`: the request's context. `install(ctx, undefined)` takes the exchange off the request:
+   * `ctx`: the request's context. `setExchange(ctx, undefined)` takes the exchange off the request:
    * what oidc-provider does next is a plain refresh.
    */
   constructor(
@@ -188,11 +188,11 @@ export class Exchange {
     setup: ExchangeSetup,
     request: { readonly targets: readonly string[]; readonly refreshTokenValue: string; readonly requestedScope: string | undefined; readonly started: number },
     plan: Plan,
-    install: (ctx: KoaContextWithOIDC, exchange: undefined) => void,
+    setExchange: (ctx: KoaContextWithOIDC, exchange: undefined) => void,
   ) {
     const { targets, refreshTokenValue, requestedScope, started } = request;
     this.#setup = setup;
-    this.#install = install;
+    this.#setExchange = setExchange;
     this.requestedScope = requestedScope;
     this.targets = targets;
     this.target = targets[0]!;
@@ -246,7 +246,7 @@ export class Exchange {
     if (value !== this.refreshTokenValue || this.#held || token.clientId !== this.ctx.oidc.client?.clientId) return;
     const held = this.#hold(token);
     // a refusal that only applies outside the grant, for a target the refresh token holds: nothing left to do
-    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#install(this.ctx, undefined);
+    if (this.plan.kind === 'refusal' && this.plan.unlessGranted && held.granted) this.#setExchange(this.ctx, undefined);
     else if (this.#setup.config.profile === 'auth0' && this.plan.kind === 'policy') this.#dropUnavailableScopes(this.plan.policyScopes);
   }
 
@@ -274,7 +274,7 @@ export class Exchange {
    * this request's objects from now on sees what they hold.
    */
   end(): void {
-    this.#install(this.ctx, undefined);
+    this.#setExchange(this.ctx, undefined);
     this.#ended = true;
   }
 
@@ -293,8 +293,7 @@ export class Exchange {
       body.scope = union(splitScope(body.scope), oidc).join(' ');
     }
     // the event reports what the access token grants, whatever the response's profile adds
-    if (listening(ctx))
-      ctx.oidc.provider.emit('mrrt.exchange', ctx, event(ctx, this, 'issued', 'policy', { resolvedAudience: this.target, grantedScope: tokenScope }));
+    emit(ctx, this, 'issued', 'policy', { resolvedAudience: this.target, grantedScope: tokenScope });
   }
 
   /**
@@ -565,10 +564,22 @@ export function createExchangeHandler(
           () => new PolicyStoreError('ERR_MRRT_STORE_UNAVAILABLE', `policy store did not answer within ${config.storeTimeout}ms`),
         );
   };
-  // the operator's isFirstParty / allowSkippingConsent may ask a database: bounded like the store,
-  // and a failure refuses only what needs their answer (a granted target is still served)
-  const bounded = (answer: PromiseLike<unknown>): Promise<unknown> =>
-    withTimeout(Promise.resolve(answer), config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
+  /**
+   * The answer of one of the operator's client checks: `isFirstParty(client)`, or with a target
+   * `allowSkippingConsent(target, client)`. They may ask a database: a synchronous answer is used as
+   * it is, a thenable awaited for at most storeTimeout, and any failure (a throw, a `then` that
+   * cannot be read, a rejection, no answer in time) is a rejected promise, which refuses only what
+   * needs the answer (checkFailed; a granted target is still served).
+   */
+  const askCheck = (client: MrrtClient, target?: string): unknown => {
+    try {
+      const answer = target === undefined ? setup.isFirstParty(client) : config.allowSkippingConsent(target, client);
+      if (!isThenable(answer)) return answer;
+      return withTimeout(Promise.resolve(answer), config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+  };
   // a policy entry's plan, once per entry: cached records (and their entries) are immutable and shared
   const plans = new WeakMap<PolicyEntry, Plan>();
   const planOf = (entry: PolicyEntry): Plan => {
@@ -579,12 +590,15 @@ export function createExchangeHandler(
     }
     return plan;
   };
-  // With client checks whose answers never change (the built-in ones, see rules.ts fixedAnswers) and
-  // a deny-list fixed at start, the decision for a cached policy entry never changes either: it is
-  // made once per entry, the way its plan is. Cached records and their entries are immutable and
-  // shared, and a changed policy is a new record, decided anew. An operator's own isFirstParty or
-  // allowSkippingConsent is asked on every exchange.
-  const fixedDecisions = hasFixedAnswers(setup.isFirstParty) && hasFixedAnswers(config.allowSkippingConsent) ? new WeakMap<PolicyEntry, Plan>() : undefined;
+  // With client checks whose answers never change (the built-in ones, see rules.ts fixedAnswers), a
+  // cached policy entry the client was allowed to use stays allowed while the entry is cached: its
+  // plan is kept with the entry, for that client. The deny-list is still read on every exchange, a
+  // refusal is decided anew every time, and a changed policy is a new record with new entries. An
+  // operator's own isFirstParty or allowSkippingConsent is asked on every exchange.
+  const allowed =
+    hasFixedAnswers(setup.isFirstParty) && hasFixedAnswers(config.allowSkippingConsent)
+      ? new WeakMap<PolicyEntry, { readonly clientId: string; readonly plan: Plan }>()
+      : undefined;
   /** A client check that threw, rejected or timed out: refuses what needs its answer. */
   const checkFailed = (ctx: KoaContextWithOIDC, err: unknown): Plan => {
     ctx.oidc.provider.emit('mrrt.check_error', ctx, err);
@@ -597,10 +611,8 @@ export function createExchangeHandler(
   };
 
   // The decision is three steps, each going on from the answer of an operator's function or of the
-  // store. A synchronous answer is used at once, a thenable awaited for at most storeTimeout, and a
-  // throw, rejection or timeout refuses (checkFailed, storeFailed): a cached policy and synchronous
-  // client checks decide without a promise or a closure of their own, which a request pays for
-  // with cold caches (docs/benchmark.md).
+  // store: a cached policy and synchronous client checks decide without a promise or a closure of
+  // their own, which a request pays for with cold caches (docs/benchmark.md).
 
   /**
    * What the policy alone says about the target (SPEC E3), before any token is read. `cached`: the
@@ -614,17 +626,9 @@ export function createExchangeHandler(
     cached: { readonly record: PolicyRecord | undefined } | undefined,
     afterWait: 'read again' | 'as cached',
   ): Plan | Promise<Plan> {
-    let firstParty: unknown;
-    let thenable: boolean;
-    try {
-      firstParty = setup.isFirstParty(ctx.oidc.client!);
-      // a `then` that throws is the answer's failure, as `await` would make it
-      thenable = isThenable(firstParty);
-    } catch (err) {
-      return checkFailed(ctx, err);
-    }
-    if (!thenable) return fromFirstParty(ctx, target, firstParty, cached);
-    return bounded(firstParty as PromiseLike<unknown>).then(
+    const firstParty = askCheck(ctx.oidc.client!);
+    if (!(firstParty instanceof Promise)) return fromFirstParty(ctx, target, firstParty, cached);
+    return firstParty.then(
       (answer) => fromFirstParty(ctx, target, answer, afterWait === 'as cached' ? cached : undefined),
       (err: unknown) => checkFailed(ctx, err),
     );
@@ -657,16 +661,9 @@ export function createExchangeHandler(
   function fromPolicy(ctx: KoaContextWithOIDC, target: string, record: PolicyRecord | undefined): Plan | Promise<Plan> {
     const entry = policyEntry(record, target);
     if (!entry) return refusalPlan(record ? 'not_in_policy' : 'no_policy');
-    let consent: unknown;
-    let thenable: boolean;
-    try {
-      consent = config.allowSkippingConsent(target, ctx.oidc.client!);
-      thenable = isThenable(consent);
-    } catch (err) {
-      return checkFailed(ctx, err);
-    }
-    if (!thenable) return fromConsent(entry, consent);
-    return bounded(consent as PromiseLike<unknown>).then(
+    const consent = askCheck(ctx.oidc.client!, target);
+    if (!(consent instanceof Promise)) return fromConsent(entry, consent);
+    return consent.then(
       (answer) => fromConsent(entry, answer),
       (err: unknown) => checkFailed(ctx, err),
     );
@@ -733,8 +730,9 @@ export function createExchangeHandler(
      * The refresh_token grant. A request without a target (the refreshes of an app that never names
      * one) goes to oidc-provider's handler at once, without a promise or an allocation of the
      * extension's own. A request that names a target is refused at once when it names several,
-     * handed to oidc-provider as it is when the target is outside the client's cached policy,
-     * otherwise exchanged. Only the exchange is asynchronous of its own: a request handed on is
+     * handed to oidc-provider as it is when the target is outside the client's cached policy (and
+     * neither a `scope` sent nor a Provider subclass needs the exchange to watch, see
+     * `rotationObserved`), otherwise exchanged. Only the exchange is asynchronous of its own: a request handed on is
      * oidc-provider's promise, without an async frame or an `await` of the handler's (with ten
      * requests in flight, each costs a saturated server measurable CPU), and the refusal is decided
      * only if oidc-provider fails it.
@@ -767,11 +765,14 @@ export function createExchangeHandler(
         }
         // the exchange itself: the decision (with the policy of the request's start when the cache held
         // it), then oidc-provider's handler with the exchange installed
-        let plan: Plan | Promise<Plan> | undefined = entry && fixedDecisions?.get(entry);
-        if (plan === undefined) {
-          plan = decide(ctx, targets[0]!, cached, 'read again');
-          // fixed answers are synchronous; a promise would mean one is not, and is not kept
-          if (entry && fixedDecisions && !(plan instanceof Promise)) fixedDecisions.set(entry, plan);
+        const target = targets[0]!;
+        const { clientId } = ctx.oidc.client!;
+        const kept = entry && allowed?.get(entry);
+        let plan: Plan | Promise<Plan>;
+        if (kept && kept.clientId === clientId && !denyListRefusal(config, target)) plan = kept.plan;
+        else {
+          plan = decide(ctx, target, cached, 'read again');
+          if (entry && allowed && !(plan instanceof Promise) && plan.kind === 'policy') allowed.set(entry, { clientId, plan });
         }
         return plan instanceof Promise ? plan.then((decided) => exchange(ctx, request, decided)) : exchange(ctx, request, plan);
       } catch (err) {
@@ -788,41 +789,39 @@ function report(ctx: KoaContextWithOIDC, exchange: Exchange, err: unknown): unkn
   if (exchange.withdrawn) return err;
   const { raised } = exchange;
   if (raised && err === raised.error) {
-    emit(ctx, () => event(ctx, exchange, 'refused', raised.reason, { error: oauthError(err) }));
+    emit(ctx, exchange, 'refused', raised.reason, { error: oauthError(err) });
     return err;
   }
   const refusal = exchange.activeRefusal();
   if (refusal && (err instanceof errors.InvalidTarget || err instanceof errors.InvalidScope)) {
     // oidc-provider's own checks passed and it stopped at the target or scope: answer with the MRRT reason
     const error = refusalError(refusal.reason);
-    emit(ctx, () => event(ctx, exchange, 'refused', refusal.reason, { error: oauthError(error) }));
+    emit(ctx, exchange, 'refused', refusal.reason, { error: oauthError(error) });
     return error;
   }
   if (exchange.nothingAvailable && err instanceof errors.InvalidScope) {
     const error = new errors.InvalidScope(`no requested scope is available for ${exchange.target}`, String(ctx.oidc.params?.scope ?? ''));
-    emit(ctx, () => event(ctx, exchange, 'refused', 'empty_scope', { error: 'invalid_scope' }));
+    emit(ctx, exchange, 'refused', 'empty_scope', { error: 'invalid_scope' });
     return error;
   }
   if (exchange.plan.kind === 'policy' && exchange.held && err instanceof errors.InvalidScope) {
     // oidc-provider checked the scope parameter against the refresh token plus the policy (SPEC E4)
     const missing = splitScope((err as { scope?: unknown }).scope);
     const error = new errors.InvalidScope(`requested scope${missing.length === 1 ? ' is' : 's are'} not allowed for ${exchange.target}`, missing.join(' '));
-    emit(ctx, () => event(ctx, exchange, 'refused', 'scope_not_allowed', { error: 'invalid_scope' }));
+    emit(ctx, exchange, 'refused', 'scope_not_allowed', { error: 'invalid_scope' });
     return error;
   }
   if (exchange.held && (exchange.plan.kind === 'policy' || refusal)) {
-    emit(ctx, () => event(ctx, exchange, 'refused', 'provider_check', { error: oauthError(err) ?? 'server_error' }));
+    emit(ctx, exchange, 'refused', 'provider_check', { error: oauthError(err) ?? 'server_error' });
   }
   return err;
 }
 
 const oauthError = (err: unknown): string | undefined => (err as { error?: string }).error;
 
-// the event object is built only when someone listens
-const listening = (ctx: KoaContextWithOIDC): boolean => ctx.oidc.provider.listenerCount('mrrt.exchange') !== 0;
-
-function emit(ctx: KoaContextWithOIDC, build: () => MrrtExchangeEvent): void {
-  if (listening(ctx)) ctx.oidc.provider.emit('mrrt.exchange', ctx, build());
+/** Emits an exchange's `mrrt.exchange` event; the event object is built only when someone listens. */
+function emit(ctx: KoaContextWithOIDC, exchange: Exchange, outcome: MrrtExchangeEvent['outcome'], reason: MrrtReason, extra: Partial<MrrtExchangeEvent>): void {
+  if (ctx.oidc.provider.listenerCount('mrrt.exchange') !== 0) ctx.oidc.provider.emit('mrrt.exchange', ctx, event(ctx, exchange, outcome, reason, extra));
 }
 
 function event(

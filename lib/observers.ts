@@ -25,6 +25,8 @@ import { MrrtTypeError } from './errors.js';
 
 /** The exchange in flight on a provider, for the request being served; `undefined` when there is none. */
 type ExchangeOn = (provider: unknown) => Exchange | undefined;
+/** The exchange of the request being served, when `ctx` is its context; `undefined` otherwise. */
+type ExchangeOf = (ctx: unknown) => Exchange | undefined;
 /** Tells a refresh request of this provider that oidc-provider asks `rotateRefreshToken` (see `provider.ts`); throws to refuse it. */
 type RotationAsked = (ctx: KoaContextWithOIDC) => void;
 
@@ -146,7 +148,7 @@ export function watchedModels(provider: Provider, exchangeOn: ExchangeOn): Watch
       return exchange === undefined ? own : exchange.presentGrantScope(this, resource, filter, own);
     }
 
-    // the deployment's listeners (`refresh_token.saved`, `.consumed`, `grant.*`) see the models as stored
+    // as the refresh token's: the deployment's listeners see the Grant as stored
     override emit(eventName: string): void {
       const exchange = exchangeOn(provider);
       if (exchange) exchange.withoutOverlay(super.emit, this, eventName);
@@ -169,8 +171,8 @@ const defaultRotateRefreshToken: unknown = providerDefaults.rotateRefreshToken;
  * exchange, and for another provider's or another request's question, each calls the deployment's
  * own function (or oidc-provider's default) exactly as configured.
  */
-export function observedConfiguration(configuration: Configuration, exchangeOn: ExchangeOn, rotationAsked: RotationAsked): Configuration {
-  return observeResourceServerInfo(observeRotation(configuration, rotationAsked), exchangeOn);
+export function observedConfiguration(configuration: Configuration, exchangeOf: ExchangeOf, rotationAsked: RotationAsked): Configuration {
+  return observeResourceServerInfo(observeRotation(configuration, rotationAsked), exchangeOf);
 }
 
 /**
@@ -206,7 +208,7 @@ function providerDefault(): RotateRefreshToken {
  * `getResourceServerInfo`: during an exchange oidc-provider's question goes to the exchange, which
  * answers with the answer its rules were checked against.
  */
-function observeResourceServerInfo(configuration: Configuration, exchangeOn: ExchangeOn): Configuration {
+function observeResourceServerInfo(configuration: Configuration, exchangeOf: ExchangeOf): Configuration {
   const resourceIndicators = configuration.features?.resourceIndicators;
   const getResourceServerInfo = resourceIndicators?.getResourceServerInfo;
   // without one, oidc-provider's own default (which knows no API) stays in place and an exchange finds no API
@@ -220,9 +222,9 @@ function observeResourceServerInfo(configuration: Configuration, exchangeOn: Exc
       resourceIndicators: {
         ...resourceIndicators,
         getResourceServerInfo(ctx, resource, client) {
-          const exchange = exchangeOn((ctx as Partial<KoaContextWithOIDC> | undefined)?.oidc?.provider);
+          const exchange = exchangeOf(ctx);
           // another provider's question, or another request's, is the deployment's to answer
-          if (exchange?.ctx !== ctx) return ask(ctx, resource, client);
+          if (exchange === undefined) return ask(ctx, resource, client);
           return exchange.resourceServerInfo(resource, () => ask(ctx, resource, client)) as ReturnType<GetResourceServerInfo>;
         },
       },

@@ -137,6 +137,12 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
     const exchange = ctx === undefined ? undefined : exchanges.get(ctx);
     return exchange !== undefined && exchange.ctx.oidc.provider === provider ? exchange : undefined;
   };
+  // the exchange of the request being served, when `ctx` is that request's context: another
+  // request's or another provider's question is not this exchange's
+  const exchangeOf = (ctx: unknown): Exchange | undefined => {
+    if (exchanges.size === 0) return undefined;
+    return Base.ctx === ctx ? exchanges.get(ctx as KoaContextWithOIDC) : undefined;
+  };
   // the exchanges that watch no model (a refusal, see Exchange.watchesModels): the models and
   // getResourceServerInfo never see them; the rotation hook finds them by the request's context
   const refusals = new Map<KoaContextWithOIDC, Exchange>();
@@ -179,7 +185,7 @@ export function withMrrt<P extends ProviderClass>(Base: P, options?: MrrtOptions
       const state = active ? { setup, hooked: false } : undefined;
       constructing = state;
       try {
-        super(issuer, active ? observedConfiguration(configuration, exchangeOn, rotationAsked) : configuration);
+        super(issuer, active ? observedConfiguration(configuration, exchangeOf, rotationAsked) : configuration);
       } finally {
         constructing = undefined;
       }

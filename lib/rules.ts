@@ -134,9 +134,7 @@ export function askResourceServer<Context, Client>(
   } catch (err) {
     return unknownResource(err);
   }
-  if (thenable) return Promise.resolve(answer).then(asAnswer, unknownResource);
-  // asAnswer written out: a synchronous exchange enters no function for it (see exchange.ts, createExchangeHandler)
-  return typeof answer === 'object' && answer !== null ? (answer as ResourceServerAnswer) : undefined;
+  return thenable ? Promise.resolve(answer).then(asAnswer, unknownResource) : asAnswer(answer);
 }
 
 const asAnswer = (answer: unknown): ResourceServerAnswer | undefined =>
@@ -174,7 +172,7 @@ const fixed = new WeakSet<object>();
 /**
  * Marks a client check built from static lists (the built-in `isFirstParty`, `allowSkippingConsent`
  * given as a list or not at all): its answer for a client and target never changes, so an exchange
- * decides a cached policy entry with it once (exchange.ts).
+ * keeps a cached policy entry it allowed for the client (exchange.ts).
  */
 export function fixedAnswers<Check extends object>(check: Check): Check {
   fixed.add(check);

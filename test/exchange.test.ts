@@ -7,7 +7,7 @@ import request from 'supertest';
 
 import Provider, { type Configuration } from 'oidc-provider';
 
-import { MemoryPolicyStore, RedisPolicyStore, withMrrt, type MrrtReason, type Policy, type PolicyStore } from '../lib/index.js';
+import { MemoryPolicyStore, RedisPolicyStore, mrrtConfiguration, withMrrt, type MrrtReason, type Policy, type PolicyStore } from '../lib/index.js';
 import { API, CLIENTS, SKIP_CONSENT, claims, dpopKey, login, refresh, snapshot, startServer, type TestServer, type TokenSet } from './support/fixture.js';
 import { deleteKeys } from './support/redis-keys.js';
 
@@ -1303,6 +1303,13 @@ describe("the decision for a target in the client's cached policy", () => {
         await refused(API.CONSENT, 'consent_required');
         await refused(API.ADMIN, 'deny_listed');
       }
+      // an entry the client was allowed to use is still checked against the deny-list as it is now
+      // (changing it at run time is not an interface, but nothing kept may outlive it)
+      const denyList = (server.provider as unknown as Record<typeof mrrtConfiguration, { denyList: Set<string> }>)[mrrtConfiguration].denyList;
+      denyList.add(API.B);
+      await refused(API.B, 'deny_listed');
+      denyList.delete(API.B);
+      await served(API.B);
       // a changed policy is a new record, decided anew
       await memory.set('app', [{ audience: API.CONSENT, scope: ['x:read'] }]);
       await refused(API.B, 'not_in_policy');
