@@ -566,16 +566,19 @@ export function createExchangeHandler(
   };
   /**
    * The answer of one of the operator's client checks: `isFirstParty(client)`, or with a target
-   * `allowSkippingConsent(target, client)`. They may ask a database: a synchronous answer is used as
-   * it is, a thenable awaited for at most storeTimeout, and any failure (a throw, a `then` that
-   * cannot be read, a rejection, no answer in time) is a rejected promise, which refuses only what
-   * needs the answer (checkFailed; a granted target is still served).
+   * `allowSkippingConsent(target, client)`. They may ask a database. The documented answer, a
+   * boolean, is used at once; anything else (a promise, any thenable, whatever a cache hands back)
+   * becomes a promise of what `await` would make of it, for at most storeTimeout, so that the
+   * caller never touches the operator's object; any failure (a throw, a `then` that cannot be read,
+   * a rejection, no answer in time) is a rejected promise, which refuses only what needs the answer
+   * (checkFailed; a granted target is still served).
    */
-  const askCheck = (client: MrrtClient, target?: string): unknown => {
+  const askCheck = (client: MrrtClient, target?: string): boolean | Promise<unknown> => {
     try {
       const answer = target === undefined ? setup.isFirstParty(client) : config.allowSkippingConsent(target, client);
-      if (!isThenable(answer)) return answer;
-      return withTimeout(Promise.resolve(answer), config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
+      if (typeof answer === 'boolean') return answer;
+      const settled = Promise.resolve().then(() => answer);
+      return withTimeout(settled, config.storeTimeout, () => new Error(`MRRT client checks did not answer within ${config.storeTimeout}ms`));
     } catch (err) {
       return Promise.reject(err as Error);
     }
@@ -627,7 +630,7 @@ export function createExchangeHandler(
     afterWait: 'read again' | 'as cached',
   ): Plan | Promise<Plan> {
     const firstParty = askCheck(ctx.oidc.client!);
-    if (!(firstParty instanceof Promise)) return fromFirstParty(ctx, target, firstParty, cached);
+    if (typeof firstParty === 'boolean') return fromFirstParty(ctx, target, firstParty, cached);
     return firstParty.then(
       (answer) => fromFirstParty(ctx, target, answer, afterWait === 'as cached' ? cached : undefined),
       (err: unknown) => checkFailed(ctx, err),
@@ -662,7 +665,7 @@ export function createExchangeHandler(
     const entry = policyEntry(record, target);
     if (!entry) return refusalPlan(record ? 'not_in_policy' : 'no_policy');
     const consent = askCheck(ctx.oidc.client!, target);
-    if (!(consent instanceof Promise)) return fromConsent(entry, consent);
+    if (typeof consent === 'boolean') return fromConsent(entry, consent);
     return consent.then(
       (answer) => fromConsent(entry, answer),
       (err: unknown) => checkFailed(ctx, err),
@@ -732,10 +735,10 @@ export function createExchangeHandler(
      * extension's own. A request that names a target is refused at once when it names several,
      * handed to oidc-provider as it is when the target is outside the client's cached policy (and
      * neither a `scope` sent nor a Provider subclass needs the exchange to watch, see
-     * `rotationObserved`), otherwise exchanged. Only the exchange is asynchronous of its own: a request handed on is
-     * oidc-provider's promise, without an async frame or an `await` of the handler's (with ten
-     * requests in flight, each costs a saturated server measurable CPU), and the refusal is decided
-     * only if oidc-provider fails it.
+     * `rotationObserved`), otherwise exchanged. Only the exchange is asynchronous of its own: a
+     * request handed on is oidc-provider's promise, without an async frame or an `await` of the
+     * handler's (with ten requests in flight, each costs a saturated server measurable CPU), and the
+     * refusal is decided only if oidc-provider fails it.
      */
     return function mrrtRefreshTokenHandler(ctx) {
       const params = ctx.oidc.params;

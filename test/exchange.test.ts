@@ -874,6 +874,51 @@ describe('option functions that answer with a thenable', () => {
   });
 });
 
+describe('option functions answering with something other than a boolean or a promise of one', () => {
+  // such an answer is settled as `await` would settle it, without the exchange touching the object:
+  // it is not `true`, so it refuses what needs it, and a granted target is still served
+  const answers = {
+    'a promise whose then is not a function': (): unknown => Object.defineProperty(Promise.resolve(true), 'then', { value: undefined }),
+    'a proxy whose prototype cannot be read': (): unknown =>
+      new Proxy(
+        {},
+        {
+          getPrototypeOf() {
+            throw new Error('no prototype');
+          },
+        },
+      ),
+    'the string "true"': (): unknown => 'true',
+  };
+  test.each([
+    ['isFirstParty', 'a promise whose then is not a function', 'not_first_party'],
+    ['isFirstParty', 'a proxy whose prototype cannot be read', 'not_first_party'],
+    ['isFirstParty', 'the string "true"', 'not_first_party'],
+    ['allowSkippingConsent', 'a promise whose then is not a function', 'consent_required'],
+    ['allowSkippingConsent', 'a proxy whose prototype cannot be read', 'consent_required'],
+    ['allowSkippingConsent', 'the string "true"', 'consent_required'],
+  ] as const)('%s answering %s refuses (%s)', async (option, name, reason) => {
+    const memory = new MemoryPolicyStore();
+    await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+    const server = await startServer({
+      mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, isFirstParty: () => true, [option]: answers[name] as () => boolean },
+      rotate: true,
+    });
+    try {
+      const tokens = await login(server);
+      const before = snapshot(server, tokens.refresh_token);
+      const res = await refresh(server, tokens.refresh_token, { resource: API.B });
+      expect({ status: res.status, error: res.body.error }).toEqual({ status: 400, error: 'invalid_target' });
+      expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason });
+      expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+      const granted = await refresh(server, tokens.refresh_token, { resource: API.A, scope: 'a:read' });
+      expect({ status: granted.status, aud: claims(granted.body.access_token).aud }).toEqual({ status: 200, aud: API.A });
+    } finally {
+      await server.close();
+    }
+  });
+});
+
 describe('a policy deleted while an asynchronous isFirstParty answers', () => {
   // SPEC E10: a deletion takes effect at once on the instance that wrote it; the policy is read
   // after the first-party answer, so a deletion made while it was awaited applies to the request
