@@ -822,6 +822,37 @@ describe("Auth0 wire profile (profile: 'auth0')", () => {
   });
 });
 
+/**
+ * An exchange for API.B, named by `named`, whose client check `option` answers through `check`:
+ * refused with 400 invalid_target and `reason`, nothing persisted, and the refresh token still
+ * serves its granted API with a scope.
+ */
+async function expectCheckRefusal(
+  option: 'isFirstParty' | 'allowSkippingConsent',
+  check: () => unknown,
+  reason: string,
+  named: 'audience' | 'resource',
+): Promise<void> {
+  const memory = new MemoryPolicyStore();
+  await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
+  const server = await startServer({
+    mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, isFirstParty: () => true, [option]: check as () => boolean },
+    rotate: true,
+  });
+  try {
+    const tokens = await login(server);
+    const before = snapshot(server, tokens.refresh_token);
+    const res = await refresh(server, tokens.refresh_token, { [named]: API.B });
+    expect({ status: res.status, error: res.body.error }).toEqual({ status: 400, error: 'invalid_target' });
+    expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason });
+    expect(snapshot(server, tokens.refresh_token)).toEqual(before);
+    const granted = await refresh(server, tokens.refresh_token, { resource: API.A, scope: 'a:read' });
+    expect({ status: granted.status, aud: claims(granted.body.access_token).aud }).toEqual({ status: 200, aud: API.A });
+  } finally {
+    await server.close();
+  }
+}
+
 describe('option functions that answer with a thenable', () => {
   // `isFirstParty` and `allowSkippingConsent` may answer asynchronously with any thenable, as `await`
   // accepts; a thenable that is a function (truthy in itself) must be awaited, not taken as "yes".
@@ -829,48 +860,15 @@ describe('option functions that answer with a thenable', () => {
     ['isFirstParty', 'not_first_party'],
     ['allowSkippingConsent', 'consent_required'],
   ] as const)('%s answering false through a function thenable refuses the exchange (%s)', async (option, reason) => {
-    const memory = new MemoryPolicyStore();
-    await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
     const no = () => Object.assign(() => true, { then: (resolve: (value: boolean) => void) => resolve(false) });
-    const server = await startServer({
-      mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, isFirstParty: () => true, [option]: no },
-      rotate: true,
-    });
-    try {
-      const tokens = await login(server);
-      const before = snapshot(server, tokens.refresh_token);
-      const res = await refresh(server, tokens.refresh_token, { audience: API.B });
-      expect({ status: res.status, error: res.body.error }).toEqual({ status: 400, error: 'invalid_target' });
-      expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason });
-      expect(snapshot(server, tokens.refresh_token)).toEqual(before);
-      const usable = await refresh(server, tokens.refresh_token, { resource: API.A });
-      expect(usable.status).toBe(200);
-    } finally {
-      await server.close();
-    }
+    await expectCheckRefusal(option, no, reason, 'audience');
   });
 
   test.each([
     ['isFirstParty', 'not_first_party', 'false'],
     ['allowSkippingConsent', 'consent_required', '0'],
   ] as const)('%s answering a truthy non-boolean (%s, %j) refuses: only true allows', async (option, reason, answer) => {
-    const memory = new MemoryPolicyStore();
-    await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
-    const server = await startServer({
-      mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, isFirstParty: () => true, [option]: async () => answer as unknown as boolean },
-      rotate: true,
-    });
-    try {
-      const tokens = await login(server);
-      const before = snapshot(server, tokens.refresh_token);
-      const res = await refresh(server, tokens.refresh_token, { audience: API.B });
-      expect({ status: res.status, error: res.body.error }).toEqual({ status: 400, error: 'invalid_target' });
-      expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason });
-      expect(snapshot(server, tokens.refresh_token)).toEqual(before);
-      expect((await refresh(server, tokens.refresh_token, { resource: API.A })).status).toBe(200);
-    } finally {
-      await server.close();
-    }
+    await expectCheckRefusal(option, async () => answer, reason, 'audience');
   });
 });
 
@@ -898,24 +896,7 @@ describe('option functions answering with something other than a boolean or a pr
     ['allowSkippingConsent', 'a proxy whose prototype cannot be read', 'consent_required'],
     ['allowSkippingConsent', 'the string "true"', 'consent_required'],
   ] as const)('%s answering %s refuses (%s)', async (option, name, reason) => {
-    const memory = new MemoryPolicyStore();
-    await memory.set('app', [{ audience: API.B, scope: ['b:read'] }]);
-    const server = await startServer({
-      mrrt: { store: memory, allowSkippingConsent: SKIP_CONSENT, isFirstParty: () => true, [option]: answers[name] as () => boolean },
-      rotate: true,
-    });
-    try {
-      const tokens = await login(server);
-      const before = snapshot(server, tokens.refresh_token);
-      const res = await refresh(server, tokens.refresh_token, { resource: API.B });
-      expect({ status: res.status, error: res.body.error }).toEqual({ status: 400, error: 'invalid_target' });
-      expect(server.events.at(-1)).toMatchObject({ outcome: 'refused', reason });
-      expect(snapshot(server, tokens.refresh_token)).toEqual(before);
-      const granted = await refresh(server, tokens.refresh_token, { resource: API.A, scope: 'a:read' });
-      expect({ status: granted.status, aud: claims(granted.body.access_token).aud }).toEqual({ status: 200, aud: API.A });
-    } finally {
-      await server.close();
-    }
+    await expectCheckRefusal(option, answers[name], reason, 'resource');
   });
 });
 
