@@ -1,8 +1,8 @@
 // `npm run bench`: what an MRRT exchange costs next to plain oidc-provider, in one run.
 //
-// The servers run in a child process (bench/server.mjs, driven through bench/server-process.mjs);
-// this process is the load generator (bench/load.mjs), counts Redis commands
-// (bench/redis-commands.mjs) and runs the policy-store scale test (bench/scale.mjs); the statistics
+// The servers run in child processes (bench/server.mjs, driven through bench/server-process.mjs),
+// one provider each, the variants one after another (see Fleet); this process is the load generator
+// (bench/load.mjs), counts Redis commands (bench/redis-commands.mjs) and runs the policy-store scale test (bench/scale.mjs); the statistics
 // are in bench/stats.mjs and the report in bench/report.mjs. Everything talks to 127.0.0.1 only and
 // every loop is bounded. Progress goes to stderr; the results go to stdout (a Markdown report, or
 // with --json one JSON document and nothing else).
@@ -138,6 +138,56 @@ async function unstolenRound(jobs, redis, attempts) {
   return { windows: kept.windows.map((window) => ({ ...window, rounds_measured: measured })), kept: kept.attempt, measured };
 }
 
+/**
+ * The server processes of one variant: `replicas` per scenario, each hosting that scenario's kind of
+ * provider for this variant only, under a Redis prefix of its own. No process runs two providers,
+ * as no deployment does: plain oidc-provider's code and the extension's never share a process, and
+ * neither do two adapters' or rotation modes' (what one provider's load leaves in a process's JIT
+ * and heap moves another's CPU per request by a few per cent, docs/benchmark.md). Rounds take a
+ * scenario's processes in turn: what one process makes of the same code differs from another's.
+ */
+class Fleet {
+  #servers;
+  #targets = [];
+
+  constructor(variant, serverFor) {
+    this.variant = variant;
+    this.placements = SCENARIO_NAMES.flatMap((scenario) => Array.from({ length: settings.replicas }, (_, replica) => ({ scenario, replica })));
+    this.#servers = this.placements.map(() => serverFor());
+  }
+
+  get servers() {
+    return this.#servers;
+  }
+
+  /** `sessions`: how many signed-in sessions scenario E's provider keeps (the other scenarios need none). */
+  async start(prefix, sessions) {
+    await Promise.all(this.#servers.map((each) => each.start()));
+    this.#targets = await Promise.all(
+      this.#servers.map(async (each, i) => {
+        const kinds = [SCENARIOS[this.placements[i].scenario].provider];
+        const created = await each.call('init', {
+          redisUrl: REDIS_URL,
+          prefix: `${prefix}p${i}:`,
+          alg: settings.alg,
+          sessions: SCENARIOS[this.placements[i].scenario].silent ? sessions : 0,
+          kinds,
+          variants: [this.variant],
+        });
+        return new Map(created.map((t) => [t.name, t]));
+      }),
+    );
+    for (const [i, each] of this.#servers.entries())
+      await sanityCheck(each, this.#targets[i], { variants: [this.variant], scenarioNames: [this.placements[i].scenario] });
+  }
+
+  /** Round r of any measurement runs on each scenario's process r mod replicas. */
+  placeOf = (scenario, replica = 0) => {
+    const i = SCENARIO_NAMES.indexOf(scenario) * settings.replicas + (replica % settings.replicas);
+    return { server: this.#servers[i], targets: this.#targets[i] };
+  };
+}
+
 async function main() {
   const started = performance.now();
   const loadBefore = os.loadavg()[0];
@@ -149,19 +199,19 @@ async function main() {
   } catch (err) {
     throw new Error(`no Redis at ${REDIS_URL} (set REDIS_URL): ${err.message}`);
   }
-  // one server process per scenario, running that scenario only: no process runs both plain
-  // oidc-provider's and the extension's code paths, as no deployment does
-  // and each in `replicas` processes: what one process's JIT and heap layout make of the same code
-  // moves its CPU per request by a few per cent, so rounds take the processes in turn
-  const { replicas } = settings;
-  const placements = SCENARIO_NAMES.flatMap((scenario) => Array.from({ length: replicas }, (_, replica) => ({ scenario, replica })));
-  const servers = placements.map(() => new ServerProcess({ pin: args.pin }));
-  const [server] = servers;
+  // every server process started, for the clean-up (a stopped one stops again at once)
+  const live = new Set();
+  const serverFor = () => {
+    const server = new ServerProcess({ pin: args.pin });
+    live.add(server);
+    return server;
+  };
+  const stopAll = (servers) => Promise.all([...servers].map((each) => each.stop().catch((err) => log(`stopping a bench server: ${err.message}`))));
   let cleaning;
   const cleanup = () => {
     // once, whoever asks first (the end of the run, a signal or a crash)
     cleaning ??= (async () => {
-      await Promise.all(servers.map((each) => each.stop().catch((err) => log(`stopping a bench server: ${err.message}`))));
+      await stopAll(live);
       const removed = await deleteByPrefix(redis, RUN_PREFIX).catch((err) => {
         log(`cleanup failed: ${err.message}`);
         return 0;
@@ -191,63 +241,48 @@ async function main() {
       mkdirSync(PROFILE_DIR, { recursive: true });
       for (const file of readdirSync(PROFILE_DIR)) if (file.endsWith('.cpuprofile') || file === 'windows.json') rmSync(path.join(PROFILE_DIR, file));
     }
-    await Promise.all(servers.map((each) => each.start()));
     // scenario E's sessions: a few more than connections, taken round robin, so that two requests
     // in flight rarely share one (when they do, the session's last save wins; nothing fails)
     const sessions = SCENARIO_NAMES.some((s) => SCENARIOS[s].silent) ? settings.connections + 4 : 0;
-    // each server hosts its scenario's kind of provider for every variant, under a Redis prefix of its own
-    const targetsOf = await Promise.all(
-      servers.map(async (each, i) => {
-        const kinds = [SCENARIOS[placements[i].scenario].provider];
-        const created = await each.call('init', { redisUrl: REDIS_URL, prefix: `${RUN_PREFIX}p${i}:`, alg: settings.alg, sessions, kinds });
-        return new Map(created.map((t) => [t.name, t]));
-      }),
-    );
-    // round r of any measurement runs on each scenario's process r mod replicas
-    const placeOf = (scenario, replica = 0) => {
-      const i = SCENARIO_NAMES.indexOf(scenario) * replicas + (replica % replicas);
-      return { server: servers[i], targets: targetsOf[i] };
-    };
-    log(
-      `${servers.length} servers up (${replicas} per scenario, ${targetsOf[0].size} providers each, one real login each, ${sessions} more sessions per plain provider); sanity checks`,
-    );
-    for (const [i, each] of servers.entries()) await sanityCheck(each, targetsOf[i], { variants, scenarioNames: [placements[i].scenario] });
-
-    const { connections } = settings;
+    const { connections, replicas } = settings;
     const GUESS_RPS = 3000; // pool size for the warm-up of rotating scenarios (an exhausted pool only shortens it)
-    // per scenario, the highest rate seen so far (at first, a guess from the warm-up): rotating scenarios
-    // get twice that many tokens per second
-    const peakRps = new Map();
-    const jobsOf = (variant, replica, profileOf = () => undefined) =>
-      SCENARIO_NAMES.map((scenario) => {
-        const key = `${variant}/${scenario}`;
-        return {
+    const results = new Map(); // "<variant>/<scenario>" -> per-round results
+    const cpuResults = new Map(); // "<variant>/<scenario>" -> µs per token, per round
+    const redisCommands = [];
+    const profileWindows = [];
+
+    // the variants one after another, each in processes of its own, stopped before the next starts
+    for (const [v, variant] of variants.entries()) {
+      const fleet = new Fleet(variant, serverFor);
+      const { placeOf } = fleet;
+      await fleet.start(`${RUN_PREFIX}v${v}:`, sessions);
+      log(
+        `${variant}: ${fleet.placements.length} servers up (${replicas} per scenario, one provider each, one real login each, ${sessions} more sessions for E), sanity-checked`,
+      );
+
+      // per scenario, the highest rate seen so far (at first, a guess from the warm-up): rotating scenarios
+      // get twice that many tokens per second
+      const peakRps = new Map();
+      const jobsOf = (replica, profileOf = () => undefined) =>
+        SCENARIO_NAMES.map((scenario) => ({
           ...placeOf(scenario, replica),
           variant,
           scenario,
-          poolRps: 2 * Math.max(peakRps.get(key) ?? GUESS_RPS / 2, 500),
+          poolRps: 2 * Math.max(peakRps.get(scenario) ?? GUESS_RPS / 2, 500),
           profileFile: profileOf(scenario),
-        };
-      });
-    for (const variant of variants) {
+        }));
       let warm;
-      for (let replica = 0; replica < replicas; replica += 1)
-        warm = await measureWindows(jobsOf(variant, replica), { seconds: settings.warmup_s, connections });
+      for (let replica = 0; replica < replicas; replica += 1) warm = await measureWindows(jobsOf(replica), { seconds: settings.warmup_s, connections });
       log(`warm-up ${variant}: ${SCENARIO_NAMES.map((s, i) => `${s} ${fmtInt(warm[i].rps)}`).join(', ')} req/s`);
       // the warm-up runs every scenario at once; alone, one gets up to this many times the rate (the
       // guess only sizes the token pools: an exhausted pool shortens a window, it does not bias its rate)
-      const alone = SCENARIO_NAMES.length;
-      for (const [i, scenario] of SCENARIO_NAMES.entries()) peakRps.set(`${variant}/${scenario}`, warm[i].rps * alone);
-    }
+      for (const [i, scenario] of SCENARIO_NAMES.entries()) peakRps.set(scenario, warm[i].rps * SCENARIO_NAMES.length);
 
-    const results = new Map(); // "<variant>/<scenario>" -> per-round results
-    const profileWindows = [];
-    for (let round_ = 0; round_ < (args['cpu-only'] ? 0 : settings.rounds); round_ += 1) {
-      for (const variant of variants) {
+      for (let round_ = 0; round_ < (args['cpu-only'] ? 0 : settings.rounds); round_ += 1) {
         const profileOf = (scenario) =>
           args['cpu-prof'] ? path.join(PROFILE_DIR, `${variant.replace('/', '-')}-${scenario}-round${round_ + 1}.cpuprofile`) : undefined;
         // one scenario at a time (no other server busy), in the round's place of a balanced design
-        const all = jobsOf(variant, round_, profileOf);
+        const all = jobsOf(round_, profileOf);
         const jobs = ORDERS[round_ % ORDERS.length].map((i) => all[i]);
         const kept = await unstolenRound(jobs, redis, settings.steal_attempts);
         const measured_ = kept.windows;
@@ -263,7 +298,7 @@ async function main() {
               round: round_ + 1,
               requests: r.requests + r.failed,
             });
-          peakRps.set(key, Math.max(peakRps.get(key), r.rps));
+          peakRps.set(scenario, Math.max(peakRps.get(scenario), r.rps));
           if (!results.has(key)) results.set(key, []);
           results.get(key).push(r);
         }
@@ -271,11 +306,8 @@ async function main() {
           `round ${round_ + 1}/${settings.rounds} ${variant}${kept.measured > 1 ? ` (measured ${kept.measured} times, kept measurement ${kept.kept})` : ''}: ${measured_.map((r, i) => `${jobs[i].scenario} ${fmtInt(r.rps)} req/s p99 ${fmt(r.p99_ms)} ms${r.stolen === undefined ? '' : ` stolen ${fmt(100 * r.stolen)} %`}`).join(' | ')}`,
         );
       }
-    }
 
-    // server CPU per token: short interleaved rounds, each from collected heaps
-    const cpuResults = new Map(); // "<variant>/<scenario>" -> µs per token, per round
-    for (const variant of variants) {
+      // server CPU per token: short interleaved rounds, each from collected heaps
       for (let round_ = 0; round_ < settings.cpu_rounds; round_ += 1) {
         const profileOf = (scenario) =>
           args['cpu-prof'] ? path.join(PROFILE_DIR, `${variant.replace('/', '-')}-${scenario}-cpu-round${round_ + 1}.cpuprofile`) : undefined;
@@ -305,6 +337,20 @@ async function main() {
       log(
         `CPU per token ${variant} (${settings.cpu_rounds} interleaved rounds): ${SCENARIO_NAMES.map((s) => `${s} ${fmtInt(median(cpuResults.get(`${variant}/${s}`)))} µs`).join(', ')}`,
       );
+
+      if (!args['cpu-only'] && variant.startsWith('redis/')) {
+        log(`counting Redis commands per token, ${variant}`);
+        const rows = await countCommands(placeOf, redis, {
+          redisUrl: REDIS_URL,
+          variants: [variant],
+          scenarioNames: SCENARIO_NAMES,
+          requests: settings.count_requests,
+          runPrefix: RUN_PREFIX,
+          attempts: args.quick ? 1 : 3,
+        });
+        redisCommands.push(...rows);
+      }
+      await stopAll(fleet.servers);
     }
 
     if (args['cpu-prof']) {
@@ -336,18 +382,12 @@ async function main() {
     }
     const { scenarios, ratios, c_vs_e: cVsE, targets: targetsMet } = summarise(results, cpuResults, variants, SCENARIO_NAMES, replicas);
 
-    log('counting Redis commands per token');
-    const redisCommands = await countCommands(placeOf, redis, {
-      redisUrl: REDIS_URL,
-      variants,
-      scenarioNames: SCENARIO_NAMES,
-      requests: settings.count_requests,
-      runPrefix: RUN_PREFIX,
-      attempts: args.quick ? 1 : 3,
-    });
     log(`storage per user for N = ${STORAGE_COUNTS.join(', ')} APIs`);
-    const storage = await server.call('storage', { redisUrl: REDIS_URL, prefix: RUN_PREFIX, counts: STORAGE_COUNTS });
-    await Promise.all(servers.map((each) => each.stop()));
+    const storageServer = serverFor();
+    await storageServer.start();
+    await storageServer.call('init', { alg: settings.alg });
+    const storage = await storageServer.call('storage', { redisUrl: REDIS_URL, prefix: RUN_PREFIX, counts: STORAGE_COUNTS });
+    await storageServer.stop();
 
     log(`policy-store scale run: ${fmtInt(settings.scale_clients)} clients`);
     const policyStore = await scaleRun(redis, {

@@ -1,10 +1,10 @@
 // The servers that `npm run bench` measures, in their own process (forked by bench/run.mjs, driven
-// over IPC). It hosts, per adapter (memory, redis) and rotation mode (off, on), a plain oidc-provider
-// and a withMrrt provider with the same configuration, each on its own 127.0.0.1 port. Every
+// over IPC). It hosts the providers the runner asks for (bench/run.mjs asks for one: one scenario's
+// kind for one adapter/rotation variant), each on its own 127.0.0.1 port. Every
 // provider gets one real authorization-code login (through its authorization endpoint and the
 // fixture's interaction routes, bench/provider-setup.mjs); rotation-on pools are minted from that login's refresh token and Grant
-// through the provider's public models. Each plain provider also keeps a pool of signed-in sessions
-// (real logins) for scenario E's silent authorization requests. The storage table's providers are
+// through the provider's public models. Scenario E's plain provider also keeps a pool of signed-in
+// sessions (real logins) for its silent authorization requests. The storage table's providers are
 // built on demand (bench/storage.mjs).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
@@ -112,14 +112,17 @@ async function snapshotKeys(target) {
 }
 
 const handlers = {
-  /** `sessions`: how many signed-in sessions each plain provider keeps for scenario E. */
-  async init({ redisUrl, prefix, alg, sessions: sessionCount, kinds = ['plain', 'mrrt', 'mrrt-nocache'] }) {
+  /**
+   * `sessions`: how many signed-in sessions each plain provider keeps (scenario E's); `variants`:
+   * the adapter/rotation combinations ("redis/on", …) to host a provider of each `kind` for (none:
+   * a process for the storage table only).
+   */
+  async init({ redisUrl, prefix, alg, sessions: sessionCount, kinds = ['plain', 'mrrt', 'mrrt-nocache'], variants = [] }) {
     signing = signingKey(alg);
     const created = [];
-    for (const adapterKind of ['memory', 'redis']) {
-      for (const rotate of [false, true]) {
-        for (const kind of kinds) created.push(await createTarget({ adapterKind, rotate, kind, redisUrl, prefix, sessionCount }));
-      }
+    for (const variant of variants) {
+      const [adapterKind, rotation] = variant.split('/');
+      for (const kind of kinds) created.push(await createTarget({ adapterKind, rotate: rotation === 'on', kind, redisUrl, prefix, sessionCount }));
     }
     return created;
   },
