@@ -64,8 +64,8 @@ const { values: args } = parseArgs({
 });
 
 const PRESET = args.quick
-  ? { rounds: 3, duration: 0.5, warmup: 0.3, scale: 10_000, sample: 2_000, count: 30, cpuRounds: 4, cpuTokens: 40, replicas: 1, stealAttempts: 1 }
-  : { rounds: 24, duration: 1, warmup: 2, scale: 100_000, sample: 10_000, count: 500, cpuRounds: 64, cpuTokens: 100, replicas: 8, stealAttempts: 4 };
+  ? { rounds: 2, duration: 0.5, warmup: 0.3, scale: 10_000, sample: 2_000, count: 30, cpuRounds: 4, cpuTokens: 40, replicas: 1, stealAttempts: 1 }
+  : { rounds: 24, duration: 1, warmup: 12, scale: 100_000, sample: 10_000, count: 500, cpuRounds: 64, cpuTokens: 100, replicas: 8, stealAttempts: 4 };
 const positive = (value, fallback, name) => {
   if (value === undefined) return fallback;
   const n = Number(value);
@@ -245,11 +245,12 @@ async function main() {
     // in flight rarely share one (when they do, the session's last save wins; nothing fails)
     const sessions = SCENARIO_NAMES.some((s) => SCENARIOS[s].silent) ? settings.connections + 4 : 0;
     const { connections, replicas } = settings;
-    const GUESS_RPS = 3000; // pool size for the warm-up of rotating scenarios (an exhausted pool only shortens it)
+    const GUESS_RPS = 3000; // tokens/s of all scenarios side by side, a guess that sizes the first warm-up's pools
     const results = new Map(); // "<variant>/<scenario>" -> per-round results
     const cpuResults = new Map(); // "<variant>/<scenario>" -> µs per token, per round
     const redisCommands = [];
     const profileWindows = [];
+    const warmupTokens = {}; // per variant and scenario, the fewest tokens a process served in the warm-up
 
     // the variants one after another, each in processes of its own, stopped before the next starts
     for (const [v, variant] of variants.entries()) {
@@ -260,23 +261,37 @@ async function main() {
         `${variant}: ${fleet.placements.length} servers up (${replicas} per scenario, one provider each, one real login each, ${sessions} more sessions for E), sanity-checked`,
       );
 
-      // per scenario, the highest rate seen so far (at first, a guess from the warm-up): rotating scenarios
-      // get twice that many tokens per second
+      // per scenario, the highest rate seen alone so far (at first, a guess from the warm-up) and side by
+      // side in the warm-up: rotating scenarios get twice that many tokens per second
       const peakRps = new Map();
+      const warmRps = new Map();
       const jobsOf = (replica, profileOf = () => undefined) =>
         SCENARIO_NAMES.map((scenario) => ({
           ...placeOf(scenario, replica),
           variant,
           scenario,
-          poolRps: 2 * Math.max(peakRps.get(scenario) ?? GUESS_RPS / 2, 500),
+          poolRps: 2 * Math.max(peakRps.get(scenario) ?? warmRps.get(scenario) ?? GUESS_RPS / SCENARIO_NAMES.length, 100),
           profileFile: profileOf(scenario),
         }));
-      let warm;
-      for (let replica = 0; replica < replicas; replica += 1) warm = await measureWindows(jobsOf(replica), { seconds: settings.warmup_s, connections });
-      log(`warm-up ${variant}: ${SCENARIO_NAMES.map((s, i) => `${s} ${fmtInt(warm[i].rps)}`).join(', ')} req/s`);
-      // the warm-up runs every scenario at once; alone, one gets up to this many times the rate (the
-      // guess only sizes the token pools: an exhausted pool shortens a window, it does not bias its rate)
-      for (const [i, scenario] of SCENARIO_NAMES.entries()) peakRps.set(scenario, warm[i].rps * SCENARIO_NAMES.length);
+      // the warm-up, one replica at a time, its scenarios at once: long enough that V8 has optimised
+      // each process's hot paths before its first measured window (after 2 s, about 240 requests a
+      // process, the first saturated window of each process read C about 35 % below A, the later
+      // ones C as fast as A; docs/benchmark.md). An exhausted pool only shortens it
+      const warmRequests = new Map(); // per scenario, the fewest tokens any of its processes served
+      for (let replica = 0; replica < replicas; replica += 1) {
+        const warm = await measureWindows(jobsOf(replica), { seconds: settings.warmup_s, connections });
+        for (const [i, scenario] of SCENARIO_NAMES.entries()) {
+          warmRps.set(scenario, Math.max(warmRps.get(scenario) ?? 0, warm[i].rps));
+          warmRequests.set(scenario, Math.min(warmRequests.get(scenario) ?? Infinity, warm[i].requests));
+        }
+      }
+      warmupTokens[variant] = Object.fromEntries(warmRequests);
+      log(
+        `warm-up ${variant}: ${SCENARIO_NAMES.map((s) => `${s} ${fmtInt(warmRps.get(s))} req/s, at least ${fmtInt(warmRequests.get(s))} tokens a process`).join('; ')}`,
+      );
+      // alone, a scenario gets up to this many times its rate side by side (the guess only sizes the
+      // token pools: an exhausted pool shortens a window, it does not bias its rate)
+      for (const scenario of SCENARIO_NAMES) peakRps.set(scenario, warmRps.get(scenario) * SCENARIO_NAMES.length);
 
       for (let round_ = 0; round_ < (args['cpu-only'] ? 0 : settings.rounds); round_ += 1) {
         const profileOf = (scenario) =>
@@ -376,7 +391,13 @@ async function main() {
           ]),
         );
       }
-      const report = { revision: measured, settings, cpu_us_per_token: Object.fromEntries(cpuResults), ratios };
+      const report = {
+        revision: measured,
+        settings,
+        warmup_tokens_per_process: warmupTokens,
+        cpu_us_per_token: Object.fromEntries(cpuResults),
+        ratios,
+      };
       process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
       return;
     }
@@ -407,6 +428,7 @@ async function main() {
       policy_store: policyStore,
       machine: machine(redisInfo, loadBefore),
       settings: { ...settings, revision: measured },
+      warmup_tokens_per_process: warmupTokens,
       elapsed_s: 0,
     };
     report.elapsed_s = round((performance.now() - started) / 1000, 1);
