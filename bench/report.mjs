@@ -50,6 +50,23 @@ const fmtSpread = (s) => (s ? `${fmt(s.median)} (${fmt(s.min)}–${fmt(s.max)})`
 const signed = (value) => (value < 0 ? `−${fmtInt(-value)}` : fmtInt(value));
 const fmtSpreadUs = (s) => (s ? `${signed(s.median)} (${signed(s.min)} to ${signed(s.max)})` : 'n/a');
 
+/** ", at least N tokens a process (E: M)" from a run's warm-up, the fewest over its variants; empty for runs before it was recorded. */
+function warmed(report) {
+  const counts = Object.values(report.warmup_tokens_per_process ?? {});
+  if (counts.length === 0) return '';
+  const fewest = (pick) =>
+    Math.min(
+      ...counts.flatMap((byScenario) =>
+        Object.entries(byScenario)
+          .filter(([s]) => pick(s))
+          .map(([, n]) => n),
+      ),
+    );
+  const refreshes = fewest((s) => !SCENARIOS[s]?.silent);
+  const silent = fewest((s) => SCENARIOS[s]?.silent);
+  return `, at least ${fmtInt(refreshes)} tokens a process${Number.isFinite(silent) ? ` (E: ${fmtInt(silent)})` : ''}`;
+}
+
 export function markdown(report) {
   const lines = [];
   const m = report.machine;
@@ -58,7 +75,7 @@ export function markdown(report) {
   );
   const s = report.settings;
   lines.push(
-    `Settings: revision ${s.revision}; ${s.mode}; throughput: ${s.rounds} rounds of every scenario alone for ${s.duration_s} s each, in the orders of a balanced design (${s.replicas ?? 1} server process${(s.replicas ?? 1) === 1 ? '' : 'es'} per scenario, taken in turn by the rounds, ${s.connections} connections each, after a ${s.warmup_s} s warm-up of each process with every scenario at once); server CPU: ${s.cpu_rounds} interleaved rounds of ${s.cpu_tokens} tokens per scenario, one request at a time; ${s.alg} signatures (access token JWT + ID token per request).`,
+    `Settings: revision ${s.revision}; ${s.mode}; throughput: ${s.rounds} rounds of every scenario alone for ${s.duration_s} s each, in the orders of a balanced design (${s.replicas ?? 1} server process${(s.replicas ?? 1) === 1 ? '' : 'es'} per scenario and variant, one provider each, taken in turn by the rounds, ${s.connections} connections each, the variants one after another, after a ${s.warmup_s} s warm-up of each process with the variant's scenarios side by side${warmed(report)}); server CPU: ${s.cpu_rounds} interleaved rounds of ${s.cpu_tokens} tokens per scenario, one request at a time; ${s.alg} signatures (access token JWT + ID token per request).`,
   );
   const stolen = report.scenarios.filter((row) => row.stolen_pct !== undefined);
   if (stolen.length !== 0 && s.steal_limit_pct !== undefined) {

@@ -12,7 +12,7 @@
 //                      [--scenarios ABCDEF] [--replicas N] [--cpu-only] [--cpu-rounds N] [--cpu-prof] [--pin]
 //                      [--steal-limit P]
 // --only / --scenarios run a subset (ratios need A, C against E needs both); --replicas runs each
-// scenario's server in N processes, the rounds taking them in turn (intervals then include how much
+// variant's server for each scenario in N processes, the rounds taking them in turn (intervals then include how much
 // one process differs from another); --cpu-only measures the interleaved server CPU only (after the
 // warm-up) and prints its rounds and ratios as JSON, a quick way to compare two builds; --cpu-prof profiles the server process during
 // each measured window (not the warm-up, minting or purging) and writes one V8 CPU profile per
@@ -105,6 +105,9 @@ const SCENARIO_NAMES = args.scenarios
   : Object.keys(SCENARIOS);
 for (const s of SCENARIO_NAMES) if (!SCENARIOS[s]) throw new Error(`--scenarios: unknown scenario "${s}" (letters of ${Object.keys(SCENARIOS).join('')})`);
 const STORAGE_COUNTS = [1, 3, 10];
+// the refreshes a process of A–D and F should serve before its first measured window: after about
+// 240, its first window was still slow; after about 1,200, no slower than the later ones
+const WARM_TOKENS = 1_000;
 // the order of the scenarios in each throughput round
 const ORDERS = balancedOrders(SCENARIO_NAMES.length);
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -142,8 +145,8 @@ async function unstolenRound(jobs, redis, attempts) {
  * The server processes of one variant: `replicas` per scenario, each hosting that scenario's kind of
  * provider for this variant only, under a Redis prefix of its own. No process runs two providers,
  * as no deployment does: plain oidc-provider's code and the extension's never share a process, and
- * neither do two adapters' or rotation modes' (what one provider's load leaves in a process's JIT
- * and heap moves another's CPU per request by a few per cent, docs/benchmark.md). Rounds take a
+ * neither do two adapters' or rotation modes' (serving the other variants' providers made A's CPU
+ * per request 19 % dearer, and their saturated rounds lowered C/A by 1–3 points, docs/benchmark.md). Rounds take a
  * scenario's processes in turn: what one process makes of the same code differs from another's.
  */
 class Fleet {
@@ -245,7 +248,7 @@ async function main() {
     // in flight rarely share one (when they do, the session's last save wins; nothing fails)
     const sessions = SCENARIO_NAMES.some((s) => SCENARIOS[s].silent) ? settings.connections + 4 : 0;
     const { connections, replicas } = settings;
-    const GUESS_RPS = 3000; // tokens/s of all scenarios side by side, a guess that sizes the first warm-up's pools
+    const GUESS_RPS = 600; // tokens/s of all scenarios side by side, a guess that sizes the first warm-up's pools
     const results = new Map(); // "<variant>/<scenario>" -> per-round results
     const cpuResults = new Map(); // "<variant>/<scenario>" -> µs per token, per round
     const redisCommands = [];
@@ -276,7 +279,7 @@ async function main() {
       // the warm-up, one replica at a time, its scenarios at once: long enough that V8 has optimised
       // each process's hot paths before its first measured window (after 2 s, about 240 requests a
       // process, the first saturated window of each process read C about 35 % below A, the later
-      // ones C as fast as A; docs/benchmark.md). An exhausted pool only shortens it
+      // ones C as fast as A; docs/benchmark.md)
       const warmRequests = new Map(); // per scenario, the fewest tokens any of its processes served
       for (let replica = 0; replica < replicas; replica += 1) {
         const warm = await measureWindows(jobsOf(replica), { seconds: settings.warmup_s, connections });
@@ -286,11 +289,15 @@ async function main() {
         }
       }
       warmupTokens[variant] = Object.fromEntries(warmRequests);
+      const fewest = Math.min(...SCENARIO_NAMES.filter((s) => !SCENARIOS[s].silent).map((s) => warmRequests.get(s)));
+      // an exhausted pool or a slow machine shortens the warm-up: the first rounds then measure a process still being optimised
+      if (!args.quick && fewest < WARM_TOKENS)
+        log(`WARNING ${variant}: a process served only ${fmtInt(fewest)} tokens in the warm-up (${fmtInt(WARM_TOKENS)} wanted); try a longer --warmup`);
       log(
         `warm-up ${variant}: ${SCENARIO_NAMES.map((s) => `${s} ${fmtInt(warmRps.get(s))} req/s, at least ${fmtInt(warmRequests.get(s))} tokens a process`).join('; ')}`,
       );
-      // alone, a scenario gets up to this many times its rate side by side (the guess only sizes the
-      // token pools: an exhausted pool shortens a window, it does not bias its rate)
+      // alone, a scenario got 5–7 times its rate side by side in runs on 2 cores; pools hold twice this
+      // guess (it only sizes them: an exhausted pool shortens a window, it does not bias its rate)
       for (const scenario of SCENARIO_NAMES) peakRps.set(scenario, warmRps.get(scenario) * SCENARIO_NAMES.length);
 
       for (let round_ = 0; round_ < (args['cpu-only'] ? 0 : settings.rounds); round_ += 1) {

@@ -19,7 +19,7 @@ import { measureStorage } from './storage.mjs';
 
 const MINT_BATCH = 500;
 
-const targets = new Map(); // key "<adapter>/<rotation>/<plain|mrrt>" -> target
+const targets = new Map(); // key "<adapter>/<rotation>/<plain|mrrt|mrrt-nocache>" -> target
 const servers = [];
 const redisClients = [];
 const stores = [];
