@@ -150,7 +150,9 @@ export function markdown(report) {
     lines.push('');
     lines.push('| rotation | target | median | 95 % interval | verdict |');
     lines.push('| --- | --- | ---: | --- | --- |');
-    for (const t of report.targets) lines.push(`| ${t.rotation} | ${t.target} | ${fmt(t.measured)} | ${fmt(t.ci95[0])}–${fmt(t.ci95[1])} | ${t.verdict} |`);
+    // three decimals: with two, an interval ending at 0.946 would read as reaching a bound of 0.95
+    for (const t of report.targets)
+      lines.push(`| ${t.rotation} | ${t.target} | ${fmt(t.measured, 3)} | ${fmt(t.ci95[0], 3)}–${fmt(t.ci95[1], 3)} | ${t.verdict} |`);
   }
   const cVsE = Object.entries(report.c_vs_e ?? {});
   if (cVsE.length) {
