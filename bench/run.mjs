@@ -12,8 +12,8 @@
 //                      [--scenarios ABCDEF] [--replicas N] [--cpu-only] [--cpu-rounds N] [--cpu-prof] [--pin]
 //                      [--steal-limit P]
 // --only / --scenarios run a subset (ratios need A, C against E needs both); --replicas runs each
-// variant's server for each scenario in N processes, the rounds taking them in turn (intervals then include how much
-// one process differs from another); --cpu-only measures the interleaved server CPU only (after the
+// variant's server for each scenario in N processes, the rounds taking them in turn (intervals then
+// include how much one process differs from another); --cpu-only measures the interleaved server CPU only (after the
 // warm-up) and prints its rounds and ratios as JSON, a quick way to compare two builds; --cpu-prof profiles the server process during
 // each measured window (not the warm-up, minting or purging) and writes one V8 CPU profile per
 // window to bench/profiles/, with bench/profiles/windows.json giving each window's scenario and
@@ -146,8 +146,9 @@ async function unstolenRound(jobs, redis, attempts) {
  * provider for this variant only, under a Redis prefix of its own. No process runs two providers,
  * as no deployment does: plain oidc-provider's code and the extension's never share a process, and
  * neither do two adapters' or rotation modes' (serving the other variants' providers made A's CPU
- * per request 19 % dearer, and their saturated rounds lowered C/A by 1–3 points, docs/benchmark.md). Rounds take a
- * scenario's processes in turn: what one process makes of the same code differs from another's.
+ * per request 19 % dearer, and their saturated rounds lowered C/A by 1–3 points, docs/benchmark.md).
+ * Rounds take a scenario's processes in turn: what one process makes of the same code differs from
+ * another's.
  */
 class Fleet {
   #servers;
@@ -280,21 +281,21 @@ async function main() {
       // each process's hot paths before its first measured window (after 2 s, about 240 requests a
       // process, the first saturated window of each process read C about 35 % below A, the later
       // ones C as fast as A; docs/benchmark.md)
-      const warmRequests = new Map(); // per scenario, the fewest tokens any of its processes served
+      const warmTokens = new Map(); // per scenario, the fewest tokens any of its processes served
       for (let replica = 0; replica < replicas; replica += 1) {
         const warm = await measureWindows(jobsOf(replica), { seconds: settings.warmup_s, connections });
         for (const [i, scenario] of SCENARIO_NAMES.entries()) {
           warmRps.set(scenario, Math.max(warmRps.get(scenario) ?? 0, warm[i].rps));
-          warmRequests.set(scenario, Math.min(warmRequests.get(scenario) ?? Infinity, warm[i].requests));
+          warmTokens.set(scenario, Math.min(warmTokens.get(scenario) ?? Infinity, warm[i].requests));
         }
       }
-      warmupTokens[variant] = Object.fromEntries(warmRequests);
-      const fewest = Math.min(...SCENARIO_NAMES.filter((s) => !SCENARIOS[s].silent).map((s) => warmRequests.get(s)));
+      warmupTokens[variant] = Object.fromEntries(warmTokens);
+      const fewest = Math.min(...SCENARIO_NAMES.filter((s) => !SCENARIOS[s].silent).map((s) => warmTokens.get(s)));
       // an exhausted pool or a slow machine shortens the warm-up: the first rounds then measure a process still being optimised
       if (!args.quick && fewest < WARM_TOKENS)
         log(`WARNING ${variant}: a process served only ${fmtInt(fewest)} tokens in the warm-up (${fmtInt(WARM_TOKENS)} wanted); try a longer --warmup`);
       log(
-        `warm-up ${variant}: ${SCENARIO_NAMES.map((s) => `${s} ${fmtInt(warmRps.get(s))} req/s, at least ${fmtInt(warmRequests.get(s))} tokens a process`).join('; ')}`,
+        `warm-up ${variant}: ${SCENARIO_NAMES.map((s) => `${s} ${fmtInt(warmRps.get(s))} req/s, at least ${fmtInt(warmTokens.get(s))} tokens a process`).join('; ')}`,
       );
       // alone, a scenario got 5–7 times its rate side by side in runs on 2 cores; pools hold twice this
       // guess (it only sizes them: an exhausted pool shortens a window, it does not bias its rate)
