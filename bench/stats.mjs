@@ -169,8 +169,8 @@ export function summarise(results, cpuResults, variants, scenarioNames, replicas
       target('C/A from CPU per request ≥ 0.95', r.c_a_cpu, 0.95, true);
       target('B/A from CPU per request ≥ 0.98', r.b_a_cpu, 0.98, true);
       target('D/A req/s ≥ 0.95 (cache: false)', r.d_a_rps, 0.95, true);
-      // the control: A′ runs A's code, so these read whether this run can show B's 2 % margin at all;
-      // where even they read "within noise", no scenario's verdict on that bound can read "met"
+      // the control: A′ runs A's code, so these read whether this run resolves B's 2 % margin; where
+      // they read "within noise", a scenario costing what A costs would most likely have read so too
       target('A′/A req/s ≥ 0.98 (control: the same code)', r.f_a_rps, 0.98, true);
       target('A′/A from CPU per request ≥ 0.98 (control: the same code)', r.f_a_cpu, 0.98, true);
       const e = cVsE[variant]?.e_c_cpu;
